@@ -1,0 +1,1249 @@
+//! Configuration in two stages: [`RawConfig`] mirrors the TOML file (serde,
+//! unknown keys refused), then [`Config::from_raw`] applies the environment
+//! and validates everything into types that cannot be wrong.
+//!
+//! The auth token is resolved separately ([`Config::resolve_token`]) because
+//! generating one writes a file; `check-config` must not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::headers::{ExtraAllow, UserAgent};
+use crate::policy::target::{Origin, parse_url};
+
+/// A configuration error. The message names the key or variable at fault
+/// and never repeats a secret value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+// ---------------------------------------------------------------- raw stage
+
+/// The TOML file as written. Every field is optional; defaults are applied
+/// in [`Config::from_raw`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    listen: Option<String>,
+    auth_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    preset_auth: Option<bool>,
+    danger_public_presets: Option<bool>,
+    allowed_hosts: Option<Vec<String>>,
+    aggressive_fallback: Option<bool>,
+    force_fetch_default: Option<bool>,
+    default_dst_url: Option<String>,
+    debug: Option<bool>,
+    log_format: Option<String>,
+    cors_allow_origins: Option<Vec<String>>,
+    shutdown_grace_ms: Option<u64>,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    headers: RawHeaders,
+    #[serde(default)]
+    presets: BTreeMap<String, RawPreset>,
+    #[serde(default)]
+    gemini: RawGemini,
+    #[serde(default)]
+    websocket: RawWebsocket,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    extra_ca_file: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+    response_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    pool_idle_timeout_ms: Option<u64>,
+    allow_private_targets: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    max_response_head_bytes: Option<u64>,
+    max_connections: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    allow: Option<Vec<String>>,
+    user_agent: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreset {
+    targets: Option<Vec<String>>,
+    force_fetch: Option<bool>,
+    name: Option<String>,
+    user_agent: Option<String>,
+    enabled: Option<bool>,
+    monitor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGemini {
+    enabled: Option<bool>,
+    max_retries: Option<u32>,
+    retry_delay_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    swallow_thoughts_after_retry: Option<bool>,
+    #[serde(default)]
+    prompts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebsocket {
+    max_message_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl RawConfig {
+    /// Parses TOML text; unknown keys and wrong types are errors naming the key.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError(format!("config file: {}", e.to_string().trim())))
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        RawConfig::from_toml(&text)
+    }
+}
+
+// -------------------------------------------------------------- typed stage
+
+/// The auth token: 16–128 characters of `[A-Za-z0-9_-]`. Its `Debug` and
+/// `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn parse(s: &str, source: &str) -> Result<Token, ConfigError> {
+        let ok_len = (16..=128).contains(&s.len());
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_len || !ok_chars {
+            return err(format!(
+                "{source}: the auth token must be 16 to 128 characters of A-Z a-z 0-9 _ -"
+            ));
+        }
+        Ok(Token(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with a candidate (no early exit on the
+    /// first differing byte).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let a = self.0.as_bytes();
+        let mut diff = (a.len() != candidate.len()) as u8;
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ candidate.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `text` (human-readable) or `json` log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which origins get CORS access.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    Any,
+    List(Vec<String>),
+}
+
+/// What watches a preset's responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    None,
+    Gemini,
+}
+
+/// One upstream target of a preset: an origin and a path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub origin: Origin,
+    /// Path prefix without a trailing `/` (may be empty).
+    pub base_path: String,
+}
+
+impl Target {
+    fn parse(s: &str, key: &str) -> Result<Target, ConfigError> {
+        let (origin, path) = parse_url(s).map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        if path.contains('?') {
+            return err(format!("{key}: a preset target may not have a query"));
+        }
+        Ok(Target {
+            origin,
+            base_path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The URL as configured, for the dashboard and logs (no secrets here).
+    pub fn url(&self) -> String {
+        format!("{}{}", self.origin, self.base_path)
+    }
+}
+
+/// A preset route: `/<name>/…` → one of `targets`.
+#[derive(Debug)]
+pub struct Preset {
+    /// The route segment.
+    pub route: String,
+    pub display_name: String,
+    pub targets: Vec<Target>,
+    pub force_fetch: bool,
+    pub user_agent: Option<UserAgent>,
+    pub enabled: bool,
+    pub monitor: Monitor,
+    next: AtomicUsize,
+}
+
+impl Preset {
+    /// Picks this request's target (round-robin); the request keeps it for
+    /// fallback and continuations.
+    pub fn pick_target(&self) -> &Target {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.targets[i % self.targets.len()]
+    }
+}
+
+/// All presets in display order, with a lookup by route segment.
+#[derive(Debug, Default)]
+pub struct Presets {
+    list: Vec<Arc<Preset>>,
+    index: HashMap<String, usize>,
+}
+
+impl Presets {
+    /// The enabled preset named by a route segment.
+    pub fn enabled(&self, segment: &str) -> Option<&Arc<Preset>> {
+        self.index
+            .get(segment)
+            .map(|&i| &self.list[i])
+            .filter(|p| p.enabled)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
+        self.list.iter()
+    }
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub extra_ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_response_head_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct HeaderConfig {
+    pub allow: Vec<ExtraAllow>,
+    pub user_agent: UserAgent,
+}
+
+#[derive(Debug)]
+pub struct GeminiConfig {
+    pub enabled: bool,
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+    pub idle_timeout: Duration,
+    pub swallow_thoughts_after_retry: bool,
+    pub prompts: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Set in the file or `AUTH_TOKEN`; otherwise see [`Config::resolve_token`].
+    pub auth_token: Option<Token>,
+    pub data_dir: Option<PathBuf>,
+    pub preset_auth: bool,
+    pub danger_public_presets: bool,
+    /// Lowercase host names accepted in `Host` while listening on loopback.
+    pub allowed_hosts: Vec<String>,
+    pub aggressive_fallback: bool,
+    pub force_fetch_default: bool,
+    /// Target of `/test`: origin and path-and-query.
+    pub default_dst: (Origin, String),
+    pub debug: bool,
+    pub log_format: LogFormat,
+    pub cors: Cors,
+    pub shutdown_grace: Duration,
+    pub upstream: UpstreamConfig,
+    pub limits: Limits,
+    pub headers: HeaderConfig,
+    pub presets: Presets,
+    pub gemini: GeminiConfig,
+    pub websocket_max_message_bytes: usize,
+    pub tls: Option<TlsConfig>,
+    /// Keys that were set but whose behaviour is not built yet.
+    pub not_yet_active: Vec<String>,
+}
+
+/// Keys parsed now whose behaviour arrives with a later release; setting one
+/// is reported by `check-config` and logged at start-up.
+const NOT_YET_ACTIVE: &[&str] = &[
+    "aggressive_fallback",
+    "force_fetch_default",
+    "upstream.pool_idle_timeout_ms",
+    "shutdown_grace_ms",
+    "presets.*.force_fetch",
+    "presets.*.monitor",
+    "gemini",
+    "websocket",
+    "tls",
+];
+
+/// Built-in presets (route, display name, target); all socket-first.
+const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
+    ("openai", "OpenAI", "https://api.openai.com"),
+    ("claude", "Anthropic Claude", "https://api.anthropic.com"),
+    (
+        "gemini",
+        "Google Gemini",
+        "https://generativelanguage.googleapis.com",
+    ),
+    ("groq", "Groq", "https://api.groq.com/openai"),
+    ("xai", "xAI", "https://api.x.ai"),
+    ("openrouter", "OpenRouter", "https://openrouter.ai/api"),
+    ("mistral", "Mistral", "https://api.mistral.ai"),
+    ("deepseek", "DeepSeek", "https://api.deepseek.com"),
+    ("cerebras", "Cerebras", "https://api.cerebras.ai"),
+    ("cohere", "Cohere", "https://api.cohere.ai"),
+    ("together", "Together AI", "https://api.together.xyz"),
+    (
+        "fireworks",
+        "Fireworks AI",
+        "https://api.fireworks.ai/inference",
+    ),
+    ("sambanova", "SambaNova", "https://api.sambanova.ai"),
+    ("novita", "Novita AI", "https://api.novita.ai"),
+    (
+        "huggingface",
+        "Hugging Face",
+        "https://api-inference.huggingface.co",
+    ),
+    ("github", "GitHub Models", "https://models.github.ai"),
+    ("deepinfra", "DeepInfra", "https://api.deepinfra.com"),
+    ("friendli", "Friendli", "https://api.friendli.ai/serverless"),
+    ("portkey", "Portkey", "https://api.portkey.ai"),
+    ("poe", "Poe", "https://api.poe.com"),
+    ("chutes", "Chutes", "https://llm.chutes.ai"),
+    ("targon", "Targon", "https://api.targon.ai"),
+    ("perplexity", "Perplexity", "https://api.perplexity.ai"),
+    ("telegram", "Telegram Bot API", "https://api.telegram.org"),
+    ("discord", "Discord", "https://discord.com/api"),
+    ("meta", "Meta AI", "https://www.meta.ai/api"),
+];
+
+/// Route segments that can never be preset names.
+const RESERVED_NAMES: &[&str] = &["healthz", "metrics", "test", "http", "https", "ws", "wss"];
+
+/// Reads environment variables; tests pass a closure over a map.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, with empty values treated as unset (so an empty
+/// `AUTH_TOKEN=` in a compose file means "not set", not "invalid").
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_bool(env: Env<'_>, name: &str) -> Result<Option<bool>, ConfigError> {
+    match env(name) {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(_) => err(format!("environment variable {name} must be true or false")),
+    }
+}
+
+fn ms(value: Option<u64>, default: u64, key: &str) -> Result<Duration, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => err(format!("{key} must be at least 1")),
+        v => Ok(Duration::from_millis(v)),
+    }
+}
+
+fn positive(value: Option<u64>, default: u64, key: &str) -> Result<u64, ConfigError> {
+    match value.unwrap_or(default) {
+        0 => err(format!("{key} must be at least 1")),
+        v => Ok(v),
+    }
+}
+
+fn usize_of(v: u64, key: &str) -> Result<usize, ConfigError> {
+    usize::try_from(v).map_err(|_| ConfigError(format!("{key} is too large")))
+}
+
+impl Config {
+    /// The built-in defaults, as `veilgate` with no config file runs.
+    pub fn defaults(env: Env<'_>) -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::default(), env)
+    }
+
+    /// Applies the environment and validates.
+    pub fn from_raw(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
+        let not_yet_active = raw.inactive_keys_set(env);
+
+        let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError("listen: expected an address such as 127.0.0.1:8080".into())
+        })?;
+
+        let auth_token = match (env("AUTH_TOKEN"), &raw.auth_token) {
+            (Some(t), _) => Some(Token::parse(&t, "environment variable AUTH_TOKEN")?),
+            (None, Some(t)) => Some(Token::parse(t, "auth_token")?),
+            (None, None) => None,
+        };
+
+        let preset_auth = env_bool(env, "PRESET_AUTH_ENABLED")?
+            .or(raw.preset_auth)
+            .unwrap_or(false);
+        let danger_public_presets = raw.danger_public_presets.unwrap_or(false);
+
+        let mut allowed_hosts = Vec::new();
+        for h in raw.allowed_hosts.unwrap_or_default() {
+            if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) {
+                return err(
+                    "allowed_hosts: each entry must be a host name, without scheme or path",
+                );
+            }
+            allowed_hosts.push(h.to_ascii_lowercase());
+        }
+
+        let aggressive_fallback = env_bool(env, "AGGRESSIVE_FALLBACK")?
+            .or(raw.aggressive_fallback)
+            .unwrap_or(true);
+        let force_fetch_default = env_bool(env, "FORCE_FETCH_DEFAULT")?
+            .or(raw.force_fetch_default)
+            .unwrap_or(false);
+        let (dst_key, dst) = match env("DEFAULT_DST_URL") {
+            Some(v) => ("environment variable DEFAULT_DST_URL", v),
+            None => (
+                "default_dst_url",
+                raw.default_dst_url
+                    .unwrap_or_else(|| "https://httpbin.org/get".to_owned()),
+            ),
+        };
+        let default_dst = parse_url(&dst).map_err(|e| ConfigError(format!("{dst_key}: {e}")))?;
+        let debug = env_bool(env, "DEBUG_MODE")?.or(raw.debug).unwrap_or(false);
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return err("log_format must be \"text\" or \"json\""),
+        };
+        let cors = match raw.cors_allow_origins {
+            None => Cors::Any,
+            Some(list) if list.iter().any(|o| o == "*") => {
+                if list.len() > 1 {
+                    return err("cors_allow_origins: \"*\" cannot be combined with other origins");
+                }
+                Cors::Any
+            }
+            Some(list) => {
+                for o in &list {
+                    if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
+                    {
+                        return err(
+                            "cors_allow_origins: each origin must look like https://host[:port]",
+                        );
+                    }
+                }
+                Cors::List(list)
+            }
+        };
+        let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
+
+        let u = raw.upstream;
+        let upstream = UpstreamConfig {
+            extra_ca_file: u.extra_ca_file,
+            connect_timeout: ms(u.connect_timeout_ms, 10_000, "upstream.connect_timeout_ms")?,
+            response_timeout: ms(
+                u.response_timeout_ms,
+                300_000,
+                "upstream.response_timeout_ms",
+            )?,
+            idle_timeout: ms(u.idle_timeout_ms, 300_000, "upstream.idle_timeout_ms")?,
+            pool_idle_timeout: ms(
+                u.pool_idle_timeout_ms,
+                20_000,
+                "upstream.pool_idle_timeout_ms",
+            )?,
+            allow_private_targets: u.allow_private_targets.unwrap_or(false),
+        };
+
+        let l = raw.limits;
+        let max_header_bytes = l.max_header_bytes.unwrap_or(65_536);
+        if max_header_bytes < 8192 {
+            return err("limits.max_header_bytes must be at least 8192");
+        }
+        let max_response_head_bytes = positive(
+            l.max_response_head_bytes,
+            65_536,
+            "limits.max_response_head_bytes",
+        )?;
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+            max_header_bytes: usize_of(max_header_bytes, "limits.max_header_bytes")?,
+            max_response_head_bytes: usize_of(
+                max_response_head_bytes,
+                "limits.max_response_head_bytes",
+            )?,
+            max_connections: usize_of(
+                positive(l.max_connections, 10_000, "limits.max_connections")?,
+                "limits.max_connections",
+            )?,
+            header_read_timeout: ms(
+                l.header_read_timeout_ms,
+                30_000,
+                "limits.header_read_timeout_ms",
+            )?,
+        };
+
+        let mut allow = Vec::new();
+        for entry in raw.headers.allow.unwrap_or_default() {
+            allow.push(
+                ExtraAllow::parse(&entry)
+                    .map_err(|e| ConfigError(format!("headers.allow: {e}")))?,
+            );
+        }
+        let user_agent = match raw.headers.user_agent {
+            None => UserAgent::default(),
+            Some(s) => UserAgent::parse(&s)
+                .map_err(|_| ConfigError("headers.user_agent: not a valid header value".into()))?,
+        };
+        let headers = HeaderConfig { allow, user_agent };
+
+        let presets = build_presets(raw.presets)?;
+
+        let g = raw.gemini;
+        let mut prompts = BTreeMap::new();
+        for (lang, prompt) in g.prompts {
+            if lang.len() != 2 || !lang.bytes().all(|b| b.is_ascii_lowercase()) {
+                return err(format!(
+                    "gemini.prompts.{lang}: keys must be two-letter language codes"
+                ));
+            }
+            if prompt.trim().is_empty() {
+                return err(format!("gemini.prompts.{lang}: prompt is empty"));
+            }
+            prompts.insert(lang, prompt);
+        }
+        if let Some(p) = env("GEMINI_RETRY_PROMPT_CN") {
+            prompts.insert("zh".into(), p);
+        }
+        if let Some(p) = env("GEMINI_RETRY_PROMPT_EN") {
+            prompts.insert("en".into(), p);
+        }
+        let gemini = GeminiConfig {
+            enabled: env_bool(env, "GEMINI_SPECIAL_HANDLING_ENABLED")?
+                .or(g.enabled)
+                .unwrap_or(true),
+            max_retries: g.max_retries.unwrap_or(5),
+            retry_delay: Duration::from_millis(g.retry_delay_ms.unwrap_or(750)),
+            idle_timeout: ms(g.idle_timeout_ms, 60_000, "gemini.idle_timeout_ms")?,
+            swallow_thoughts_after_retry: g.swallow_thoughts_after_retry.unwrap_or(true),
+            prompts,
+        };
+
+        let websocket_max_message_bytes = usize_of(
+            positive(
+                raw.websocket.max_message_bytes,
+                16 * 1024 * 1024,
+                "websocket.max_message_bytes",
+            )?,
+            "websocket.max_message_bytes",
+        )?;
+        let tls = raw.tls.map(|t| TlsConfig {
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+        });
+
+        let config = Config {
+            listen,
+            auth_token,
+            data_dir: raw.data_dir,
+            preset_auth,
+            danger_public_presets,
+            allowed_hosts,
+            aggressive_fallback,
+            force_fetch_default,
+            default_dst,
+            debug,
+            log_format,
+            cors,
+            shutdown_grace,
+            upstream,
+            limits,
+            headers,
+            presets,
+            gemini,
+            websocket_max_message_bytes,
+            tls,
+            not_yet_active,
+        };
+        config.check_exposure()?;
+        Ok(config)
+    }
+
+    /// Loads the file (if any), applies the environment and `--listen`.
+    pub fn load(
+        path: Option<&Path>,
+        listen: Option<SocketAddr>,
+        env: Env<'_>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = match path {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        if let Some(l) = listen {
+            raw.listen = Some(l.to_string());
+        }
+        Config::from_raw(raw, env)
+    }
+
+    /// Refuses an open relay: presets without auth on a non-loopback address.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().is_loopback() && !self.preset_auth && !self.danger_public_presets {
+            return err(format!(
+                "listen: {} is not a loopback address and preset_auth is off, so anyone who \
+                 can reach it could use veilgate as an open relay; turn on preset_auth \
+                 (PRESET_AUTH_ENABLED=true) or set danger_public_presets = true",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where a generated token lives.
+    pub fn token_path(&self, env: Env<'_>) -> Option<PathBuf> {
+        let dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => match (env("XDG_DATA_HOME"), env("HOME")) {
+                (Some(x), _) => PathBuf::from(x).join("veilgate"),
+                (None, Some(h)) => PathBuf::from(h).join(".local/share/veilgate"),
+                (None, None) => return None,
+            },
+        };
+        Some(dir.join("token"))
+    }
+
+    /// The configured token, or the one stored in `<data_dir>/token`,
+    /// generated (32 random bytes, URL-safe base64, file mode 0600) on the
+    /// first start. Returns the token and, when it came from the file, its path.
+    pub fn resolve_token(&self, env: Env<'_>) -> Result<(Token, Option<PathBuf>), ConfigError> {
+        if let Some(t) = &self.auth_token {
+            return Ok((t.clone(), None));
+        }
+        let path = self.token_path(env).ok_or_else(|| {
+            ConfigError("no auth_token set and neither data_dir, XDG_DATA_HOME nor HOME".into())
+        })?;
+        let token = load_or_create_token(&path)?;
+        Ok((token, Some(path)))
+    }
+
+    /// The effective configuration as TOML-like text, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            s.push_str(k);
+            s.push_str(" = ");
+            s.push_str(&v);
+            s.push('\n');
+        };
+        line("listen", format!("\"{}\"", self.listen));
+        line(
+            "auth_token",
+            if self.auth_token.is_some() {
+                "\"***\"".into()
+            } else {
+                "(generated into data_dir)".into()
+            },
+        );
+        line("preset_auth", self.preset_auth.to_string());
+        line(
+            "danger_public_presets",
+            self.danger_public_presets.to_string(),
+        );
+        line("allowed_hosts", format!("{:?}", self.allowed_hosts));
+        line("aggressive_fallback", self.aggressive_fallback.to_string());
+        line("force_fetch_default", self.force_fetch_default.to_string());
+        line(
+            "default_dst_url",
+            format!("\"{}{}\"", self.default_dst.0, self.default_dst.1),
+        );
+        line("debug", self.debug.to_string());
+        line(
+            "log_format",
+            format!("{:?}", self.log_format).to_lowercase(),
+        );
+        line(
+            "cors_allow_origins",
+            match &self.cors {
+                Cors::Any => "[\"*\"]".into(),
+                Cors::List(l) => format!("{l:?}"),
+            },
+        );
+        line(
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout.as_millis().to_string(),
+        );
+        line(
+            "upstream.response_timeout_ms",
+            self.upstream.response_timeout.as_millis().to_string(),
+        );
+        line(
+            "upstream.allow_private_targets",
+            self.upstream.allow_private_targets.to_string(),
+        );
+        line(
+            "limits.max_body_bytes",
+            self.limits.max_body_bytes.to_string(),
+        );
+        line(
+            "limits.max_header_bytes",
+            self.limits.max_header_bytes.to_string(),
+        );
+        line(
+            "limits.max_connections",
+            self.limits.max_connections.to_string(),
+        );
+        line(
+            "limits.header_read_timeout_ms",
+            self.limits.header_read_timeout.as_millis().to_string(),
+        );
+        line(
+            "headers.user_agent",
+            match &self.headers.user_agent {
+                UserAgent::Strip => "\"strip\"".into(),
+                UserAgent::Pass => "\"pass\"".into(),
+                UserAgent::Literal(v) => format!("{v:?}"),
+            },
+        );
+        for p in self.presets.iter() {
+            let targets: Vec<String> = p.targets.iter().map(Target::url).collect();
+            line(
+                &format!("presets.{}", p.route),
+                format!(
+                    "{{ targets = {targets:?}, enabled = {}, force_fetch = {}, monitor = \"{}\" }}",
+                    p.enabled,
+                    p.force_fetch || self.force_fetch_default,
+                    if p.monitor == Monitor::Gemini {
+                        "gemini"
+                    } else {
+                        "none"
+                    },
+                ),
+            );
+        }
+        if !self.not_yet_active.is_empty() {
+            s.push_str(&format!(
+                "# set but not yet active in this release: {}\n",
+                self.not_yet_active.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+impl RawConfig {
+    /// Which [`NOT_YET_ACTIVE`] keys this file or the environment sets.
+    fn inactive_keys_set(&self, env: Env<'_>) -> Vec<String> {
+        let mut set = Vec::new();
+        let mut note = |cond: bool, key: &str| {
+            if cond && NOT_YET_ACTIVE.contains(&key) {
+                set.push(key.to_owned());
+            }
+        };
+        note(
+            self.aggressive_fallback.is_some() || env("AGGRESSIVE_FALLBACK").is_some(),
+            "aggressive_fallback",
+        );
+        note(
+            self.force_fetch_default.is_some() || env("FORCE_FETCH_DEFAULT").is_some(),
+            "force_fetch_default",
+        );
+        note(
+            self.upstream.extra_ca_file.is_some(),
+            "upstream.extra_ca_file",
+        );
+        note(
+            self.upstream.idle_timeout_ms.is_some(),
+            "upstream.idle_timeout_ms",
+        );
+        note(
+            self.upstream.pool_idle_timeout_ms.is_some(),
+            "upstream.pool_idle_timeout_ms",
+        );
+        note(
+            self.limits.max_response_head_bytes.is_some(),
+            "limits.max_response_head_bytes",
+        );
+        note(self.shutdown_grace_ms.is_some(), "shutdown_grace_ms");
+        note(
+            self.presets.values().any(|p| p.force_fetch.is_some()),
+            "presets.*.force_fetch",
+        );
+        note(
+            self.presets.values().any(|p| p.monitor.is_some()),
+            "presets.*.monitor",
+        );
+        let g = &self.gemini;
+        note(
+            g.enabled.is_some()
+                || g.max_retries.is_some()
+                || g.retry_delay_ms.is_some()
+                || g.idle_timeout_ms.is_some()
+                || g.swallow_thoughts_after_retry.is_some()
+                || !g.prompts.is_empty()
+                || [
+                    "GEMINI_SPECIAL_HANDLING_ENABLED",
+                    "GEMINI_RETRY_PROMPT_CN",
+                    "GEMINI_RETRY_PROMPT_EN",
+                ]
+                .iter()
+                .any(|v| env(v).is_some()),
+            "gemini",
+        );
+        note(self.websocket.max_message_bytes.is_some(), "websocket");
+        note(self.tls.is_some(), "tls");
+        set
+    }
+}
+
+fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigError> {
+    let mut presets = Presets::default();
+    let mut raw = raw;
+    let builtins = BUILTIN_PRESETS
+        .iter()
+        .map(|&(route, name, target)| (route, Some((name, target))));
+    let added: Vec<String> = raw
+        .keys()
+        .filter(|k| !BUILTIN_PRESETS.iter().any(|(r, _, _)| r == k))
+        .cloned()
+        .collect();
+    let all: Vec<(String, Option<(&str, &str)>)> = builtins
+        .map(|(r, b)| (r.to_owned(), b))
+        .chain(added.into_iter().map(|r| (r, None)))
+        .collect();
+    for (route, builtin) in all {
+        let key = format!("presets.{route}");
+        let over = raw.remove(&route).unwrap_or_default();
+        if builtin.is_none() {
+            let ok = !route.is_empty()
+                && route.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok {
+                return err(format!("{key}: preset names must match [a-z0-9_-]+"));
+            }
+            if RESERVED_NAMES.contains(&route.as_str()) {
+                return err(format!(
+                    "{key}: '{route}' is reserved and cannot name a preset"
+                ));
+            }
+        }
+        let targets = match (over.targets, builtin) {
+            (Some(list), _) => {
+                if list.is_empty() {
+                    return err(format!("{key}.targets: needs at least one URL"));
+                }
+                list.iter()
+                    .map(|t| Target::parse(t, &format!("{key}.targets")))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            (None, Some((_, url))) => vec![Target::parse(url, &key)?],
+            (None, None) => return err(format!("{key}.targets: a new preset needs targets")),
+        };
+        let user_agent =
+            match over.user_agent {
+                None => None,
+                Some(s) => Some(UserAgent::parse(&s).map_err(|_| {
+                    ConfigError(format!("{key}.user_agent: not a valid header value"))
+                })?),
+            };
+        let monitor = match over.monitor.as_deref() {
+            None if route == "gemini" && builtin.is_some() => Monitor::Gemini,
+            None | Some("none") => Monitor::None,
+            Some("gemini") => Monitor::Gemini,
+            Some(_) => return err(format!("{key}.monitor must be \"gemini\" or \"none\"")),
+        };
+        let preset = Preset {
+            display_name: over.name.unwrap_or_else(|| {
+                builtin
+                    .map(|(n, _)| n.to_owned())
+                    .unwrap_or_else(|| route.clone())
+            }),
+            targets,
+            // A new preset without force_fetch follows force_fetch_default,
+            // which the transport choice applies to every preset anyway.
+            force_fetch: over.force_fetch.unwrap_or(false),
+            user_agent,
+            enabled: over.enabled.unwrap_or(true),
+            monitor,
+            next: AtomicUsize::new(0),
+            route: route.clone(),
+        };
+        presets.index.insert(route, presets.list.len());
+        presets.list.push(Arc::new(preset));
+    }
+    Ok(presets)
+}
+
+fn load_or_create_token(path: &Path) -> Result<Token, ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Token::parse(text.trim(), &format!("token file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return err(format!("cannot read token file {}: {e}", path.display())),
+    }
+    let token = generate_token();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConfigError(format!("cannot create data_dir {}: {e}", dir.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ConfigError(format!("cannot create token file {}: {e}", path.display())))?;
+    file.write_all(token.expose().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .map_err(|e| ConfigError(format!("cannot write token file {}: {e}", path.display())))?;
+    Ok(token)
+}
+
+fn generate_token() -> Token {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    Token(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::from_toml(toml)?, &no_env)
+    }
+
+    fn load_env(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |k: &str| map.get(k).cloned();
+        Config::from_raw(RawConfig::from_toml(toml)?, &env)
+    }
+
+    fn error_of(r: Result<Config, ConfigError>) -> String {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::defaults(&no_env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(!c.preset_auth && c.aggressive_fallback && !c.force_fetch_default);
+        assert_eq!(c.presets.iter().count(), BUILTIN_PRESETS.len());
+        let gemini = c.presets.enabled("gemini").unwrap();
+        assert_eq!(gemini.monitor, Monitor::Gemini);
+        assert_eq!(
+            c.presets.enabled("groq").unwrap().pick_target().url(),
+            "https://api.groq.com/openai"
+        );
+        assert_eq!(c.presets.enabled("openai").unwrap().monitor, Monitor::None);
+        assert!(c.not_yet_active.is_empty());
+        assert_eq!(c.limits.max_body_bytes, 33_554_432);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("lisen = \"127.0.0.1:1\"", "lisen"),
+            ("[upstream]\nconect_timeout_ms = 5", "conect_timeout_ms"),
+            ("[headers]\nallow = [\"host\"]", "headers.allow"),
+            ("[headers]\nuser_agent = \"a\\nb\"", "headers.user_agent"),
+            ("preset_auth = \"yes\"", "preset_auth"),
+            ("listen = \"nowhere\"", "listen"),
+            ("auth_token = \"short\"", "auth_token"),
+            (
+                "auth_token = \"has spaces in it, which is bad\"",
+                "auth_token",
+            ),
+            (
+                "[limits]\nmax_header_bytes = 100",
+                "limits.max_header_bytes",
+            ),
+            (
+                "[upstream]\nconnect_timeout_ms = 0",
+                "upstream.connect_timeout_ms",
+            ),
+            (
+                "[presets.Bad]\ntargets = [\"https://x.org\"]",
+                "presets.Bad",
+            ),
+            (
+                "[presets.healthz]\ntargets = [\"https://x.org\"]",
+                "presets.healthz",
+            ),
+            ("[presets.mine]\nname = \"x\"", "presets.mine.targets"),
+            (
+                "[presets.mine]\ntargets = [\"ftp://x.org\"]",
+                "presets.mine.targets",
+            ),
+            ("[presets.openai]\ntargets = []", "presets.openai.targets"),
+            (
+                "[presets.openai]\nmonitor = \"gemeni\"",
+                "presets.openai.monitor",
+            ),
+            ("[presets.openai]\ntarget = \"https://x.org\"", "target"),
+            ("log_format = \"xml\"", "log_format"),
+            (
+                "cors_allow_origins = [\"*\", \"https://a.b\"]",
+                "cors_allow_origins",
+            ),
+            ("default_dst_url = \"nope\"", "default_dst_url"),
+            (
+                "[gemini.prompts]\nenglish = \"go on\"",
+                "gemini.prompts.english",
+            ),
+            ("[tls]\ncert_file = \"a\"", "key_file"),
+            ("listen = \"0.0.0.0:8080\"", "danger_public_presets"),
+        ];
+        for (toml, key) in cases {
+            let msg = error_of(load(toml));
+            assert!(
+                msg.contains(key),
+                "error for {toml:?} should name {key}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_and_names_bad_variables() {
+        let c = load_env(
+            "preset_auth = false\ndebug = false\nauth_token = \"from_file_token_1234\"",
+            &[
+                ("PRESET_AUTH_ENABLED", "TRUE"),
+                ("DEBUG_MODE", "true"),
+                ("AUTH_TOKEN", "from_env_token_123456"),
+                ("DEFAULT_DST_URL", "http://127.0.0.1:9/x"),
+                ("GEMINI_RETRY_PROMPT_CN", "继续"),
+            ],
+        )
+        .unwrap();
+        assert!(c.preset_auth && c.debug);
+        assert!(
+            c.auth_token
+                .as_ref()
+                .unwrap()
+                .matches(b"from_env_token_123456")
+        );
+        assert_eq!(c.default_dst.1, "/x");
+        assert_eq!(c.gemini.prompts.get("zh").unwrap(), "继续");
+        for var in [
+            "PRESET_AUTH_ENABLED",
+            "AGGRESSIVE_FALLBACK",
+            "DEBUG_MODE",
+            "FORCE_FETCH_DEFAULT",
+        ] {
+            let msg = error_of(load_env("", &[(var, "yes")]));
+            assert!(msg.contains(var), "{msg}");
+        }
+        let msg = error_of(load_env("", &[("AUTH_TOKEN", "bad token")]));
+        assert!(
+            msg.contains("AUTH_TOKEN") && !msg.contains("bad token"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn exposure_rule() {
+        assert!(load("listen = \"0.0.0.0:8080\"\npreset_auth = true").is_ok());
+        assert!(load("listen = \"0.0.0.0:8080\"\ndanger_public_presets = true").is_ok());
+        assert!(load("listen = \"[::1]:8080\"").is_ok());
+        assert!(load("listen = \"192.0.2.1:8080\"").is_err());
+    }
+
+    #[test]
+    fn presets_merge_field_by_field() {
+        let c = load(
+            "[presets.gemini]\ntargets = [\"http://127.0.0.1:9000\", \"http://127.0.0.1:9001\"]\n\
+             [presets.openai]\nuser_agent = \"strip\"\n\
+             [presets.claude]\nenabled = false\n\
+             [presets.local-llm]\ntargets = [\"http://localhost:11434/v1/\"]\nname = \"Ollama\"\n",
+        )
+        .unwrap();
+        let g = c.presets.enabled("gemini").unwrap();
+        assert_eq!(g.display_name, "Google Gemini");
+        assert_eq!(g.monitor, Monitor::Gemini, "monitor kept from the built-in");
+        let picks: Vec<String> = (0..3).map(|_| g.pick_target().url()).collect();
+        assert_eq!(
+            picks,
+            [
+                "http://127.0.0.1:9000",
+                "http://127.0.0.1:9001",
+                "http://127.0.0.1:9000"
+            ]
+        );
+        let o = c.presets.enabled("openai").unwrap();
+        assert_eq!(o.user_agent, Some(UserAgent::Strip));
+        assert_eq!(
+            o.pick_target().url(),
+            "https://api.openai.com",
+            "targets kept"
+        );
+        assert!(c.presets.enabled("claude").is_none());
+        let l = c.presets.enabled("local-llm").unwrap();
+        assert_eq!(
+            (l.display_name.as_str(), l.pick_target().base_path.as_str()),
+            ("Ollama", "/v1")
+        );
+        assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
+    }
+
+    #[test]
+    fn inactive_keys_are_reported() {
+        let c =
+            load("[gemini]\nmax_retries = 3\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
+        assert_eq!(c.not_yet_active, ["gemini", "tls"]);
+        assert!(
+            c.describe()
+                .contains("not yet active in this release: gemini, tls")
+        );
+    }
+
+    #[test]
+    fn describe_masks_the_token() {
+        let c = load("auth_token = \"super_secret_token_value\"").unwrap();
+        let text = c.describe();
+        assert!(!text.contains("super_secret_token_value"));
+        assert!(text.contains("auth_token = \"***\""));
+        assert_eq!(format!("{:?}", c.auth_token), "Some(Token(***))");
+    }
+
+    #[test]
+    fn token_is_generated_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(&format!("data_dir = {:?}", dir.path().join("state"))).unwrap();
+        let (t1, path) = c.resolve_token(&no_env).unwrap();
+        let path = path.unwrap();
+        assert_eq!(path, dir.path().join("state/token"));
+        assert_eq!(t1.expose().len(), 43);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (t2, _) = c.resolve_token(&no_env).unwrap();
+        assert_eq!(t1, t2, "reused on the next start");
+        // XDG_DATA_HOME wins over HOME when data_dir is not set
+        let c = load("").unwrap();
+        let env = |k: &str| match k {
+            "XDG_DATA_HOME" => Some("/x".to_owned()),
+            "HOME" => Some("/home/u".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            c.token_path(&env).unwrap(),
+            PathBuf::from("/x/veilgate/token")
+        );
+        let home = |k: &str| (k == "HOME").then(|| "/home/u".to_owned());
+        assert_eq!(
+            c.token_path(&home).unwrap(),
+            PathBuf::from("/home/u/.local/share/veilgate/token")
+        );
+    }
+
+    #[test]
+    fn token_compare() {
+        let t = Token::parse("abcdefghijklmnop", "t").unwrap();
+        assert!(t.matches(b"abcdefghijklmnop"));
+        assert!(!t.matches(b"abcdefghijklmnoq"));
+        assert!(!t.matches(b"abcdefghijklmno"));
+        assert!(!t.matches(b"abcdefghijklmnopq"));
+        assert!(!t.matches(b""));
+    }
+}

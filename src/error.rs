@@ -1,0 +1,163 @@
+//! The errors veilgate answers itself, and the one function that turns an
+//! error into a response ([`Error::to_response`]).
+//!
+//! Every such response is JSON in the shape of Google's API errors, marked
+//! with `x-proxy-error: true` so a client can tell it from an upstream's own
+//! error (those pass through untouched). Messages name what failed — a
+//! route rule, a host, a limit — never a header value, key, token or body.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::{Body, full};
+use crate::route::RouteError;
+use crate::upstream::UpstreamError;
+
+/// An error that ends a request with a response made by veilgate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("Host header not allowed while listening on loopback; add it to allowed_hosts")]
+    ForeignHost,
+    #[error("request body larger than limits.max_body_bytes ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    NotImplemented(&'static str),
+}
+
+/// How one transport failed, for `error.transports`.
+#[derive(Clone, Debug)]
+pub struct TransportFailure {
+    pub transport: &'static str,
+    pub error: String,
+    pub duration: Duration,
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Route(e) => e.status(),
+            Error::ForeignHost => StatusCode::FORBIDDEN,
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Error::Upstream(e) => e.status(),
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The JSON error response, with the transports' failures when known.
+    pub fn to_response(&self, transports: &[TransportFailure]) -> Response<Body> {
+        error_response(self.status(), &self.to_string(), transports)
+    }
+}
+
+/// Google-style status name for an HTTP status.
+fn status_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        405 => "UNIMPLEMENTED",
+        409 => "ABORTED",
+        413 | 431 => "OUT_OF_RANGE",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        502 | 503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        402..=498 => "FAILED_PRECONDITION",
+        _ => "INTERNAL",
+    }
+}
+
+/// The JSON text of a veilgate error.
+pub fn error_body(status: StatusCode, message: &str, transports: &[TransportFailure]) -> String {
+    let mut error = json!({
+        "code": status.as_u16(),
+        "message": message,
+        "status": status_name(status),
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    if !transports.is_empty() {
+        let mut map = serde_json::Map::new();
+        for t in transports {
+            map.insert(
+                t.transport.to_owned(),
+                json!({ "error": t.error, "duration_ms": t.duration.as_millis() as u64 }),
+            );
+        }
+        error["transports"] = serde_json::Value::Object(map);
+    }
+    json!({ "error": error }).to_string()
+}
+
+/// Builds a veilgate error response.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    transports: &[TransportFailure],
+) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(error_body(status, message, transports))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("x-proxy-error", HeaderValue::from_static("true"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn json_shape() {
+        let failures = [TransportFailure {
+            transport: "socket",
+            error: "connect refused".into(),
+            duration: Duration::from_millis(12),
+        }];
+        let resp = Error::Route(RouteError::UnknownScheme).to_response(&failures);
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["x-proxy-error"], "true");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], 400);
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+        assert!(v["error"]["message"].as_str().unwrap().contains("scheme"));
+        let ts = v["error"]["timestamp"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+        assert_eq!(v["error"]["transports"]["socket"]["duration_ms"], 12);
+        assert_eq!(
+            v["error"]["transports"]["socket"]["error"],
+            "connect refused"
+        );
+    }
+
+    #[test]
+    fn status_names() {
+        for (code, name) in [
+            (401, "UNAUTHENTICATED"),
+            (403, "PERMISSION_DENIED"),
+            (502, "UNAVAILABLE"),
+            (504, "DEADLINE_EXCEEDED"),
+            (413, "OUT_OF_RANGE"),
+        ] {
+            assert_eq!(status_name(StatusCode::from_u16(code).unwrap()), name);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The `veilgate` binary: command line → configuration → server.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use veilgate::config::{Config, LogFormat, process_env};
+use veilgate::server::Server;
+
+/// A self-hosted privacy proxy for LLM APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "VEILGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides the config file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), cli.listen, &process_env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("veilgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veilgate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for key in &config.not_yet_active {
+        tracing::warn!(key = %key, "configuration key is set but not yet active in this release");
+    }
+    let (token, token_file) = config.resolve_token(&process_env)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config, token.clone()).await?;
+        let addr = server.local_addr();
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "veilgate listening");
+        if let Some(path) = token_file {
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "\n  auth token: {}\n  generic route: http://{addr}/{}/https/<host>/<path>\n",
+                    token.expose(),
+                    token.expose()
+                );
+            } else {
+                tracing::info!(file = %path.display(), "auth token stored in file");
+            }
+        }
+        server.run(shutdown_signal()).await;
+        tracing::info!("veilgate stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn init_logging(config: &Config) {
+    let default = if config.debug {
+        "veilgate=debug,info"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

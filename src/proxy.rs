@@ -1,0 +1,470 @@
+//! The request handler: checks the `Host`, answers preflights and local
+//! endpoints, routes, applies the header policy, sends the request through
+//! a transport, and shapes the response for the client (policy-filtered
+//! headers, CORS, `x-veilgate-transport`). One log line per request.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::body::{Body, empty, full};
+use crate::config::{Config, Cors, Token};
+use crate::error::{Error, TransportFailure, error_body};
+use crate::policy::headers::{RequestPolicy, filter_response_headers};
+use crate::route::{Route, RouteContext, RouteInput, route, upstream_path};
+use crate::upstream::connect::TargetCheck;
+use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
+
+/// Everything a request handler needs, shared by all connections.
+pub struct App {
+    pub config: Config,
+    pub token: Token,
+    /// The address actually bound (refused as an upstream target).
+    pub listen: SocketAddr,
+    socket: SocketTransport,
+}
+
+/// What the log line says about a request (never its path: it may hold the
+/// token, and queries may hold keys).
+struct LogInfo {
+    kind: &'static str,
+    preset: Option<String>,
+    transport: Option<&'static str>,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        token: Token,
+        listen: SocketAddr,
+    ) -> Result<App, crate::config::ConfigError> {
+        let roots = tls::root_store(config.upstream.extra_ca_file.as_deref())?;
+        let tls = tls::client_config(roots, &[b"http/1.1"])?;
+        let socket = SocketTransport::new(
+            SocketSettings {
+                connect_timeout: config.upstream.connect_timeout,
+                response_timeout: config.upstream.response_timeout,
+                idle_timeout: config.upstream.idle_timeout,
+                max_response_head_bytes: config.limits.max_response_head_bytes,
+            },
+            tls,
+        );
+        Ok(App {
+            config,
+            token,
+            listen,
+            socket,
+        })
+    }
+
+    /// Handles one request; never fails (errors become responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let request_origin = req.headers().get(header::ORIGIN).cloned();
+        let mut info = LogInfo {
+            kind: "local",
+            preset: None,
+            transport: None,
+        };
+        let mut resp = match self.dispatch(req, &mut info).await {
+            Ok(resp) => resp,
+            Err((e, failures)) => e.to_response(&failures),
+        };
+        apply_cors(
+            resp.headers_mut(),
+            request_origin.as_ref(),
+            &self.config.cors,
+        );
+        tracing::info!(
+            method = %method,
+            route = info.kind,
+            preset = info.preset.as_deref().unwrap_or("-"),
+            transport = info.transport.unwrap_or("-"),
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        info: &mut LogInfo,
+    ) -> Result<Response<Body>, (Error, Vec<TransportFailure>)> {
+        let plain = |e: Error| (e, Vec::new());
+        if self.listen.ip().is_loopback() && !self.is_allowed_host(&req) {
+            return Err(plain(Error::ForeignHost));
+        }
+        if req.method() == Method::OPTIONS {
+            return Ok(preflight(req.headers()));
+        }
+        let header_token = req
+            .headers()
+            .get("x-veilgate-token")
+            .map(HeaderValue::as_bytes);
+        let input = RouteInput {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            header_token,
+        };
+        let cx = RouteContext {
+            presets: &self.config.presets,
+            token: &self.token,
+            preset_auth: self.config.preset_auth,
+        };
+        let route = route(input, cx).map_err(|e| plain(e.into()))?;
+
+        let (origin, path, user_agent, check) = match route {
+            Route::Dashboard => return Ok(self.dashboard()),
+            Route::Health => return Ok(health()),
+            Route::Metrics => return self.metrics(req.headers()).map_err(plain),
+            Route::Test => {
+                info.kind = "test";
+                let (origin, path) = self.config.default_dst.clone();
+                let req = UpstreamRequest {
+                    method: Method::GET,
+                    origin,
+                    path,
+                    headers: self.policy(None).request_headers(&HeaderMap::new()),
+                    body: Bytes::new(),
+                    check: self.check(true),
+                };
+                return self.send(req, info).await;
+            }
+            Route::Preset {
+                preset,
+                remainder,
+                query,
+                ..
+            } => {
+                info.kind = "preset";
+                info.preset = Some(preset.route.clone());
+                let target = preset.pick_target();
+                let path = upstream_path(&target.base_path, &remainder, query.as_deref());
+                (
+                    target.origin.clone(),
+                    path,
+                    preset.user_agent.clone(),
+                    self.check(true),
+                )
+            }
+            Route::Generic {
+                origin,
+                remainder,
+                query,
+            } => {
+                info.kind = "generic";
+                let path = upstream_path("", &remainder, query.as_deref());
+                (
+                    origin,
+                    path,
+                    None,
+                    self.check(self.config.upstream.allow_private_targets),
+                )
+            }
+        };
+
+        if is_websocket_upgrade(req.headers()) {
+            info.kind = "tunnel";
+            return Err(plain(Error::NotImplemented(
+                "WebSocket tunnels are not available in this release",
+            )));
+        }
+
+        let (parts, body) = req.into_parts();
+        let headers = self
+            .policy(user_agent.as_ref())
+            .request_headers(&parts.headers);
+        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes)
+            .await
+            .map_err(plain)?;
+        let req = UpstreamRequest {
+            method: parts.method,
+            origin,
+            path,
+            headers,
+            body,
+            check,
+        };
+        self.send(req, info).await
+    }
+
+    async fn send(
+        &self,
+        req: UpstreamRequest,
+        info: &mut LogInfo,
+    ) -> Result<Response<Body>, (Error, Vec<TransportFailure>)> {
+        let started = Instant::now();
+        info.transport = Some("socket");
+        match self.socket.send(&req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                filter_response_headers(&mut parts.headers);
+                parts
+                    .headers
+                    .insert("x-veilgate-transport", HeaderValue::from_static("socket"));
+                Ok(Response::from_parts(parts, body.boxed_unsync()))
+            }
+            Err(e) => {
+                let failure = TransportFailure {
+                    transport: "socket",
+                    error: e.to_string(),
+                    duration: started.elapsed(),
+                };
+                Err((Error::Upstream(e), vec![failure]))
+            }
+        }
+    }
+
+    fn policy<'a>(
+        &'a self,
+        preset_user_agent: Option<&'a crate::policy::headers::UserAgent>,
+    ) -> RequestPolicy<'a> {
+        RequestPolicy {
+            extra_allow: &self.config.headers.allow,
+            user_agent: preset_user_agent.unwrap_or(&self.config.headers.user_agent),
+            websocket: false,
+        }
+    }
+
+    fn check(&self, allow_private: bool) -> TargetCheck {
+        TargetCheck {
+            allow_private,
+            own: self.listen,
+        }
+    }
+
+    /// While listening on loopback only loopback names (or `allowed_hosts`)
+    /// may appear in `Host`: a web page that rebinds its own name to
+    /// 127.0.0.1 must not reach veilgate.
+    fn is_allowed_host(&self, req: &Request<Incoming>) -> bool {
+        let value = match req.headers().get(header::HOST) {
+            Some(v) => v.to_str().ok(),
+            None => match req.uri().authority() {
+                Some(a) => Some(a.as_str()),
+                None => return true, // HTTP/1.0 without Host: not a browser
+            },
+        };
+        let Some(value) = value else { return false };
+        is_loopback_host(value, &self.config.allowed_hosts)
+    }
+
+    fn dashboard(&self) -> Response<Body> {
+        let mut rows = String::new();
+        for p in self.config.presets.iter().filter(|p| p.enabled) {
+            let targets: Vec<String> = p.targets.iter().map(|t| html_escape(&t.url())).collect();
+            rows.push_str(&format!(
+                "<tr><td><code>/{}</code></td><td>{}</td><td>{}</td></tr>\n",
+                html_escape(&p.route),
+                html_escape(&p.display_name),
+                targets.join("<br>")
+            ));
+        }
+        let page = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>veilgate</title>\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>\
+             <h1>veilgate {}</h1><p>Privacy proxy for LLM APIs. Point your SDK's base URL at \
+             <code>http://HOST/&lt;preset&gt;</code>.</p><table><tr><th>Route</th><th>Provider</th>\
+             <th>Target</th></tr>\n{rows}</table></body></html>\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut resp = Response::new(full(page));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+
+    fn metrics(&self, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !self.token.matches(presented) {
+            return Err(Error::Route(crate::route::RouteError::Unauthorized));
+        }
+        let mut resp = Response::new(full(
+            "# HELP veilgate_up 1 while veilgate is serving.\n# TYPE veilgate_up gauge\nveilgate_up 1\n",
+        ));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        Ok(resp)
+    }
+}
+
+fn health() -> Response<Body> {
+    let body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `OPTIONS` is answered here, never forwarded.
+fn preflight(headers: &HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    let allow_headers = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    resp
+}
+
+/// veilgate's own CORS headers (upstream ones were dropped by the policy).
+fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cors: &Cors) {
+    match cors {
+        Cors::Any => {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("*"),
+            );
+        }
+        Cors::List(list) => {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+            if let Some(origin) = request_origin
+                && list.iter().any(|o| o.as_bytes() == origin.as_bytes())
+            {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                headers.insert(
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static("*"),
+                );
+            }
+        }
+    }
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+/// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or
+/// an `allowed_hosts` entry (with or without the port).
+fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
+    let value = value.to_ascii_lowercase();
+    let host = if value.starts_with('[') {
+        value.split_inclusive(']').next().unwrap_or(&value)
+    } else {
+        match value.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => &value,
+        }
+    };
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || host == "[::1]"
+        || allowed.iter().any(|a| a == host || *a == value)
+}
+
+/// Reads the request body up to `limit` bytes (413 above it, at once when
+/// `content-length` already says so).
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+        Err(e) => Err(Error::BodyRead(e.to_string())),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The raw bytes of the 503 sent to a connection over `max_connections`
+/// (written before any HTTP parsing, then the connection is closed).
+pub fn over_capacity_response() -> Vec<u8> {
+    let body = error_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections (limits.max_connections)",
+        &[],
+    );
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-proxy-error: true\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        let allowed = vec!["proxy.lan".to_owned(), "box:9000".to_owned()];
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "[::1]",
+            "app.localhost:1",
+            "proxy.lan:8080",
+            "box:9000",
+        ] {
+            assert!(is_loopback_host(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::2]:8080",
+            "box:9001",
+            "10.0.0.1",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad, &allowed), "{bad}");
+        }
+    }
+}

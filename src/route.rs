@@ -1,0 +1,501 @@
+//! Request path → [`Route`]: the routing rules of the spec's §2, as a pure
+//! function of the method, the raw path and query, the `x-veilgate-token`
+//! header and the configuration. No IO; the server acts on the result.
+//!
+//! Empty segments are skipped only while reading the token, the preset name,
+//! the scheme and the host; the rest of the path (the *remainder*) is kept
+//! byte for byte, so `%2F`, `%0d%0a`, `//` and trailing slashes reach the
+//! upstream exactly as the client wrote them.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::{Preset, Presets, Token};
+use crate::policy::target::{HostError, Origin, Scheme, parse_authority};
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum Route {
+    /// `GET /`
+    Dashboard,
+    /// `GET /healthz`
+    Health,
+    /// `GET /metrics` (bearer token checked by the handler)
+    Metrics,
+    /// `GET /test`
+    Test,
+    /// `/<name>/<remainder>` with an enabled preset.
+    Preset {
+        preset: Arc<Preset>,
+        remainder: String,
+        query: Option<String>,
+        authenticated: bool,
+    },
+    /// `/<token>/<scheme>/<host>/<remainder>`
+    Generic {
+        origin: Origin,
+        remainder: String,
+        query: Option<String>,
+    },
+}
+
+/// Why a request was refused before it could reach any upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("the path holds only the token; add a preset name or /<scheme>/<host>/<path>")]
+    TokenOnly,
+    #[error("unknown scheme: expected http, https, ws or wss after the token")]
+    UnknownScheme,
+    #[error("missing host after the scheme")]
+    MissingHost,
+    #[error("invalid host: {0}")]
+    BadHost(HostError),
+    #[error("the path contains raw spaces or control characters; percent-encode them")]
+    BadPath,
+    #[error("missing or wrong token")]
+    Unauthorized,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+}
+
+impl RouteError {
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            RouteError::Unauthorized => S::UNAUTHORIZED,
+            RouteError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            _ => S::BAD_REQUEST,
+        }
+    }
+}
+
+/// The parts of a request that routing reads.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteInput<'a> {
+    pub method: &'a Method,
+    /// The path exactly as received (no decoding).
+    pub path: &'a str,
+    /// The query, `Some("")` when the client sent a bare `?`.
+    pub query: Option<&'a str>,
+    /// The `x-veilgate-token` header, if any.
+    pub header_token: Option<&'a [u8]>,
+}
+
+/// The configuration that routing reads.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteContext<'a> {
+    pub presets: &'a Presets,
+    pub token: &'a Token,
+    pub preset_auth: bool,
+}
+
+/// Routes one request.
+pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, RouteError> {
+    let raw_bad = |s: &str| s.bytes().any(|b| b <= b' ' || b == 0x7f);
+    if raw_bad(input.path) || input.query.is_some_and(raw_bad) {
+        return Err(RouteError::BadPath);
+    }
+
+    let local = match input.path {
+        "/" => Some(Route::Dashboard),
+        "/healthz" => Some(Route::Health),
+        "/metrics" => Some(Route::Metrics),
+        "/test" => Some(Route::Test),
+        _ => None,
+    };
+    if let Some(local) = local {
+        if input.method == Method::GET || input.method == Method::HEAD {
+            return Ok(local);
+        }
+        if !matches!(local, Route::Dashboard) {
+            return Err(RouteError::MethodNotAllowed);
+        }
+    }
+
+    let mut rest = input.path;
+    let mut authenticated = input.header_token.is_some_and(|t| cx.token.matches(t));
+    let mut path_token = false;
+    if let Some((first, after)) = segment(rest)
+        && cx.token.matches(first.as_bytes())
+    {
+        authenticated = true;
+        path_token = true;
+        rest = after;
+    }
+    let query = input.query.map(str::to_owned);
+
+    let Some((name, after_name)) = segment(rest) else {
+        return Err(if path_token || authenticated {
+            RouteError::TokenOnly
+        } else {
+            RouteError::Unauthorized
+        });
+    };
+
+    if let Some(preset) = cx.presets.enabled(name) {
+        if cx.preset_auth && !authenticated {
+            return Err(RouteError::Unauthorized);
+        }
+        return Ok(Route::Preset {
+            preset: Arc::clone(preset),
+            remainder: after_name.to_owned(),
+            query,
+            authenticated,
+        });
+    }
+    if !authenticated {
+        return Err(RouteError::Unauthorized);
+    }
+
+    let scheme = Scheme::from_segment(name).ok_or(RouteError::UnknownScheme)?;
+    let (authority, remainder) = segment(after_name).ok_or(RouteError::MissingHost)?;
+    let (host, port) = parse_authority(authority).map_err(RouteError::BadHost)?;
+    let origin = Origin {
+        scheme,
+        port: port.unwrap_or(scheme.default_port()),
+        host,
+    };
+    Ok(Route::Generic {
+        origin,
+        remainder: remainder.to_owned(),
+        query,
+    })
+}
+
+/// Splits off the next non-empty segment: `"//a/b"` → `("a", "/b")`.
+fn segment(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start_matches('/');
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find('/').unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+/// `prefix` + `remainder` (or `/`), plus `?query` when the client sent one.
+pub fn upstream_path(prefix: &str, remainder: &str, query: Option<&str>) -> String {
+    let mut out = String::with_capacity(
+        prefix.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
+    out.push_str(prefix);
+    out.push_str(remainder);
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RawConfig};
+    use crate::policy::target::Host;
+
+    const TOKEN: &str = "tok_0123456789abcdef";
+
+    fn config(toml: &str) -> Config {
+        Config::from_raw(RawConfig::from_toml(toml).unwrap(), &|_| None).unwrap()
+    }
+
+    fn run(
+        c: &Config,
+        method: Method,
+        target: &str,
+        header: Option<&str>,
+    ) -> Result<Route, RouteError> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let token = Token::parse(TOKEN, "t").unwrap();
+        route(
+            RouteInput {
+                method: &method,
+                path,
+                query,
+                header_token: header.map(str::as_bytes),
+            },
+            RouteContext {
+                presets: &c.presets,
+                token: &token,
+                preset_auth: c.preset_auth,
+            },
+        )
+    }
+
+    /// Upstream URL of a proxied route, or the error.
+    fn dest(c: &Config, target: &str, header: Option<&str>) -> Result<String, RouteError> {
+        Ok(match run(c, Method::POST, target, header)? {
+            Route::Preset {
+                preset,
+                remainder,
+                query,
+                ..
+            } => {
+                let t = preset.pick_target();
+                format!(
+                    "{}{}",
+                    t.origin,
+                    upstream_path(&t.base_path, &remainder, query.as_deref())
+                )
+            }
+            Route::Generic {
+                origin,
+                remainder,
+                query,
+            } => {
+                format!(
+                    "{origin}{}",
+                    upstream_path("", &remainder, query.as_deref())
+                )
+            }
+            other => format!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn local_routes() {
+        let c = config("");
+        for (m, p, want) in [
+            (Method::GET, "/", "Dashboard"),
+            (Method::HEAD, "/", "Dashboard"),
+            (Method::GET, "/healthz", "Health"),
+            (Method::GET, "/metrics", "Metrics"),
+            (Method::GET, "/test", "Test"),
+        ] {
+            assert_eq!(format!("{:?}", run(&c, m, p, None).unwrap()), want, "{p}");
+        }
+        assert_eq!(
+            run(&c, Method::POST, "/healthz", None).unwrap_err(),
+            RouteError::MethodNotAllowed
+        );
+        assert_eq!(
+            run(&c, Method::POST, "/", None).unwrap_err(),
+            RouteError::Unauthorized
+        );
+    }
+
+    #[test]
+    fn presets_and_generic_destinations() {
+        let c = config("");
+        let t = TOKEN;
+        let cases: Vec<(String, Option<&str>, &str)> = vec![
+            (
+                "/openai/v1/chat/completions".into(),
+                None,
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                "/groq/v1/models".into(),
+                None,
+                "https://api.groq.com/openai/v1/models",
+            ),
+            (
+                "//openai//v1//x/".into(),
+                None,
+                "https://api.openai.com//v1//x/",
+            ),
+            ("/openai".into(), None, "https://api.openai.com/"),
+            ("/groq".into(), None, "https://api.groq.com/openai"),
+            ("/openai?".into(), None, "https://api.openai.com/?"),
+            (
+                "/openai/v1/x?a=%20b&key=1".into(),
+                None,
+                "https://api.openai.com/v1/x?a=%20b&key=1",
+            ),
+            (
+                format!("/{t}/openai/v1/x"),
+                None,
+                "https://api.openai.com/v1/x",
+            ),
+            (
+                format!("/{t}/https/api.example.com/v1/a%2Fb"),
+                None,
+                "https://api.example.com/v1/a%2Fb",
+            ),
+            (
+                format!("/{t}/https:/api.example.com/v1"),
+                None,
+                "https://api.example.com/v1",
+            ),
+            (
+                format!("/{t}/HTTPS://api.example.com:8443//v1/"),
+                None,
+                "https://api.example.com:8443//v1/",
+            ),
+            (
+                format!("/{t}/http/api.example.com:80/x"),
+                None,
+                "http://api.example.com/x",
+            ),
+            (
+                format!("/{t}/wss/api.example.com/ws"),
+                None,
+                "https://api.example.com/ws",
+            ),
+            (format!("/{t}/ws/1.2.3.4:9/ws"), None, "http://1.2.3.4:9/ws"),
+            (
+                format!("/{t}/https/[2001:db8::1]:8443/x"),
+                None,
+                "https://[2001:db8::1]:8443/x",
+            ),
+            (
+                format!("/{t}/https/api.example.com"),
+                None,
+                "https://api.example.com/",
+            ),
+            (
+                format!("/{t}/https/api.example.com?x=1"),
+                None,
+                "https://api.example.com/?x=1",
+            ),
+            (
+                format!("/{t}/https/h.example/a%0d%0ab"),
+                None,
+                "https://h.example/a%0d%0ab",
+            ),
+            (
+                "/https/api.example.com/x".into(),
+                Some(t),
+                "https://api.example.com/x",
+            ),
+        ];
+        for (target, header, want) in cases {
+            assert_eq!(dest(&c, &target, header).as_deref(), Ok(want), "{target}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let c = config("");
+        let t = TOKEN;
+        let cases: Vec<(String, Option<&str>, RouteError)> = vec![
+            (format!("/{t}"), None, RouteError::TokenOnly),
+            (format!("/{t}/"), None, RouteError::TokenOnly),
+            (format!("//{t}//?x=1"), None, RouteError::TokenOnly),
+            (
+                format!("/{t}/ftp/host.example/x"),
+                None,
+                RouteError::UnknownScheme,
+            ),
+            (
+                format!("/{t}/notapreset/x"),
+                None,
+                RouteError::UnknownScheme,
+            ),
+            (format!("/{t}/https"), None, RouteError::MissingHost),
+            (format!("/{t}/https//"), None, RouteError::MissingHost),
+            (
+                format!("/{t}/https/user@host.example/x"),
+                None,
+                RouteError::BadHost(HostError::Userinfo),
+            ),
+            (
+                format!("/{t}/https/host%2eexample/x"),
+                None,
+                RouteError::BadHost(HostError::ForbiddenChar),
+            ),
+            (
+                format!("/{t}/https/host\\example/x"),
+                None,
+                RouteError::BadHost(HostError::ForbiddenChar),
+            ),
+            (
+                format!("/{t}/https/[fe80::1%eth0]/x"),
+                None,
+                RouteError::BadHost(HostError::ForbiddenChar),
+            ),
+            (
+                format!("/{t}/https/host.example:0/x"),
+                None,
+                RouteError::BadHost(HostError::BadPort),
+            ),
+            (
+                format!("/{t}/https/host.example:70000/x"),
+                None,
+                RouteError::BadHost(HostError::BadPort),
+            ),
+            (
+                format!("/{t}/https/2130706433/x"),
+                None,
+                RouteError::BadHost(HostError::BadIpv4),
+            ),
+            (
+                format!("/{t}/https/h.example/a b"),
+                None,
+                RouteError::BadPath,
+            ),
+            (
+                format!("/{t}/https/h.example/a\r\nb"),
+                None,
+                RouteError::BadPath,
+            ),
+            (
+                format!("/{t}/https/h.example/a\0b"),
+                None,
+                RouteError::BadPath,
+            ),
+            (
+                "/https/api.example.com/x".into(),
+                None,
+                RouteError::Unauthorized,
+            ),
+            (
+                "/tok_wrongwrongwrong0/https/api.example.com/x".into(),
+                None,
+                RouteError::Unauthorized,
+            ),
+            (
+                "/https/api.example.com/x".into(),
+                Some("tok_wrongwrongwrong0"),
+                RouteError::Unauthorized,
+            ),
+            ("/nothing".into(), None, RouteError::Unauthorized),
+        ];
+        for (target, header, want) in cases {
+            assert_eq!(dest(&c, &target, header), Err(want), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn preset_auth_and_disabled_presets() {
+        let c = config("preset_auth = true\n[presets.claude]\nenabled = false");
+        assert_eq!(dest(&c, "/openai/v1", None), Err(RouteError::Unauthorized));
+        assert!(dest(&c, &format!("/{TOKEN}/openai/v1"), None).is_ok());
+        assert!(dest(&c, "/openai/v1", Some(TOKEN)).is_ok());
+        assert_eq!(dest(&c, "/claude/v1", None), Err(RouteError::Unauthorized));
+        // a disabled preset name is an unknown scheme once authenticated
+        assert_eq!(
+            dest(&c, &format!("/{TOKEN}/claude/v1"), None),
+            Err(RouteError::UnknownScheme)
+        );
+        match run(&c, Method::GET, &format!("/{TOKEN}/openai/v1"), None).unwrap() {
+            Route::Preset { authenticated, .. } => assert!(authenticated),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn generic_origin_fields() {
+        let c = config("");
+        match run(
+            &c,
+            Method::GET,
+            &format!("/{TOKEN}/wss/API.Example.com/x"),
+            None,
+        )
+        .unwrap()
+        {
+            Route::Generic { origin, .. } => {
+                assert_eq!(origin.host, Host::Name("api.example.com".into()));
+                assert_eq!((origin.scheme, origin.port), (Scheme::Https, 443));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The connector: target + egress → TCP stream + peer address. Used by both
+//! transports and by tunnels, so that the target check runs on the address
+//! actually connected (a name that resolves to a private address is refused
+//! however it is reached; DNS rebinding cannot slip past it).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::policy::target::{Host, Origin, is_global};
+
+use super::UpstreamError;
+
+/// How a connection leaves this machine. Only direct today; SOCKS5 exits
+/// (resolving the name at the exit) slot in here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Egress {
+    #[default]
+    Direct,
+}
+
+/// Which addresses may be connected to.
+#[derive(Clone, Copy, Debug)]
+pub struct TargetCheck {
+    /// Operator-configured targets (presets) and `allow_private_targets`.
+    pub allow_private: bool,
+    /// veilgate's own listen address, refused unless private targets are allowed.
+    pub own: SocketAddr,
+}
+
+impl TargetCheck {
+    /// True when connecting to `addr` is allowed.
+    pub fn permits(&self, addr: SocketAddr) -> bool {
+        if self.allow_private {
+            return true;
+        }
+        // With a wildcard listen address our public addresses are unknown
+        // here; loopback and private ones are refused by `is_global` anyway.
+        is_global(addr.ip()) && addr != self.own
+    }
+}
+
+/// Opens TCP connections.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    pub connect_timeout: Duration,
+}
+
+impl Connector {
+    /// Resolves `origin`, keeps the addresses `check` permits, and connects
+    /// to the first that answers within `connect_timeout` (for all tries
+    /// together). The stream has `TCP_NODELAY` set.
+    pub async fn connect(
+        &self,
+        origin: &Origin,
+        _egress: &Egress,
+        check: TargetCheck,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+        let host = origin.host.to_string();
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let addrs: Vec<SocketAddr> = match &origin.host {
+            Host::V4(a) => vec![SocketAddr::new(IpAddr::V4(*a), origin.port)],
+            Host::V6(a) => vec![SocketAddr::new(IpAddr::V6(*a), origin.port)],
+            Host::Name(name) => {
+                let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
+                match tokio::time::timeout_at(deadline, lookup).await {
+                    Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
+                    Ok(Err(_)) => return Err(UpstreamError::Resolve { host }),
+                    Ok(Ok(it)) => it.collect(),
+                }
+            }
+        };
+        if addrs.is_empty() {
+            return Err(UpstreamError::Resolve { host });
+        }
+        let permitted: Vec<SocketAddr> = addrs.into_iter().filter(|a| check.permits(*a)).collect();
+        if permitted.is_empty() {
+            return Err(UpstreamError::Forbidden { host });
+        }
+        let mut last: Option<io::Error> = None;
+        for addr in permitted {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+                Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
+                Ok(Ok(stream)) => {
+                    // Nagle would hold small writes (an SSE event, a head).
+                    stream
+                        .set_nodelay(true)
+                        .map_err(|e| UpstreamError::Connect {
+                            host: host.clone(),
+                            reason: e.kind().to_string(),
+                        })?;
+                    return Ok((stream, addr));
+                }
+                Ok(Err(e)) => last = Some(e),
+            }
+        }
+        let reason = last.map(|e| e.kind().to_string()).unwrap_or_default();
+        Err(UpstreamError::Connect { host, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_refuses_private_and_own_address() {
+        let own: SocketAddr = "8.8.4.4:8080".parse().unwrap();
+        let strict = TargetCheck {
+            allow_private: false,
+            own,
+        };
+        assert!(!strict.permits("127.0.0.1:80".parse().unwrap()));
+        assert!(!strict.permits("169.254.169.254:80".parse().unwrap()));
+        assert!(
+            !strict.permits("8.8.4.4:8080".parse().unwrap()),
+            "own listen address"
+        );
+        assert!(strict.permits("8.8.4.4:443".parse().unwrap()));
+        let open = TargetCheck {
+            allow_private: true,
+            own,
+        };
+        assert!(open.permits("127.0.0.1:80".parse().unwrap()));
+    }
+}

@@ -1,0 +1,418 @@
+//! The socket transport: veilgate's own HTTP/1.1 client over its own TCP
+//! (and TLS) connections, writing exactly the bytes of [`encode`] and
+//! reading responses with the sans-IO [`parse`] and [`chunked`] modules.
+//!
+//! This module does IO and decides nothing: which headers leave is the
+//! policy's decision, where they go is routing's.
+
+pub mod chunked;
+pub mod connect;
+pub mod encode;
+pub mod parse;
+pub mod tls;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::BoxError;
+use crate::policy::target::{Origin, Scheme};
+
+use self::chunked::{BodyDecoder, DecodeError};
+use self::connect::{Connector, Egress, TargetCheck};
+use self::parse::{Framing, ParseError, ResponseHead, parse_head};
+
+/// Bodies up to this size are written in the same write as the head.
+const COALESCE_BODY_BYTES: usize = 16 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A failure of the socket transport, classified by when it happened: only
+/// failures before the request was completely written may be retried on
+/// another transport ([`UpstreamError::is_before_write`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot resolve {host}")]
+    Resolve { host: String },
+    #[error("{host} is not a globally routable address (upstream.allow_private_targets is off)")]
+    Forbidden { host: String },
+    #[error("cannot connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("connecting to {host} timed out")]
+    ConnectTimeout { host: String },
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("writing the request to {host} failed: {reason}")]
+    Write { host: String, reason: String },
+    #[error("no response head from {host} within {secs} s")]
+    HeadTimeout { host: String, secs: u64 },
+    #[error("{host} closed the connection before sending a response")]
+    Closed { host: String },
+    #[error("reading the response from {host} failed: {reason}")]
+    Read { host: String, reason: String },
+    #[error("{host}: {source}")]
+    Parse { host: String, source: ParseError },
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            UpstreamError::HeadTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// True when the request never completely reached the upstream, so
+    /// sending it again (through the fetch transport) cannot bill twice.
+    pub fn is_before_write(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Resolve { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Tls { .. }
+                | UpstreamError::Write { .. }
+        )
+    }
+}
+
+/// What a body stream can fail with after the response head was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("upstream read failed: {0}")]
+    Read(io::ErrorKind),
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+}
+
+/// One request for an upstream, already shaped by routing and policy.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub origin: Origin,
+    /// Path and query, byte for byte.
+    pub path: String,
+    /// End-to-end headers from the policy (no framing).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub check: TargetCheck,
+}
+
+/// Timeouts and limits of the socket transport.
+#[derive(Clone, Debug)]
+pub struct SocketSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_response_head_bytes: usize,
+}
+
+/// The socket transport.
+#[derive(Clone)]
+pub struct SocketTransport {
+    connector: Connector,
+    tls: TlsConnector,
+    settings: SocketSettings,
+}
+
+impl SocketTransport {
+    pub fn new(settings: SocketSettings, tls: Arc<rustls::ClientConfig>) -> SocketTransport {
+        SocketTransport {
+            connector: Connector {
+                connect_timeout: settings.connect_timeout,
+            },
+            tls: TlsConnector::from(tls),
+            settings,
+        }
+    }
+
+    /// Sends `req` and returns the response with its body streaming.
+    pub async fn send(
+        &self,
+        req: &UpstreamRequest,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let host = || req.origin.host.to_string();
+        let mut conn = self.open(&req.origin, req.check).await?;
+
+        let mut out = BytesMut::new();
+        let host_header = req.origin.host_header();
+        encode::encode_head(
+            &req.method,
+            &req.path,
+            &host_header,
+            &req.headers,
+            req.body.len(),
+            &mut out,
+        );
+        let write = async {
+            if req.body.len() <= COALESCE_BODY_BYTES {
+                out.extend_from_slice(&req.body);
+                conn.write_all(&out).await?;
+            } else {
+                conn.write_all(&out).await?;
+                conn.write_all(&req.body).await?;
+            }
+            conn.flush().await
+        };
+        write.await.map_err(|e| UpstreamError::Write {
+            host: host(),
+            reason: e.kind().to_string(),
+        })?;
+
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let limit = self.settings.max_response_head_bytes;
+        let head = tokio::time::timeout(
+            self.settings.response_timeout,
+            read_head(&mut conn, &mut buf, limit),
+        )
+        .await
+        .map_err(|_| UpstreamError::HeadTimeout {
+            host: host(),
+            secs: self.settings.response_timeout.as_secs(),
+        })?
+        .map_err(|e| e.with_host(host()))?;
+
+        let framing = head
+            .framing(&req.method)
+            .map_err(|source| UpstreamError::Parse {
+                host: host(),
+                source,
+            })?;
+        let body = UpstreamBody::new(conn, buf, framing, self.settings.idle_timeout);
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    /// A new connection to `origin`, TLS-wrapped for https.
+    async fn open(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
+        let (tcp, _peer) = self
+            .connector
+            .connect(origin, &Egress::Direct, check)
+            .await?;
+        match origin.scheme {
+            Scheme::Http => Ok(Conn::Plain(tcp)),
+            Scheme::Https => {
+                let host = origin.host.to_string();
+                let name = tls::server_name(&origin.host).ok_or_else(|| UpstreamError::Tls {
+                    host: host.clone(),
+                    reason: "invalid server name".into(),
+                })?;
+                let handshake = self.tls.connect(name, tcp);
+                let stream = tokio::time::timeout(self.settings.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout { host: host.clone() })?
+                    .map_err(|e| UpstreamError::Tls {
+                        host,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Conn::Tls(Box::new(stream)))
+            }
+        }
+    }
+}
+
+/// Errors of [`read_head`] before the host is attached.
+enum HeadError {
+    Closed,
+    Read(io::ErrorKind),
+    Parse(ParseError),
+}
+
+impl HeadError {
+    fn with_host(self, host: String) -> UpstreamError {
+        match self {
+            HeadError::Closed => UpstreamError::Closed { host },
+            HeadError::Read(kind) => UpstreamError::Read {
+                host,
+                reason: kind.to_string(),
+            },
+            HeadError::Parse(source) => UpstreamError::Parse { host, source },
+        }
+    }
+}
+
+/// Reads until a final (non-1xx) response head is parsed; bytes after it
+/// stay in `buf` for the body.
+async fn read_head(
+    conn: &mut Conn,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<ResponseHead, HeadError> {
+    loop {
+        while let Some(head) = parse_head(buf, limit).map_err(HeadError::Parse)? {
+            if !head.is_interim() {
+                return Ok(head);
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match conn.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) => {
+                return Err(HeadError::Parse(ParseError::Malformed(
+                    "connection closed inside the head",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(HeadError::Read(e.kind())),
+        }
+    }
+}
+
+/// An upstream connection, plain or TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A response body read from the upstream connection as the client reads
+/// it: nothing is collected, each read is handed on as one frame. Dropping
+/// it (the client went away) drops the connection, which tells the upstream
+/// to stop. A body that ends early yields an error, never a clean end.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    buf: BytesMut,
+    decoder: BodyDecoder,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl UpstreamBody {
+    fn new(conn: Conn, buf: BytesMut, framing: Framing, idle: Duration) -> UpstreamBody {
+        let decoder = BodyDecoder::new(framing);
+        UpstreamBody {
+            conn: (!decoder.is_done()).then_some(conn),
+            buf,
+            decoder,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.decoder = BodyDecoder::Done;
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decoder.decode(&mut this.buf) {
+                Err(e) => return this.fail(e.into()),
+                Ok(Some(data)) => {
+                    if this.decoder.is_done() {
+                        this.conn = None;
+                    } else {
+                        this.timer.as_mut().reset(Instant::now() + this.idle);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if this.decoder.is_done() => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return this.fail(DecodeError::Truncated.into());
+            };
+            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if let Err(e) = this.decoder.eof() {
+                        return this.fail(e.into());
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => continue,
+                // A TLS peer that closes without close_notify surfaces as
+                // UnexpectedEof: for a close-delimited body that is a
+                // truncation, never a clean end.
+                Poll::Ready(Err(e)) => return this.fail(BodyError::Read(e.kind())),
+                Poll::Pending => {
+                    ready!(this.timer.as_mut().poll(cx));
+                    return this.fail(BodyError::Idle(this.idle));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

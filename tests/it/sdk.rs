@@ -1,0 +1,73 @@
+//! Real client SDKs pointed at veilgate (Python; `.ci/run` installs them).
+
+use std::process::Stdio;
+
+use crate::support::origin::{RawOrigin, json_response};
+use crate::support::{Veilgate, preset_at};
+
+/// True when `python3` can import `module`. Locally a missing SDK skips the
+/// test with a note; in CI (where `.ci/run` installs it) it is a failure.
+fn python_has(module: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 cannot import {module}; .ci/run must install it"
+        );
+        eprintln!("skipping: python3 cannot import {module} (pip install {module})");
+    }
+    ok
+}
+
+const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the origin"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+
+#[tokio::test]
+async fn openai_python_sdk_through_a_preset() {
+    if !python_has("openai") {
+        return;
+    }
+    let origin = RawOrigin::start(|_| json_response(COMPLETION)).await;
+    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_chat.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("{}/openai/v1", vg.url()))
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "SDK failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Hello from the origin"
+    );
+
+    let seen = origin.only_request();
+    assert_eq!(seen.request_line(), "POST /v1/chat/completions HTTP/1.1");
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer sk-test-sdk-key")
+    );
+    assert_eq!(seen.header("user-agent").as_deref(), Some("veilgate"));
+    assert_eq!(seen.header("accept-encoding").as_deref(), Some("identity"));
+    let leaked: Vec<String> = seen
+        .headers()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("x-stainless") || k == "cookie" || k.starts_with("x-forwarded"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "SDK fingerprint reached the origin: {leaked:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini");
+}

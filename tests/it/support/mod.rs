@@ -1,0 +1,49 @@
+//! Real loopback servers for the integration tests: veilgate itself, a
+//! raw-bytes origin that records every request byte for byte, and a raw
+//! client that sends exactly the bytes a test gives it.
+
+pub mod client;
+pub mod origin;
+
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+use veilgate::config::{Config, RawConfig};
+use veilgate::server::Server;
+
+/// The token every test instance uses.
+pub const TOKEN: &str = "test_token_0123456789";
+
+/// A running veilgate on `127.0.0.1:<free port>`, stopped when dropped.
+pub struct Veilgate {
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Veilgate {
+    /// Starts veilgate with `extra` TOML added to a config that listens on a
+    /// free loopback port and uses [`TOKEN`].
+    pub async fn start(extra: &str) -> Veilgate {
+        let toml = format!("listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\n{extra}");
+        let raw = RawConfig::from_toml(&toml).expect("test config parses");
+        let config = Config::from_raw(raw, &|_| None).expect("test config is valid");
+        let (token, _) = config.resolve_token(&|_| None).expect("token");
+        let server = Server::bind(config, token).await.expect("bind");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Veilgate { addr, _stop: stop }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A `[presets.NAME]` section pointing at a loopback origin.
+pub fn preset_at(name: &str, origin: SocketAddr) -> String {
+    format!("[presets.{name}]\ntargets = [\"http://{origin}\"]\n")
+}
