@@ -358,7 +358,6 @@ pub struct Config {
 const NOT_YET_ACTIVE: &[&str] = &[
     "aggressive_fallback",
     "force_fetch_default",
-    "upstream.pool_idle_timeout_ms",
     "shutdown_grace_ms",
     "presets.*.force_fetch",
     "presets.*.monitor",

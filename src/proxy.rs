@@ -52,6 +52,7 @@ impl App {
                 connect_timeout: config.upstream.connect_timeout,
                 response_timeout: config.upstream.response_timeout,
                 idle_timeout: config.upstream.idle_timeout,
+                pool_idle_timeout: config.upstream.pool_idle_timeout,
                 max_response_head_bytes: config.limits.max_response_head_bytes,
             },
             tls,

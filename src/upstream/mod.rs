@@ -9,6 +9,7 @@ pub mod chunked;
 pub mod connect;
 pub mod encode;
 pub mod parse;
+pub mod pool;
 pub mod tls;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ use crate::policy::target::{Origin, Scheme};
 use self::chunked::{BodyDecoder, DecodeError};
 use self::connect::{Connector, Egress, TargetCheck};
 use self::parse::{Framing, ParseError, ResponseHead, parse_head};
+use self::pool::{Pool, PoolKey};
 
 /// Bodies up to this size are written in the same write as the head.
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
@@ -119,6 +121,7 @@ pub struct SocketSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
     pub max_response_head_bytes: usize,
 }
 
@@ -127,73 +130,144 @@ pub struct SocketSettings {
 pub struct SocketTransport {
     connector: Connector,
     tls: TlsConnector,
+    pool: Arc<Pool>,
     settings: SocketSettings,
 }
 
+/// How one exchange on one connection ended, when it did not succeed.
+enum ExchangeError {
+    /// A reused connection turned out dead before the upstream could have
+    /// acted on the request: it may be sent again on a fresh connection.
+    Stale,
+    Failed(UpstreamError),
+}
+
 impl SocketTransport {
+    /// Must be called inside a Tokio runtime (the pool's reaper is spawned).
     pub fn new(settings: SocketSettings, tls: Arc<rustls::ClientConfig>) -> SocketTransport {
+        let pool = Pool::new(settings.pool_idle_timeout);
+        pool.spawn_reaper();
         SocketTransport {
             connector: Connector {
                 connect_timeout: settings.connect_timeout,
             },
             tls: TlsConnector::from(tls),
+            pool,
             settings,
         }
     }
 
+    /// The keep-alive pool (for metrics and tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Sends `req` and returns the response with its body streaming.
+    ///
+    /// A pooled connection is tried first. If it proves dead before the
+    /// upstream could have acted — the write fails, or an idempotent
+    /// request gets EOF without a single byte — the request goes once more
+    /// on a fresh connection. Nothing else is ever sent twice.
     pub async fn send(
         &self,
         req: &UpstreamRequest,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let host = || req.origin.host.to_string();
-        let mut conn = self.open(&req.origin, req.check).await?;
-
-        let mut out = BytesMut::new();
-        let host_header = req.origin.host_header();
+        let key = PoolKey {
+            origin: req.origin.clone(),
+            egress: Egress::Direct,
+        };
+        let mut head = BytesMut::new();
         encode::encode_head(
             &req.method,
             &req.path,
-            &host_header,
+            &req.origin.host_header(),
             &req.headers,
             req.body.len(),
-            &mut out,
+            &mut head,
         );
+        if req.body.len() <= COALESCE_BODY_BYTES {
+            head.extend_from_slice(&req.body);
+        }
+        let head = head.freeze();
+
+        if let Some(conn) = self.pool.checkout(&key) {
+            match self.exchange(conn, true, req, &head, &key).await {
+                Ok(resp) => return Ok(resp),
+                Err(ExchangeError::Failed(e)) => return Err(e),
+                Err(ExchangeError::Stale) => {
+                    tracing::debug!(origin = %req.origin, "pooled connection was stale; using a fresh one");
+                }
+            }
+        }
+        let conn = self.open(&req.origin, req.check).await?;
+        match self.exchange(conn, false, req, &head, &key).await {
+            Ok(resp) => Ok(resp),
+            Err(ExchangeError::Failed(e)) => Err(e),
+            Err(ExchangeError::Stale) => Err(UpstreamError::Closed {
+                host: req.origin.host.to_string(),
+            }),
+        }
+    }
+
+    /// Writes the request on `conn` and reads the response head.
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        reused: bool,
+        req: &UpstreamRequest,
+        head: &Bytes,
+        key: &PoolKey,
+    ) -> Result<Response<UpstreamBody>, ExchangeError> {
+        let host = || req.origin.host.to_string();
         let write = async {
-            if req.body.len() <= COALESCE_BODY_BYTES {
-                out.extend_from_slice(&req.body);
-                conn.write_all(&out).await?;
-            } else {
-                conn.write_all(&out).await?;
+            conn.write_all(head).await?;
+            if req.body.len() > COALESCE_BODY_BYTES {
                 conn.write_all(&req.body).await?;
             }
             conn.flush().await
         };
-        write.await.map_err(|e| UpstreamError::Write {
-            host: host(),
-            reason: e.kind().to_string(),
-        })?;
+        if let Err(e) = write.await {
+            // Not completely written: the upstream cannot have acted on it.
+            if reused {
+                return Err(ExchangeError::Stale);
+            }
+            return Err(ExchangeError::Failed(UpstreamError::Write {
+                host: host(),
+                reason: e.kind().to_string(),
+            }));
+        }
 
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let limit = self.settings.max_response_head_bytes;
-        let head = tokio::time::timeout(
+        let read = tokio::time::timeout(
             self.settings.response_timeout,
             read_head(&mut conn, &mut buf, limit),
         )
-        .await
-        .map_err(|_| UpstreamError::HeadTimeout {
-            host: host(),
-            secs: self.settings.response_timeout.as_secs(),
-        })?
-        .map_err(|e| e.with_host(host()))?;
+        .await;
+        let head = match read {
+            Err(_) => {
+                return Err(ExchangeError::Failed(UpstreamError::HeadTimeout {
+                    host: host(),
+                    secs: self.settings.response_timeout.as_secs(),
+                }));
+            }
+            Ok(Err(HeadError::Closed)) if reused && is_idempotent(&req.method) => {
+                return Err(ExchangeError::Stale);
+            }
+            Ok(Err(e)) => return Err(ExchangeError::Failed(e.with_host(host()))),
+            Ok(Ok(head)) => head,
+        };
 
-        let framing = head
-            .framing(&req.method)
-            .map_err(|source| UpstreamError::Parse {
+        let framing = head.framing(&req.method).map_err(|source| {
+            ExchangeError::Failed(UpstreamError::Parse {
                 host: host(),
                 source,
-            })?;
-        let body = UpstreamBody::new(conn, buf, framing, self.settings.idle_timeout);
+            })
+        })?;
+        let reuse = head
+            .is_keep_alive()
+            .then(|| (Arc::clone(&self.pool), key.clone()));
+        let body = UpstreamBody::new(conn, buf, framing, self.settings.idle_timeout, reuse);
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
@@ -226,6 +300,14 @@ impl SocketTransport {
             }
         }
     }
+}
+
+/// Methods whose repetition has no further effect (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Errors of [`read_head`] before the host is attached.
@@ -331,23 +413,67 @@ pub struct UpstreamBody {
     decoder: BodyDecoder,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Where the connection goes back when the body ends cleanly (`None`
+    /// when the upstream said `connection: close` or spoke HTTP/1.0).
+    reuse: Option<(Arc<Pool>, PoolKey)>,
+    /// True while data handed out since the last `Pending` may still sit
+    /// in the server's write buffer.
+    unflushed: bool,
+    /// An error held back for one poll so that data before it is flushed.
+    failed: Option<BodyError>,
 }
 
 impl UpstreamBody {
-    fn new(conn: Conn, buf: BytesMut, framing: Framing, idle: Duration) -> UpstreamBody {
-        let decoder = BodyDecoder::new(framing);
-        UpstreamBody {
-            conn: (!decoder.is_done()).then_some(conn),
+    fn new(
+        conn: Conn,
+        buf: BytesMut,
+        framing: Framing,
+        idle: Duration,
+        reuse: Option<(Arc<Pool>, PoolKey)>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            conn: Some(conn),
             buf,
-            decoder,
+            decoder: BodyDecoder::new(framing),
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            reuse,
+            unflushed: false,
+            failed: None,
+        };
+        if body.decoder.is_done() {
+            body.release();
+        }
+        body
+    }
+
+    /// The body ended by its framing: pool the connection if it is clean.
+    fn release(&mut self) {
+        let conn = self.conn.take();
+        if let (Some(conn), Some((pool, key))) = (conn, self.reuse.take())
+            && self.buf.is_empty()
+        {
+            pool.checkin(key, conn);
         }
     }
 
-    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Ends the body with an error, which makes the server abort the
+    /// response. The server writes frames out only when the body is
+    /// pending, so when data was just handed out the error waits one poll:
+    /// the client then gets every byte that arrived, then the abort.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        e: BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
         self.decoder = BodyDecoder::Done;
+        if self.unflushed {
+            self.unflushed = false;
+            self.failed = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Poll::Ready(Some(Err(Box::new(e))))
     }
 }
@@ -361,25 +487,29 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(Box::new(e))));
+        }
         loop {
             match this.decoder.decode(&mut this.buf) {
-                Err(e) => return this.fail(e.into()),
+                Err(e) => return this.fail(cx, e.into()),
                 Ok(Some(data)) => {
                     if this.decoder.is_done() {
-                        this.conn = None;
+                        this.release();
                     } else {
                         this.timer.as_mut().reset(Instant::now() + this.idle);
+                        this.unflushed = true;
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(None) if this.decoder.is_done() => {
-                    this.conn = None;
+                    this.release();
                     return Poll::Ready(None);
                 }
                 Ok(None) => {}
             }
             let Some(conn) = this.conn.as_mut() else {
-                return this.fail(DecodeError::Truncated.into());
+                return this.fail(cx, DecodeError::Truncated.into());
             };
             if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
                 this.buf.reserve(READ_CHUNK);
@@ -388,7 +518,7 @@ impl HttpBody for UpstreamBody {
                 Poll::Ready(Ok(0)) => {
                     this.conn = None;
                     if let Err(e) = this.decoder.eof() {
-                        return this.fail(e.into());
+                        return this.fail(cx, e.into());
                     }
                     return Poll::Ready(None);
                 }
@@ -396,17 +526,18 @@ impl HttpBody for UpstreamBody {
                 // A TLS peer that closes without close_notify surfaces as
                 // UnexpectedEof: for a close-delimited body that is a
                 // truncation, never a clean end.
-                Poll::Ready(Err(e)) => return this.fail(BodyError::Read(e.kind())),
+                Poll::Ready(Err(e)) => return this.fail(cx, BodyError::Read(e.kind())),
                 Poll::Pending => {
+                    this.unflushed = false;
                     ready!(this.timer.as_mut().poll(cx));
-                    return this.fail(BodyError::Idle(this.idle));
+                    return this.fail(cx, BodyError::Idle(this.idle));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
+        self.decoder.is_done() && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -8,3 +8,4 @@ mod routing;
 mod sdk;
 #[allow(dead_code)] // helpers shared by tests that not every build uses
 mod support;
+mod transport;

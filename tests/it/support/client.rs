@@ -130,3 +130,109 @@ pub fn parse_reply(raw: &[u8], head_request: bool) -> Reply {
         complete,
     }
 }
+
+/// A response whose body is read piece by piece, as it arrives.
+pub struct Streaming {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: BodyDecoder,
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    /// Body bytes read but not yet returned by [`Streaming::read_until`].
+    pending: Vec<u8>,
+}
+
+/// How a streamed body ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Clean,
+    Aborted,
+}
+
+/// Sends a GET (or `method`) and returns once the response head arrived.
+pub async fn open(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Streaming {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut stream = TcpStream::connect(addr).await.expect("connect to veilgate");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write request");
+    let mut buf = BytesMut::new();
+    let head = loop {
+        if let Some(head) = parse_head(&mut buf, 1 << 20).expect("valid head") {
+            if head.is_interim() {
+                continue;
+            }
+            break head;
+        }
+        let n = stream.read_buf(&mut buf).await.expect("read head");
+        assert!(n > 0, "veilgate closed before the response head");
+    };
+    let framing = head.framing(&http::Method::GET).expect("framing");
+    Streaming {
+        stream,
+        buf,
+        decoder: BodyDecoder::new(framing),
+        status: head.status.as_u16(),
+        headers: head.headers,
+        pending: Vec::new(),
+    }
+}
+
+impl Streaming {
+    /// The next piece of body, or how the body ended.
+    pub async fn next(&mut self) -> Result<Vec<u8>, End> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(data)) => return Ok(data.to_vec()),
+                Ok(None) if self.decoder.is_done() => return Err(End::Clean),
+                Ok(None) => {}
+                Err(_) => return Err(End::Aborted),
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return Err(if self.decoder.eof().is_ok() {
+                        End::Clean
+                    } else {
+                        End::Aborted
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => return Err(End::Aborted),
+            }
+        }
+    }
+
+    /// Body bytes up to and including the next `delim` (an SSE event ends
+    /// with a blank line).
+    pub async fn read_until(&mut self, delim: &[u8]) -> Result<Vec<u8>, End> {
+        loop {
+            if let Some(i) = crate::support::origin::find(&self.pending, delim) {
+                let rest = self.pending.split_off(i + delim.len());
+                return Ok(std::mem::replace(&mut self.pending, rest));
+            }
+            let data = self.next().await?;
+            self.pending.extend_from_slice(&data);
+        }
+    }
+
+    /// Reads the rest of the body and says how it ended.
+    pub async fn finish(&mut self) -> (Vec<u8>, End) {
+        let mut body = std::mem::take(&mut self.pending);
+        loop {
+            match self.next().await {
+                Ok(data) => body.extend_from_slice(&data),
+                Err(end) => return (body, end),
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod tls;
 
 use std::net::SocketAddr;
 

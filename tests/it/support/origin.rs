@@ -1,11 +1,16 @@
-//! A raw-bytes TCP origin: records each request exactly as it arrived and
-//! answers with bytes the test scripts.
+//! A raw-bytes origin, plain or TLS: records each request exactly as it
+//! arrived and answers with a script of steps (bytes, pauses, waits for the
+//! test, close, reset, or silence).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+
+use super::tls::TestCa;
 
 /// One request as the origin received it.
 #[derive(Clone, Debug)]
@@ -13,6 +18,8 @@ pub struct Captured {
     /// The head, request line to blank line inclusive, byte for byte.
     pub head: String,
     pub body: Vec<u8>,
+    /// Which accepted connection (0, 1, …) carried it.
+    pub connection: usize,
 }
 
 impl Captured {
@@ -47,7 +54,36 @@ impl Captured {
     }
 }
 
-type Reply = dyn Fn(&Captured) -> Vec<u8> + Send + Sync;
+/// One step of an origin's answer.
+#[derive(Clone)]
+pub enum Step {
+    /// Write these bytes.
+    Write(Vec<u8>),
+    /// Pause.
+    Sleep(Duration),
+    /// Wait until the test adds a permit.
+    Wait(Arc<Semaphore>),
+    /// Close the connection (TLS: with close_notify).
+    Close,
+    /// Close the connection, then notify the test.
+    CloseAndNotify(Arc<Notify>),
+    /// Close without close_notify (TLS) — a plain TCP FIN.
+    CloseAbruptly,
+    /// Reset the connection (RST).
+    Reset,
+    /// Read until the peer closes, then notify.
+    AwaitClose(Arc<Notify>),
+    /// Never answer (keep the connection open).
+    Hang,
+}
+
+impl Step {
+    pub fn text(s: &str) -> Step {
+        Step::Write(s.as_bytes().to_vec())
+    }
+}
+
+type Script = dyn Fn(&Captured) -> Vec<Step> + Send + Sync;
 
 /// The origin; keeps serving until the test ends.
 pub struct RawOrigin {
@@ -59,26 +95,51 @@ pub struct RawOrigin {
 impl RawOrigin {
     /// Starts an origin that answers every request with `reply(request)`.
     pub async fn start(reply: impl Fn(&Captured) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
+        RawOrigin::scripted(move |req| vec![Step::Write(reply(req))]).await
+    }
+
+    /// Answers every request with a JSON body.
+    pub async fn json(body: &'static str) -> RawOrigin {
+        RawOrigin::start(move |_| json_response(body)).await
+    }
+
+    /// Starts a plain origin whose answer to each request is a script.
+    pub async fn scripted(
+        script: impl Fn(&Captured) -> Vec<Step> + Send + Sync + 'static,
+    ) -> RawOrigin {
+        RawOrigin::serve(None, Arc::new(script)).await
+    }
+
+    /// Starts a TLS origin (certificate for `127.0.0.1` and `localhost`,
+    /// issued by `ca`) whose answer to each request is a script.
+    pub async fn scripted_tls(
+        ca: &TestCa,
+        script: impl Fn(&Captured) -> Vec<Step> + Send + Sync + 'static,
+    ) -> RawOrigin {
+        RawOrigin::serve(Some(ca.acceptor()), Arc::new(script)).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>, script: Arc<Script>) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let captured = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
-        let reply: Arc<Reply> = Arc::new(reply);
         let (cap, conns) = (Arc::clone(&captured), Arc::clone(&connections));
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                *conns.lock().unwrap() += 1;
-                let (cap, reply) = (Arc::clone(&cap), Arc::clone(&reply));
+            while let Ok((stream, _)) = listener.accept().await {
+                let id = {
+                    let mut n = conns.lock().unwrap();
+                    *n += 1;
+                    *n - 1
+                };
+                let (cap, script, tls) = (Arc::clone(&cap), Arc::clone(&script), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let Some(req) = read_request(&mut stream, &mut buf).await else {
-                            return;
-                        };
-                        cap.lock().unwrap().push(req.clone());
-                        let out = reply(&req);
-                        if stream.write_all(&out).await.is_err() {
-                            return;
+                    match tls {
+                        None => serve_connection(stream, id, cap, script).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_connection(s, id, cap, script).await;
+                            }
                         }
                     }
                 });
@@ -89,11 +150,6 @@ impl RawOrigin {
             captured,
             connections,
         }
-    }
-
-    /// Answers every request with a JSON body.
-    pub async fn json(body: &'static str) -> RawOrigin {
-        RawOrigin::start(move |_| json_response(body)).await
     }
 
     pub fn requests(&self) -> Vec<Captured> {
@@ -107,9 +163,90 @@ impl RawOrigin {
         all[0].clone()
     }
 
+    /// Connections accepted so far.
     pub fn connection_count(&self) -> usize {
         *self.connections.lock().unwrap()
     }
+}
+
+/// Something the origin can close abruptly or reset.
+trait Abort {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Abort for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Abort for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+async fn serve_connection<S>(
+    mut stream: S,
+    id: usize,
+    cap: Arc<Mutex<Vec<Captured>>>,
+    script: Arc<Script>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Abort,
+{
+    let mut buf = Vec::new();
+    loop {
+        let Some(mut req) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        req.connection = id;
+        cap.lock().unwrap().push(req.clone());
+        for step in script(&req) {
+            match step {
+                Step::Write(bytes) => {
+                    if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Step::Sleep(d) => tokio::time::sleep(d).await,
+                Step::Wait(sem) => sem.acquire().await.expect("semaphore open").forget(),
+                Step::Close => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Step::CloseAndNotify(done) => {
+                    let _ = stream.shutdown().await;
+                    drop(stream);
+                    done.notify_one();
+                    return;
+                }
+                Step::CloseAbruptly => {
+                    // shutdown(Write) on the TCP socket under any TLS layer: a
+                    // FIN without close_notify.
+                    let _ = socket2_shutdown(stream.tcp());
+                    let mut sink = [0u8; 1024];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    return;
+                }
+                Step::Reset => {
+                    let _ = stream.tcp().set_zero_linger();
+                    return;
+                }
+                Step::AwaitClose(done) => {
+                    let mut sink = [0u8; 1024];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    done.notify_one();
+                    return;
+                }
+                Step::Hang => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+fn socket2_shutdown(tcp: &TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.shutdown(std::net::Shutdown::Write)
 }
 
 /// `200 OK` with a JSON body and content-length framing.
@@ -122,7 +259,8 @@ pub fn json_response(body: &str) -> Vec<u8> {
 }
 
 /// Reads one request (head + content-length body); `None` on EOF.
-async fn read_request(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Captured> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Captured> {
+    let mut chunk = vec![0u8; 256 * 1024];
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
@@ -133,7 +271,6 @@ async fn read_request(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> 
                 .and_then(|(_, v)| v.trim().parse::<usize>().ok())
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
-                let mut chunk = [0u8; 65536];
                 let n = stream.read(&mut chunk).await.ok()?;
                 if n == 0 {
                     return None;
@@ -142,9 +279,12 @@ async fn read_request(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> 
             }
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
-            return Some(Captured { head, body });
+            return Some(Captured {
+                head,
+                body,
+                connection: 0,
+            });
         }
-        let mut chunk = [0u8; 65536];
         let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;

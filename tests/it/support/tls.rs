@@ -1,0 +1,74 @@
+//! Test certificates made by the test: a CA (written to a PEM file for
+//! `[upstream].extra_ca_file`) and a server certificate for `127.0.0.1` and
+//! `localhost` that it issued.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A CA and one server identity it issued.
+pub struct TestCa {
+    /// Keeps the PEM file alive.
+    _dir: tempfile::TempDir,
+    /// The CA certificate as a PEM file.
+    pub ca_file: PathBuf,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "veilgate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+        TestCa {
+            _dir: dir,
+            ca_file,
+            server_chain: vec![server_cert.der().clone()],
+            server_key: server_key.serialize_der(),
+        }
+    }
+
+    /// `[upstream] extra_ca_file = "…"` for a veilgate config.
+    pub fn config(&self) -> String {
+        format!("[upstream]\nextra_ca_file = {:?}\n", self.ca_file)
+    }
+
+    /// A TLS acceptor for the server identity (ALPN http/1.1 and h2 offered).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor_with_alpn(&[b"http/1.1"])
+    }
+
+    pub fn acceptor_with_alpn(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), key)
+            .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
