@@ -226,7 +226,12 @@ impl SocketTransport {
             }
             conn.flush().await
         };
-        if let Err(e) = write.await {
+        // An upstream that stops reading must not hold us forever.
+        let written = match tokio::time::timeout(self.settings.response_timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        };
+        if let Err(e) = written {
             // Not completely written: the upstream cannot have acted on it.
             if reused {
                 return Err(ExchangeError::Stale);

@@ -602,5 +602,76 @@ async fn tls_close_delimited_body_needs_close_notify() {
             .expect("body ends");
         assert_eq!(body, b"all of it");
         assert_eq!(end, want);
+        assert_eq!(
+            origin.only_request().sni.as_deref(),
+            Some("localhost"),
+            "SNI is the host name"
+        );
     }
+}
+
+/// A client that gives up while the upstream is still thinking (no head
+/// yet) must not leave the upstream request running.
+#[tokio::test]
+async fn client_going_away_before_the_head_closes_the_upstream_connection() {
+    let (arrived, closed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (a, c) = (Arc::clone(&arrived), Arc::clone(&closed));
+    let origin = RawOrigin::scripted(move |_| {
+        a.notify_one();
+        vec![Step::AwaitClose(Arc::clone(&c))]
+    })
+    .await;
+    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
+    let mut client = tokio::net::TcpStream::connect(vg.addr).await.unwrap();
+    let req = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+        vg.addr
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut client, req.as_bytes())
+        .await
+        .unwrap();
+    arrived.notified().await; // the request reached the origin; now leave
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), closed.notified())
+        .await
+        .expect("the origin saw its connection close after the client left");
+}
+
+/// A listener whose accept queue is full drops new SYNs, so connecting
+/// hangs: veilgate gives up after `connect_timeout_ms` with a 502.
+#[tokio::test]
+async fn connect_timeout_gives_502() {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted).
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let vg = Veilgate::start(&format!(
+        "[upstream]\nconnect_timeout_ms = 300\n[presets.openai]\ntargets = [\"http://{addr}\"]\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let r = send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}").await;
+    let v = r.assert_proxy_error(502);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("timed out"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop((fillers, sock));
 }

@@ -20,6 +20,8 @@ pub struct Captured {
     pub body: Vec<u8>,
     /// Which accepted connection (0, 1, …) carried it.
     pub connection: usize,
+    /// The TLS server name the client sent (`None`: plain, or no SNI).
+    pub sni: Option<String>,
 }
 
 impl Captured {
@@ -116,10 +118,10 @@ impl RawOrigin {
         ca: &TestCa,
         script: impl Fn(&Captured) -> Vec<Step> + Send + Sync + 'static,
     ) -> RawOrigin {
-        RawOrigin::serve(Some(ca.acceptor()), Arc::new(script)).await
+        RawOrigin::serve(Some(ca.server_config(&[b"http/1.1"])), Arc::new(script)).await
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>, script: Arc<Script>) -> RawOrigin {
+    async fn serve(tls: Option<Arc<rustls::ServerConfig>>, script: Arc<Script>) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let captured = Arc::new(Mutex::new(Vec::new()));
@@ -135,10 +137,17 @@ impl RawOrigin {
                 let (cap, script, tls) = (Arc::clone(&cap), Arc::clone(&script), tls.clone());
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_connection(stream, id, cap, script).await,
-                        Some(acceptor) => {
-                            if let Ok(s) = acceptor.accept(stream).await {
-                                serve_connection(s, id, cap, script).await;
+                        None => serve_connection(stream, id, None, cap, script).await,
+                        Some(config) => {
+                            let acceptor = rustls::server::Acceptor::default();
+                            let Ok(start) =
+                                tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await
+                            else {
+                                return;
+                            };
+                            let sni = start.client_hello().server_name().map(str::to_owned);
+                            if let Ok(s) = start.into_stream(config).await {
+                                serve_connection(s, id, sni, cap, script).await;
                             }
                         }
                     }
@@ -189,6 +198,7 @@ impl Abort for tokio_rustls::server::TlsStream<TcpStream> {
 async fn serve_connection<S>(
     mut stream: S,
     id: usize,
+    sni: Option<String>,
     cap: Arc<Mutex<Vec<Captured>>>,
     script: Arc<Script>,
 ) where
@@ -200,6 +210,7 @@ async fn serve_connection<S>(
             return;
         };
         req.connection = id;
+        req.sni = sni.clone();
         cap.lock().unwrap().push(req.clone());
         for step in script(&req) {
             match step {
@@ -283,6 +294,7 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
                 head,
                 body,
                 connection: 0,
+                sni: None,
             });
         }
         let n = stream.read(&mut chunk).await.ok()?;

@@ -54,12 +54,8 @@ impl TestCa {
         format!("[upstream]\nextra_ca_file = {:?}\n", self.ca_file)
     }
 
-    /// A TLS acceptor for the server identity (ALPN http/1.1 and h2 offered).
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        self.acceptor_with_alpn(&[b"http/1.1"])
-    }
-
-    pub fn acceptor_with_alpn(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    /// A server configuration for the server identity, offering `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -69,6 +65,6 @@ impl TestCa {
             .with_single_cert(self.server_chain.clone(), key)
             .expect("server config");
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        Arc::new(config)
     }
 }
