@@ -214,7 +214,7 @@ impl App {
                 parts
                     .headers
                     .insert("x-veilgate-transport", HeaderValue::from_static("socket"));
-                Ok(Response::from_parts(parts, body.boxed_unsync()))
+                Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
                 let failure = TransportFailure {

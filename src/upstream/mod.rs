@@ -8,11 +8,11 @@
 pub mod chunked;
 pub mod connect;
 pub mod encode;
+pub mod guard;
 pub mod parse;
 pub mod pool;
 pub mod tls;
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,15 +24,17 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::BoxError;
+use http_body_util::BodyExt;
+
+use crate::body::{Body, BoxError};
 use crate::policy::target::{Origin, Scheme};
 
 use self::chunked::{BodyDecoder, DecodeError};
 use self::connect::{Connector, Egress, TargetCheck};
+use self::guard::Guarded;
 use self::parse::{Framing, ParseError, ResponseHead, parse_head};
 use self::pool::{Pool, PoolKey};
 
@@ -98,8 +100,6 @@ pub enum BodyError {
     Decode(#[from] DecodeError),
     #[error("upstream read failed: {0}")]
     Read(io::ErrorKind),
-    #[error("upstream sent nothing for {0:?}")]
-    Idle(Duration),
 }
 
 /// One request for an upstream, already shaped by routing and policy.
@@ -168,10 +168,7 @@ impl SocketTransport {
     /// upstream could have acted — the write fails, or an idempotent
     /// request gets EOF without a single byte — the request goes once more
     /// on a fresh connection. Nothing else is ever sent twice.
-    pub async fn send(
-        &self,
-        req: &UpstreamRequest,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
         let key = PoolKey {
             origin: req.origin.clone(),
             egress: Egress::Direct,
@@ -217,7 +214,7 @@ impl SocketTransport {
         req: &UpstreamRequest,
         head: &Bytes,
         key: &PoolKey,
-    ) -> Result<Response<UpstreamBody>, ExchangeError> {
+    ) -> Result<Response<Body>, ExchangeError> {
         let host = || req.origin.host.to_string();
         let write = async {
             conn.write_all(head).await?;
@@ -272,8 +269,8 @@ impl SocketTransport {
         let reuse = head
             .is_keep_alive()
             .then(|| (Arc::clone(&self.pool), key.clone()));
-        let body = UpstreamBody::new(conn, buf, framing, self.settings.idle_timeout, reuse);
-        let mut resp = Response::new(body);
+        let body = UpstreamBody::new(conn, buf, framing, reuse);
+        let mut resp = Response::new(Guarded::new(body, self.settings.idle_timeout).boxed_unsync());
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         Ok(resp)
@@ -411,21 +408,15 @@ impl AsyncWrite for Conn {
 /// A response body read from the upstream connection as the client reads
 /// it: nothing is collected, each read is handed on as one frame. Dropping
 /// it (the client went away) drops the connection, which tells the upstream
-/// to stop. A body that ends early yields an error, never a clean end.
+/// to stop. A body that ends early yields an error, never a clean end. The
+/// idle timeout and flush-before-abort come from [`guard::Guarded`].
 pub struct UpstreamBody {
     conn: Option<Conn>,
     buf: BytesMut,
     decoder: BodyDecoder,
-    idle: Duration,
-    timer: Pin<Box<Sleep>>,
     /// Where the connection goes back when the body ends cleanly (`None`
     /// when the upstream said `connection: close` or spoke HTTP/1.0).
     reuse: Option<(Arc<Pool>, PoolKey)>,
-    /// True while data handed out since the last `Pending` may still sit
-    /// in the server's write buffer.
-    unflushed: bool,
-    /// An error held back for one poll so that data before it is flushed.
-    failed: Option<BodyError>,
 }
 
 impl UpstreamBody {
@@ -433,18 +424,13 @@ impl UpstreamBody {
         conn: Conn,
         buf: BytesMut,
         framing: Framing,
-        idle: Duration,
         reuse: Option<(Arc<Pool>, PoolKey)>,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {
             conn: Some(conn),
             buf,
             decoder: BodyDecoder::new(framing),
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
             reuse,
-            unflushed: false,
-            failed: None,
         };
         if body.decoder.is_done() {
             body.release();
@@ -462,23 +448,9 @@ impl UpstreamBody {
         }
     }
 
-    /// Ends the body with an error, which makes the server abort the
-    /// response. The server writes frames out only when the body is
-    /// pending, so when data was just handed out the error waits one poll:
-    /// the client then gets every byte that arrived, then the abort.
-    fn fail(
-        &mut self,
-        cx: &mut Context<'_>,
-        e: BodyError,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
         self.decoder = BodyDecoder::Done;
-        if self.unflushed {
-            self.unflushed = false;
-            self.failed = Some(e);
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
         Poll::Ready(Some(Err(Box::new(e))))
     }
 }
@@ -492,18 +464,12 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(Some(Err(Box::new(e))));
-        }
         loop {
             match this.decoder.decode(&mut this.buf) {
-                Err(e) => return this.fail(cx, e.into()),
+                Err(e) => return this.fail(e.into()),
                 Ok(Some(data)) => {
                     if this.decoder.is_done() {
                         this.release();
-                    } else {
-                        this.timer.as_mut().reset(Instant::now() + this.idle);
-                        this.unflushed = true;
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -514,35 +480,34 @@ impl HttpBody for UpstreamBody {
                 Ok(None) => {}
             }
             let Some(conn) = this.conn.as_mut() else {
-                return this.fail(cx, DecodeError::Truncated.into());
+                return this.fail(DecodeError::Truncated.into());
             };
             if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
                 this.buf.reserve(READ_CHUNK);
             }
-            match tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
-                Poll::Ready(Ok(0)) => {
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(conn),
+                cx,
+                &mut this.buf
+            )) {
+                Ok(0) => {
                     this.conn = None;
                     if let Err(e) = this.decoder.eof() {
-                        return this.fail(cx, e.into());
+                        return this.fail(e.into());
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(_)) => continue,
+                Ok(_) => continue,
                 // A TLS peer that closes without close_notify surfaces as
                 // UnexpectedEof: for a close-delimited body that is a
                 // truncation, never a clean end.
-                Poll::Ready(Err(e)) => return this.fail(cx, BodyError::Read(e.kind())),
-                Poll::Pending => {
-                    this.unflushed = false;
-                    ready!(this.timer.as_mut().poll(cx));
-                    return this.fail(cx, BodyError::Idle(this.idle));
-                }
+                Err(e) => return this.fail(BodyError::Read(e.kind())),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.decoder.is_done() && self.failed.is_none()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
