@@ -6,7 +6,7 @@
 //! error (those pass through untouched). Messages name what failed — a
 //! route rule, a host, a limit — never a header value, key, token or body.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::body::{Body, full};
 use crate::route::RouteError;
 use crate::upstream::UpstreamError;
+use crate::upstream::choose::Attempt;
 
 /// An error that ends a request with a response made by veilgate.
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +34,6 @@ pub enum Error {
     NotImplemented(&'static str),
 }
 
-/// How one transport failed, for `error.transports`.
-#[derive(Clone, Debug)]
-pub struct TransportFailure {
-    pub transport: &'static str,
-    pub error: String,
-    pub duration: Duration,
-}
-
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -54,7 +47,7 @@ impl Error {
     }
 
     /// The JSON error response, with the transports' failures when known.
-    pub fn to_response(&self, transports: &[TransportFailure]) -> Response<Body> {
+    pub fn to_response(&self, transports: &[Attempt]) -> Response<Body> {
         error_response(self.status(), &self.to_string(), transports)
     }
 }
@@ -80,7 +73,7 @@ fn status_name(status: StatusCode) -> &'static str {
 }
 
 /// The JSON text of a veilgate error.
-pub fn error_body(status: StatusCode, message: &str, transports: &[TransportFailure]) -> String {
+pub fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> String {
     let mut error = json!({
         "code": status.as_u16(),
         "message": message,
@@ -91,7 +84,7 @@ pub fn error_body(status: StatusCode, message: &str, transports: &[TransportFail
         let mut map = serde_json::Map::new();
         for t in transports {
             map.insert(
-                t.transport.to_owned(),
+                t.transport.as_str().to_owned(),
                 json!({ "error": t.error, "duration_ms": t.duration.as_millis() as u64 }),
             );
         }
@@ -104,7 +97,7 @@ pub fn error_body(status: StatusCode, message: &str, transports: &[TransportFail
 pub fn error_response(
     status: StatusCode,
     message: &str,
-    transports: &[TransportFailure],
+    transports: &[Attempt],
 ) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(error_body(status, message, transports))));
     *resp.status_mut() = status;
@@ -122,11 +115,12 @@ pub fn error_response(
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn json_shape() {
-        let failures = [TransportFailure {
-            transport: "socket",
+        let failures = [Attempt {
+            transport: crate::upstream::choose::Transport::Socket,
             error: "connect refused".into(),
             duration: Duration::from_millis(12),
         }];

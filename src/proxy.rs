@@ -15,11 +15,15 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{Body, empty, full};
-use crate::config::{Config, Cors, Token};
-use crate::error::{Error, TransportFailure, error_body};
+use crate::config::{Config, ConfigError, Cors, Token};
+use crate::error::{Error, error_body};
 use crate::policy::headers::{RequestPolicy, filter_response_headers};
+use crate::policy::redirect::{RouteBase, rewrite_location};
+use crate::policy::target::Origin;
 use crate::route::{Route, RouteContext, RouteInput, route, upstream_path};
 use crate::upstream::connect::TargetCheck;
+use crate::upstream::choose::{Attempt, Transports};
+use crate::upstream::fetch::{FetchSettings, FetchTransport};
 use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
 
 /// Everything a request handler needs, shared by all connections.
@@ -28,7 +32,7 @@ pub struct App {
     pub token: Token,
     /// The address actually bound (refused as an upstream target).
     pub listen: SocketAddr,
-    socket: SocketTransport,
+    pub transports: Transports,
 }
 
 /// What the log line says about a request (never its path: it may hold the
@@ -40,29 +44,36 @@ struct LogInfo {
 }
 
 impl App {
-    pub fn new(
-        config: Config,
-        token: Token,
-        listen: SocketAddr,
-    ) -> Result<App, crate::config::ConfigError> {
-        let roots = tls::root_store(config.upstream.extra_ca_file.as_deref())?;
-        let tls = tls::client_config(roots, &[b"http/1.1"])?;
+    /// Builds both transports; must run inside a Tokio runtime.
+    pub fn new(config: Config, token: Token, listen: SocketAddr) -> Result<App, ConfigError> {
+        let u = &config.upstream;
+        let roots = tls::root_store(u.extra_ca_file.as_deref())?;
+        let socket_tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
+        let fetch_tls = tls::client_config(roots, &[b"h2", b"http/1.1"])?;
         let socket = SocketTransport::new(
             SocketSettings {
-                connect_timeout: config.upstream.connect_timeout,
-                response_timeout: config.upstream.response_timeout,
-                idle_timeout: config.upstream.idle_timeout,
-                pool_idle_timeout: config.upstream.pool_idle_timeout,
+                connect_timeout: u.connect_timeout,
+                response_timeout: u.response_timeout,
+                idle_timeout: u.idle_timeout,
+                pool_idle_timeout: u.pool_idle_timeout,
                 max_response_head_bytes: config.limits.max_response_head_bytes,
             },
-            tls,
+            socket_tls,
         );
-        Ok(App {
-            config,
-            token,
+        let fetch = FetchTransport::new(
+            FetchSettings {
+                connect_timeout: u.connect_timeout,
+                response_timeout: u.response_timeout,
+                idle_timeout: u.idle_timeout,
+                pool_idle_timeout: u.pool_idle_timeout,
+            },
+            &fetch_tls,
             listen,
-            socket,
-        })
+        )
+        .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
+        let transports =
+            Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
+        Ok(App { config, token, listen, transports })
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -77,7 +88,7 @@ impl App {
         };
         let mut resp = match self.dispatch(req, &mut info).await {
             Ok(resp) => resp,
-            Err((e, failures)) => e.to_response(&failures),
+            Err((e, attempts)) => e.to_response(&attempts),
         };
         apply_cors(
             resp.headers_mut(),
@@ -100,7 +111,7 @@ impl App {
         &self,
         req: Request<Incoming>,
         info: &mut LogInfo,
-    ) -> Result<Response<Body>, (Error, Vec<TransportFailure>)> {
+    ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
         let plain = |e: Error| (e, Vec::new());
         if self.listen.ip().is_loopback() && !self.is_allowed_host(&req) {
             return Err(plain(Error::ForeignHost));
@@ -125,7 +136,9 @@ impl App {
         };
         let route = route(input, cx).map_err(|e| plain(e.into()))?;
 
-        let (origin, path, user_agent, check) = match route {
+        let public = self.public_base(&req);
+        let route_path = req.uri().path().to_owned();
+        let (origin, path, user_agent, check, force_fetch, redirect) = match route {
             Route::Dashboard => return Ok(self.dashboard()),
             Route::Health => return Ok(health()),
             Route::Metrics => return self.metrics(req.headers()).map_err(plain),
@@ -140,91 +153,70 @@ impl App {
                     body: Bytes::new(),
                     check: self.check(true),
                 };
-                return self.send(req, info).await;
+                return self.send(req, false, None, info).await;
             }
-            Route::Preset {
-                preset,
-                remainder,
-                query,
-                ..
-            } => {
+            Route::Preset { preset, remainder, query, .. } => {
                 info.kind = "preset";
                 info.preset = Some(preset.route.clone());
                 let target = preset.pick_target();
                 let path = upstream_path(&target.base_path, &remainder, query.as_deref());
-                (
-                    target.origin.clone(),
-                    path,
-                    preset.user_agent.clone(),
-                    self.check(true),
-                )
+                let prefix = route_path[..route_path.len() - remainder.len()].to_owned();
+                let redirect = Redirect::Preset { base_path: target.base_path.clone(), prefix };
+                (target.origin.clone(), path, preset.user_agent.clone(), self.check(true), preset.force_fetch, redirect)
             }
-            Route::Generic {
-                origin,
-                remainder,
-                query,
-            } => {
+            Route::Generic { origin, remainder, query, path_token } => {
                 info.kind = "generic";
                 let path = upstream_path("", &remainder, query.as_deref());
-                (
-                    origin,
-                    path,
-                    None,
-                    self.check(self.config.upstream.allow_private_targets),
-                )
+                let auth_prefix = if path_token { format!("/{}", self.token.expose()) } else { String::new() };
+                let check = self.check(self.config.upstream.allow_private_targets);
+                (origin, path, None, check, false, Redirect::Generic { auth_prefix })
             }
         };
 
         if is_websocket_upgrade(req.headers()) {
             info.kind = "tunnel";
-            return Err(plain(Error::NotImplemented(
-                "WebSocket tunnels are not available in this release",
-            )));
+            return Err(plain(Error::NotImplemented("WebSocket tunnels are not available in this release")));
         }
 
         let (parts, body) = req.into_parts();
-        let headers = self
-            .policy(user_agent.as_ref())
-            .request_headers(&parts.headers);
-        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes)
-            .await
-            .map_err(plain)?;
-        let req = UpstreamRequest {
-            method: parts.method,
-            origin,
-            path,
-            headers,
-            body,
-            check,
-        };
-        self.send(req, info).await
+        let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
+        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes).await.map_err(plain)?;
+        let req = UpstreamRequest { method: parts.method, origin, path, headers, body, check };
+        self.send(req, force_fetch, Some((redirect, public)), info).await
     }
 
     async fn send(
         &self,
         req: UpstreamRequest,
+        force_fetch: bool,
+        redirect: Option<(Redirect, Option<String>)>,
         info: &mut LogInfo,
-    ) -> Result<Response<Body>, (Error, Vec<TransportFailure>)> {
-        let started = Instant::now();
-        info.transport = Some("socket");
-        match self.socket.send(&req).await {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
+    ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
+        match self.transports.send(&req, force_fetch).await {
+            Ok(served) => {
+                info.transport = Some(served.transport.as_str());
+                let (mut parts, body) = served.response.into_parts();
                 filter_response_headers(&mut parts.headers);
-                parts
-                    .headers
-                    .insert("x-veilgate-transport", HeaderValue::from_static("socket"));
+                if let Some((redirect, public)) = &redirect {
+                    rewrite_redirects(&mut parts.headers, redirect.base(&req.origin), public.as_deref());
+                }
+                parts.headers.insert("x-veilgate-transport", HeaderValue::from_static(served.transport.as_str()));
                 Ok(Response::from_parts(parts, body))
             }
-            Err(e) => {
-                let failure = TransportFailure {
-                    transport: "socket",
-                    error: e.to_string(),
-                    duration: started.elapsed(),
-                };
-                Err((Error::Upstream(e), vec![failure]))
+            Err(failure) => {
+                info.transport = failure.attempts.last().map(|a| a.transport.as_str());
+                Err((Error::Upstream(failure.error), failure.attempts))
             }
         }
+    }
+
+    /// `http://<Host>` as the client addressed veilgate, when it said.
+    fn public_base(&self, req: &Request<Incoming>) -> Option<String> {
+        let host = match req.headers().get(header::HOST) {
+            Some(v) => v.to_str().ok()?.to_owned(),
+            None => req.uri().authority()?.as_str().to_owned(),
+        };
+        Some(format!("http://{host}"))
     }
 
     fn policy<'a>(
@@ -303,6 +295,33 @@ impl App {
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
         Ok(resp)
+    }
+}
+
+/// How a response's redirects map back onto the route that asked.
+enum Redirect {
+    Preset { base_path: String, prefix: String },
+    Generic { auth_prefix: String },
+}
+
+impl Redirect {
+    fn base<'a>(&'a self, target: &'a Origin) -> RouteBase<'a> {
+        match self {
+            Redirect::Preset { base_path, prefix } => RouteBase::Preset { target, base_path, prefix },
+            Redirect::Generic { auth_prefix } => RouteBase::Generic { target, auth_prefix },
+        }
+    }
+}
+
+/// Points `location` and `x-goog-upload-url` back through veilgate.
+fn rewrite_redirects(headers: &mut HeaderMap, base: RouteBase<'_>, public: Option<&str>) {
+    for name in [header::LOCATION.as_str(), "x-goog-upload-url"] {
+        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
+        if let Some(new) = rewrite_location(value, base, public)
+            && let Ok(v) = HeaderValue::from_str(&new)
+        {
+            headers.insert(name, v);
+        }
     }
 }
 

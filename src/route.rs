@@ -33,10 +33,12 @@ pub enum Route {
         authenticated: bool,
     },
     /// `/<token>/<scheme>/<host>/<remainder>`
+    /// `path_token`: the token came in the path (not in `x-veilgate-token`).
     Generic {
         origin: Origin,
         remainder: String,
         query: Option<String>,
+        path_token: bool,
     },
 }
 
@@ -160,6 +162,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         origin,
         remainder: remainder.to_owned(),
         query,
+        path_token,
     })
 }
 
@@ -244,11 +247,7 @@ mod tests {
                     upstream_path(&t.base_path, &remainder, query.as_deref())
                 )
             }
-            Route::Generic {
-                origin,
-                remainder,
-                query,
-            } => {
+            Route::Generic { origin, remainder, query, .. } => {
                 format!(
                     "{origin}{}",
                     upstream_path("", &remainder, query.as_deref())

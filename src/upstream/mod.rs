@@ -7,7 +7,10 @@
 
 pub mod chunked;
 pub mod connect;
+pub mod challenge;
+pub mod choose;
 pub mod encode;
+pub mod fetch;
 pub mod guard;
 pub mod parse;
 pub mod pool;
@@ -68,6 +71,8 @@ pub enum UpstreamError {
     Read { host: String, reason: String },
     #[error("{host}: {source}")]
     Parse { host: String, source: ParseError },
+    #[error("fetch from {host} failed: {reason}")]
+    Fetch { host: String, reason: String },
 }
 
 impl UpstreamError {

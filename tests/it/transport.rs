@@ -554,6 +554,7 @@ async fn tls_origin_trusted_through_extra_ca_file() {
         seen[0].header("host").as_deref(),
         Some(format!("127.0.0.1:{}", origin.addr.port()).as_str())
     );
+    assert_eq!(seen[0].sni, None, "no SNI for an IP literal");
     assert_eq!(
         origin.connection_count(),
         1,
@@ -568,10 +569,10 @@ async fn tls_origin_trusted_through_extra_ca_file() {
     .await;
     let r = send(untrusted.addr, "GET", "/openai/x", &[], b"").await;
     let v = r.assert_proxy_error(502);
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("TLS"),
-        "{v}"
-    );
+    let socket = v["error"]["transports"]["socket"]["error"].as_str().unwrap();
+    assert!(socket.contains("TLS") && socket.contains("UnknownIssuer"), "{v}");
+    let fetch = v["error"]["transports"]["fetch"]["error"].as_str().unwrap();
+    assert!(fetch.contains("UnknownIssuer"), "{v}");
 }
 
 /// A close-delimited body over TLS ends cleanly only with close_notify;

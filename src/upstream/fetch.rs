@@ -1,0 +1,158 @@
+//! The fetch transport: reqwest (hyper's client, HTTP/2 by ALPN) for the
+//! upstreams the socket transport cannot serve. It sends the same
+//! policy-built headers; reqwest adds only framing (`host`,
+//! `content-length`), never a cookie, proxy, referrer or user-agent of its own.
+//!
+//! The target check runs in the DNS resolver (names) and before the request
+//! (IP literals), so the addresses actually connected are the ones checked.
+
+use std::error::Error as StdError;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Response};
+use http_body_util::BodyExt;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::body::Body;
+use crate::policy::target::Host;
+
+use super::connect::TargetCheck;
+use super::guard::Guarded;
+use super::{UpstreamError, UpstreamRequest};
+
+/// Timeouts of the fetch transport (no whole-request timeout: a long SSE
+/// stream must never be cut by a total timer).
+#[derive(Clone, Debug)]
+pub struct FetchSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+/// The fetch transport: one client that refuses non-global addresses and
+/// one for trusted targets (presets, or everything when the operator allows
+/// private targets).
+#[derive(Clone)]
+pub struct FetchTransport {
+    checked: reqwest::Client,
+    trusted: reqwest::Client,
+    own: SocketAddr,
+    settings: FetchSettings,
+}
+
+/// The resolver refused every address of a name.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} is not a globally routable address")]
+struct TargetRefused {
+    host: String,
+}
+
+/// Resolves with the system resolver and keeps only permitted addresses.
+struct CheckedResolver {
+    own: SocketAddr,
+}
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let check = TargetCheck { allow_private: false, own: self.own };
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = found.iter().copied().filter(|a| check.permits_ip(a.ip())).collect();
+            if permitted.is_empty() && !found.is_empty() {
+                return Err(Box::new(TargetRefused { host }) as Box<dyn StdError + Send + Sync>);
+            }
+            let addrs: Addrs = Box::new(permitted.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+impl FetchTransport {
+    /// Builds both clients. `tls` must carry ALPN `h2` and `http/1.1`.
+    pub fn new(
+        settings: FetchSettings,
+        tls: &rustls::ClientConfig,
+        own: SocketAddr,
+    ) -> Result<FetchTransport, reqwest::Error> {
+        let build = |checked: bool| {
+            let mut b = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls.clone())
+                .default_headers(HeaderMap::new())
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .referer(false)
+                .connect_timeout(settings.connect_timeout)
+                .pool_idle_timeout(settings.pool_idle_timeout)
+                .tcp_nodelay(true);
+            if checked {
+                b = b.dns_resolver(Arc::new(CheckedResolver { own }));
+            }
+            b.build()
+        };
+        Ok(FetchTransport { checked: build(true)?, trusted: build(false)?, own, settings })
+    }
+
+    /// Sends `req`; the response body streams as it arrives.
+    pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
+        let host = req.origin.host.to_string();
+        let client = if req.check.allow_private { &self.trusted } else { &self.checked };
+        if !req.check.allow_private {
+            let literal = match req.origin.host {
+                Host::V4(a) => Some(IpAddr::V4(a)),
+                Host::V6(a) => Some(IpAddr::V6(a)),
+                Host::Name(_) => None,
+            };
+            if let Some(ip) = literal {
+                let check = TargetCheck { allow_private: false, own: self.own };
+                if !check.permits(SocketAddr::new(ip, req.origin.port)) {
+                    return Err(UpstreamError::Forbidden { host });
+                }
+            }
+        }
+        let url = format!("{}{}", req.origin, req.path);
+        let url = reqwest::Url::parse(&url).map_err(|_| UpstreamError::Fetch {
+            host: host.clone(),
+            reason: "the target is not a valid URL".into(),
+        })?;
+        let mut request = reqwest::Request::new(req.method.clone(), url);
+        *request.headers_mut() = req.headers.clone();
+        if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
+        }
+
+        let sent = tokio::time::timeout(self.settings.response_timeout, client.execute(request)).await;
+        let resp = match sent {
+            Err(_) => return Err(UpstreamError::HeadTimeout { host, secs: self.settings.response_timeout.as_secs() }),
+            Ok(Err(e)) => return Err(classify(e, host)),
+            Ok(Ok(resp)) => resp,
+        };
+        let resp: Response<reqwest::Body> = resp.into();
+        Ok(resp.map(|body| Guarded::new(body, self.settings.idle_timeout).boxed_unsync()))
+    }
+}
+
+/// Maps a reqwest error to the transport error, never quoting the URL (its
+/// query may hold a key).
+fn classify(e: reqwest::Error, host: String) -> UpstreamError {
+    let e = e.without_url();
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
+    let mut root = String::new();
+    while let Some(s) = source {
+        if s.downcast_ref::<TargetRefused>().is_some() {
+            return UpstreamError::Forbidden { host };
+        }
+        root = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() && e.is_timeout() {
+        return UpstreamError::ConnectTimeout { host };
+    }
+    if e.is_connect() {
+        return UpstreamError::Connect { host, reason: root };
+    }
+    UpstreamError::Fetch { host, reason: root }
+}
