@@ -94,11 +94,7 @@ pub fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> 
 }
 
 /// Builds a veilgate error response.
-pub fn error_response(
-    status: StatusCode,
-    message: &str,
-    transports: &[Attempt],
-) -> Response<Body> {
+pub fn error_response(status: StatusCode, message: &str, transports: &[Attempt]) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(error_body(status, message, transports))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

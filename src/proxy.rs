@@ -21,8 +21,8 @@ use crate::policy::headers::{RequestPolicy, filter_response_headers};
 use crate::policy::redirect::{RouteBase, rewrite_location};
 use crate::policy::target::Origin;
 use crate::route::{Route, RouteContext, RouteInput, route, upstream_path};
-use crate::upstream::connect::TargetCheck;
 use crate::upstream::choose::{Attempt, Transports};
+use crate::upstream::connect::TargetCheck;
 use crate::upstream::fetch::{FetchSettings, FetchTransport};
 use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
 
@@ -71,9 +71,18 @@ impl App {
             listen,
         )
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
-        let transports =
-            Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
-        Ok(App { config, token, listen, transports })
+        let transports = Transports::new(
+            socket,
+            fetch,
+            config.aggressive_fallback,
+            config.force_fetch_default,
+        );
+        Ok(App {
+            config,
+            token,
+            listen,
+            transports,
+        })
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -155,34 +164,79 @@ impl App {
                 };
                 return self.send(req, false, None, info).await;
             }
-            Route::Preset { preset, remainder, query, .. } => {
+            Route::Preset {
+                preset,
+                remainder,
+                query,
+                ..
+            } => {
                 info.kind = "preset";
                 info.preset = Some(preset.route.clone());
                 let target = preset.pick_target();
                 let path = upstream_path(&target.base_path, &remainder, query.as_deref());
                 let prefix = route_path[..route_path.len() - remainder.len()].to_owned();
-                let redirect = Redirect::Preset { base_path: target.base_path.clone(), prefix };
-                (target.origin.clone(), path, preset.user_agent.clone(), self.check(true), preset.force_fetch, redirect)
+                let redirect = Redirect::Preset {
+                    base_path: target.base_path.clone(),
+                    prefix,
+                };
+                (
+                    target.origin.clone(),
+                    path,
+                    preset.user_agent.clone(),
+                    self.check(true),
+                    preset.force_fetch,
+                    redirect,
+                )
             }
-            Route::Generic { origin, remainder, query, path_token } => {
+            Route::Generic {
+                origin,
+                remainder,
+                query,
+                path_token,
+            } => {
                 info.kind = "generic";
                 let path = upstream_path("", &remainder, query.as_deref());
-                let auth_prefix = if path_token { format!("/{}", self.token.expose()) } else { String::new() };
+                let auth_prefix = if path_token {
+                    format!("/{}", self.token.expose())
+                } else {
+                    String::new()
+                };
                 let check = self.check(self.config.upstream.allow_private_targets);
-                (origin, path, None, check, false, Redirect::Generic { auth_prefix })
+                (
+                    origin,
+                    path,
+                    None,
+                    check,
+                    false,
+                    Redirect::Generic { auth_prefix },
+                )
             }
         };
 
         if is_websocket_upgrade(req.headers()) {
             info.kind = "tunnel";
-            return Err(plain(Error::NotImplemented("WebSocket tunnels are not available in this release")));
+            return Err(plain(Error::NotImplemented(
+                "WebSocket tunnels are not available in this release",
+            )));
         }
 
         let (parts, body) = req.into_parts();
-        let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
-        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes).await.map_err(plain)?;
-        let req = UpstreamRequest { method: parts.method, origin, path, headers, body, check };
-        self.send(req, force_fetch, Some((redirect, public)), info).await
+        let headers = self
+            .policy(user_agent.as_ref())
+            .request_headers(&parts.headers);
+        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes)
+            .await
+            .map_err(plain)?;
+        let req = UpstreamRequest {
+            method: parts.method,
+            origin,
+            path,
+            headers,
+            body,
+            check,
+        };
+        self.send(req, force_fetch, Some((redirect, public)), info)
+            .await
     }
 
     async fn send(
@@ -198,9 +252,16 @@ impl App {
                 let (mut parts, body) = served.response.into_parts();
                 filter_response_headers(&mut parts.headers);
                 if let Some((redirect, public)) = &redirect {
-                    rewrite_redirects(&mut parts.headers, redirect.base(&req.origin), public.as_deref());
+                    rewrite_redirects(
+                        &mut parts.headers,
+                        redirect.base(&req.origin),
+                        public.as_deref(),
+                    );
                 }
-                parts.headers.insert("x-veilgate-transport", HeaderValue::from_static(served.transport.as_str()));
+                parts.headers.insert(
+                    "x-veilgate-transport",
+                    HeaderValue::from_static(served.transport.as_str()),
+                );
                 Ok(Response::from_parts(parts, body))
             }
             Err(failure) => {
@@ -307,8 +368,15 @@ enum Redirect {
 impl Redirect {
     fn base<'a>(&'a self, target: &'a Origin) -> RouteBase<'a> {
         match self {
-            Redirect::Preset { base_path, prefix } => RouteBase::Preset { target, base_path, prefix },
-            Redirect::Generic { auth_prefix } => RouteBase::Generic { target, auth_prefix },
+            Redirect::Preset { base_path, prefix } => RouteBase::Preset {
+                target,
+                base_path,
+                prefix,
+            },
+            Redirect::Generic { auth_prefix } => RouteBase::Generic {
+                target,
+                auth_prefix,
+            },
         }
     }
 }
@@ -316,7 +384,9 @@ impl Redirect {
 /// Points `location` and `x-goog-upload-url` back through veilgate.
 fn rewrite_redirects(headers: &mut HeaderMap, base: RouteBase<'_>, public: Option<&str>) {
     for name in [header::LOCATION.as_str(), "x-goog-upload-url"] {
-        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
+        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
         if let Some(new) = rewrite_location(value, base, public)
             && let Ok(v) = HeaderValue::from_str(&new)
         {

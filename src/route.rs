@@ -247,7 +247,12 @@ mod tests {
                     upstream_path(&t.base_path, &remainder, query.as_deref())
                 )
             }
-            Route::Generic { origin, remainder, query, .. } => {
+            Route::Generic {
+                origin,
+                remainder,
+                query,
+                ..
+            } => {
                 format!(
                     "{origin}{}",
                     upstream_path("", &remainder, query.as_deref())

@@ -34,7 +34,8 @@ impl TargetCheck {
     /// True when an address of a resolved name may be connected to (the
     /// port is not known yet: only the IP of the own listen address counts).
     pub fn permits_ip(&self, ip: IpAddr) -> bool {
-        self.allow_private || (is_global(ip) && (self.own.ip().is_unspecified() || ip != self.own.ip()))
+        self.allow_private
+            || (is_global(ip) && (self.own.ip().is_unspecified() || ip != self.own.ip()))
     }
 
     /// True when connecting to `addr` is allowed.

@@ -5,10 +5,10 @@
 //! This module does IO and decides nothing: which headers leave is the
 //! policy's decision, where they go is routing's.
 
-pub mod chunked;
-pub mod connect;
 pub mod challenge;
 pub mod choose;
+pub mod chunked;
+pub mod connect;
 pub mod encode;
 pub mod fetch;
 pub mod guard;

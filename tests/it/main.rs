@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod cli;
+mod fallback;
 mod policy;
 mod routing;
 mod sdk;

@@ -7,7 +7,7 @@ use crate::support::{Veilgate, preset_at};
 
 /// True when `python3` can import `module`. Locally a missing SDK skips the
 /// test with a note; in CI (where `.ci/run` installs it) it is a failure.
-fn python_has(module: &str) -> bool {
+pub(crate) fn python_has(module: &str) -> bool {
     let ok = std::process::Command::new("python3")
         .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())

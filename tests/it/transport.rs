@@ -569,8 +569,13 @@ async fn tls_origin_trusted_through_extra_ca_file() {
     .await;
     let r = send(untrusted.addr, "GET", "/openai/x", &[], b"").await;
     let v = r.assert_proxy_error(502);
-    let socket = v["error"]["transports"]["socket"]["error"].as_str().unwrap();
-    assert!(socket.contains("TLS") && socket.contains("UnknownIssuer"), "{v}");
+    let socket = v["error"]["transports"]["socket"]["error"]
+        .as_str()
+        .unwrap();
+    assert!(
+        socket.contains("TLS") && socket.contains("UnknownIssuer"),
+        "{v}"
+    );
     let fetch = v["error"]["transports"]["fetch"]["error"].as_str().unwrap();
     assert!(fetch.contains("UnknownIssuer"), "{v}");
 }
