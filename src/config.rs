@@ -356,10 +356,7 @@ pub struct Config {
 /// Keys parsed now whose behaviour arrives with a later release; setting one
 /// is reported by `check-config` and logged at start-up.
 const NOT_YET_ACTIVE: &[&str] = &[
-    "aggressive_fallback",
-    "force_fetch_default",
     "shutdown_grace_ms",
-    "presets.*.force_fetch",
     "presets.*.monitor",
     "gemini",
     "websocket",
