@@ -11,9 +11,7 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body held in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// No body.

@@ -130,8 +130,7 @@ struct RawTls {
 impl RawConfig {
     /// Parses TOML text; unknown keys and wrong types are errors naming the key.
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| ConfigError(format!("config file: {}", e.to_string().trim())))
+        toml::from_str(text).map_err(|e| ConfigError(format!("config file: {}", e.to_string().trim())))
     }
 
     /// Reads and parses a config file.
@@ -152,13 +151,9 @@ pub struct Token(String);
 impl Token {
     pub fn parse(s: &str, source: &str) -> Result<Token, ConfigError> {
         let ok_len = (16..=128).contains(&s.len());
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok_chars = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !ok_len || !ok_chars {
-            return err(format!(
-                "{source}: the auth token must be 16 to 128 characters of A-Z a-z 0-9 _ -"
-            ));
+            return err(format!("{source}: the auth token must be 16 to 128 characters of A-Z a-z 0-9 _ -"));
         }
         Ok(Token(s.to_owned()))
     }
@@ -226,10 +221,7 @@ impl Target {
         if path.contains('?') {
             return err(format!("{key}: a preset target may not have a query"));
         }
-        Ok(Target {
-            origin,
-            base_path: path.trim_end_matches('/').to_owned(),
-        })
+        Ok(Target { origin, base_path: path.trim_end_matches('/').to_owned() })
     }
 
     /// The URL as configured, for the dashboard and logs (no secrets here).
@@ -271,10 +263,7 @@ pub struct Presets {
 impl Presets {
     /// The enabled preset named by a route segment.
     pub fn enabled(&self, segment: &str) -> Option<&Arc<Preset>> {
-        self.index
-            .get(segment)
-            .map(|&i| &self.list[i])
-            .filter(|p| p.enabled)
+        self.index.get(segment).map(|&i| &self.list[i]).filter(|p| p.enabled)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
@@ -307,7 +296,7 @@ pub struct HeaderConfig {
     pub user_agent: UserAgent,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct GeminiConfig {
     pub enabled: bool,
     pub max_retries: u32,
@@ -355,23 +344,13 @@ pub struct Config {
 
 /// Keys parsed now whose behaviour arrives with a later release; setting one
 /// is reported by `check-config` and logged at start-up.
-const NOT_YET_ACTIVE: &[&str] = &[
-    "shutdown_grace_ms",
-    "presets.*.monitor",
-    "gemini",
-    "websocket",
-    "tls",
-];
+const NOT_YET_ACTIVE: &[&str] = &["shutdown_grace_ms", "presets.*.monitor", "gemini", "websocket", "tls"];
 
 /// Built-in presets (route, display name, target); all socket-first.
 const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
     ("openai", "OpenAI", "https://api.openai.com"),
     ("claude", "Anthropic Claude", "https://api.anthropic.com"),
-    (
-        "gemini",
-        "Google Gemini",
-        "https://generativelanguage.googleapis.com",
-    ),
+    ("gemini", "Google Gemini", "https://generativelanguage.googleapis.com"),
     ("groq", "Groq", "https://api.groq.com/openai"),
     ("xai", "xAI", "https://api.x.ai"),
     ("openrouter", "OpenRouter", "https://openrouter.ai/api"),
@@ -380,18 +359,10 @@ const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
     ("cerebras", "Cerebras", "https://api.cerebras.ai"),
     ("cohere", "Cohere", "https://api.cohere.ai"),
     ("together", "Together AI", "https://api.together.xyz"),
-    (
-        "fireworks",
-        "Fireworks AI",
-        "https://api.fireworks.ai/inference",
-    ),
+    ("fireworks", "Fireworks AI", "https://api.fireworks.ai/inference"),
     ("sambanova", "SambaNova", "https://api.sambanova.ai"),
     ("novita", "Novita AI", "https://api.novita.ai"),
-    (
-        "huggingface",
-        "Hugging Face",
-        "https://api-inference.huggingface.co",
-    ),
+    ("huggingface", "Hugging Face", "https://api-inference.huggingface.co"),
     ("github", "GitHub Models", "https://models.github.ai"),
     ("deepinfra", "DeepInfra", "https://api.deepinfra.com"),
     ("friendli", "Friendli", "https://api.friendli.ai/serverless"),
@@ -455,9 +426,8 @@ impl Config {
         let not_yet_active = raw.inactive_keys_set(env);
 
         let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen: SocketAddr = listen.parse().map_err(|_| {
-            ConfigError("listen: expected an address such as 127.0.0.1:8080".into())
-        })?;
+        let listen: SocketAddr =
+            listen.parse().map_err(|_| ConfigError("listen: expected an address such as 127.0.0.1:8080".into()))?;
 
         let auth_token = match (env("AUTH_TOKEN"), &raw.auth_token) {
             (Some(t), _) => Some(Token::parse(&t, "environment variable AUTH_TOKEN")?),
@@ -465,34 +435,22 @@ impl Config {
             (None, None) => None,
         };
 
-        let preset_auth = env_bool(env, "PRESET_AUTH_ENABLED")?
-            .or(raw.preset_auth)
-            .unwrap_or(false);
+        let preset_auth = env_bool(env, "PRESET_AUTH_ENABLED")?.or(raw.preset_auth).unwrap_or(false);
         let danger_public_presets = raw.danger_public_presets.unwrap_or(false);
 
         let mut allowed_hosts = Vec::new();
         for h in raw.allowed_hosts.unwrap_or_default() {
             if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == b'/' || b == 0x7f) {
-                return err(
-                    "allowed_hosts: each entry must be a host name, without scheme or path",
-                );
+                return err("allowed_hosts: each entry must be a host name, without scheme or path");
             }
             allowed_hosts.push(h.to_ascii_lowercase());
         }
 
-        let aggressive_fallback = env_bool(env, "AGGRESSIVE_FALLBACK")?
-            .or(raw.aggressive_fallback)
-            .unwrap_or(true);
-        let force_fetch_default = env_bool(env, "FORCE_FETCH_DEFAULT")?
-            .or(raw.force_fetch_default)
-            .unwrap_or(false);
+        let aggressive_fallback = env_bool(env, "AGGRESSIVE_FALLBACK")?.or(raw.aggressive_fallback).unwrap_or(true);
+        let force_fetch_default = env_bool(env, "FORCE_FETCH_DEFAULT")?.or(raw.force_fetch_default).unwrap_or(false);
         let (dst_key, dst) = match env("DEFAULT_DST_URL") {
             Some(v) => ("environment variable DEFAULT_DST_URL", v),
-            None => (
-                "default_dst_url",
-                raw.default_dst_url
-                    .unwrap_or_else(|| "https://httpbin.org/get".to_owned()),
-            ),
+            None => ("default_dst_url", raw.default_dst_url.unwrap_or_else(|| "https://httpbin.org/get".to_owned())),
         };
         let default_dst = parse_url(&dst).map_err(|e| ConfigError(format!("{dst_key}: {e}")))?;
         let debug = env_bool(env, "DEBUG_MODE")?.or(raw.debug).unwrap_or(false);
@@ -511,11 +469,8 @@ impl Config {
             }
             Some(list) => {
                 for o in &list {
-                    if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
-                    {
-                        return err(
-                            "cors_allow_origins: each origin must look like https://host[:port]",
-                        );
+                    if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                        return err("cors_allow_origins: each origin must look like https://host[:port]");
                     }
                 }
                 Cors::List(list)
@@ -527,17 +482,9 @@ impl Config {
         let upstream = UpstreamConfig {
             extra_ca_file: u.extra_ca_file,
             connect_timeout: ms(u.connect_timeout_ms, 10_000, "upstream.connect_timeout_ms")?,
-            response_timeout: ms(
-                u.response_timeout_ms,
-                300_000,
-                "upstream.response_timeout_ms",
-            )?,
+            response_timeout: ms(u.response_timeout_ms, 300_000, "upstream.response_timeout_ms")?,
             idle_timeout: ms(u.idle_timeout_ms, 300_000, "upstream.idle_timeout_ms")?,
-            pool_idle_timeout: ms(
-                u.pool_idle_timeout_ms,
-                20_000,
-                "upstream.pool_idle_timeout_ms",
-            )?,
+            pool_idle_timeout: ms(u.pool_idle_timeout_ms, 20_000, "upstream.pool_idle_timeout_ms")?,
             allow_private_targets: u.allow_private_targets.unwrap_or(false),
         };
 
@@ -546,40 +493,27 @@ impl Config {
         if max_header_bytes < 8192 {
             return err("limits.max_header_bytes must be at least 8192");
         }
-        let max_response_head_bytes = positive(
-            l.max_response_head_bytes,
-            65_536,
-            "limits.max_response_head_bytes",
-        )?;
+        let max_response_head_bytes = positive(l.max_response_head_bytes, 65_536, "limits.max_response_head_bytes")?;
         let limits = Limits {
             max_body_bytes: l.max_body_bytes.unwrap_or(32 * 1024 * 1024),
             max_header_bytes: usize_of(max_header_bytes, "limits.max_header_bytes")?,
-            max_response_head_bytes: usize_of(
-                max_response_head_bytes,
-                "limits.max_response_head_bytes",
-            )?,
+            max_response_head_bytes: usize_of(max_response_head_bytes, "limits.max_response_head_bytes")?,
             max_connections: usize_of(
                 positive(l.max_connections, 10_000, "limits.max_connections")?,
                 "limits.max_connections",
             )?,
-            header_read_timeout: ms(
-                l.header_read_timeout_ms,
-                30_000,
-                "limits.header_read_timeout_ms",
-            )?,
+            header_read_timeout: ms(l.header_read_timeout_ms, 30_000, "limits.header_read_timeout_ms")?,
         };
 
         let mut allow = Vec::new();
         for entry in raw.headers.allow.unwrap_or_default() {
-            allow.push(
-                ExtraAllow::parse(&entry)
-                    .map_err(|e| ConfigError(format!("headers.allow: {e}")))?,
-            );
+            allow.push(ExtraAllow::parse(&entry).map_err(|e| ConfigError(format!("headers.allow: {e}")))?);
         }
         let user_agent = match raw.headers.user_agent {
             None => UserAgent::default(),
-            Some(s) => UserAgent::parse(&s)
-                .map_err(|_| ConfigError("headers.user_agent: not a valid header value".into()))?,
+            Some(s) => {
+                UserAgent::parse(&s).map_err(|_| ConfigError("headers.user_agent: not a valid header value".into()))?
+            }
         };
         let headers = HeaderConfig { allow, user_agent };
 
@@ -589,9 +523,7 @@ impl Config {
         let mut prompts = BTreeMap::new();
         for (lang, prompt) in g.prompts {
             if lang.len() != 2 || !lang.bytes().all(|b| b.is_ascii_lowercase()) {
-                return err(format!(
-                    "gemini.prompts.{lang}: keys must be two-letter language codes"
-                ));
+                return err(format!("gemini.prompts.{lang}: keys must be two-letter language codes"));
             }
             if prompt.trim().is_empty() {
                 return err(format!("gemini.prompts.{lang}: prompt is empty"));
@@ -605,9 +537,7 @@ impl Config {
             prompts.insert("en".into(), p);
         }
         let gemini = GeminiConfig {
-            enabled: env_bool(env, "GEMINI_SPECIAL_HANDLING_ENABLED")?
-                .or(g.enabled)
-                .unwrap_or(true),
+            enabled: env_bool(env, "GEMINI_SPECIAL_HANDLING_ENABLED")?.or(g.enabled).unwrap_or(true),
             max_retries: g.max_retries.unwrap_or(5),
             retry_delay: Duration::from_millis(g.retry_delay_ms.unwrap_or(750)),
             idle_timeout: ms(g.idle_timeout_ms, 60_000, "gemini.idle_timeout_ms")?,
@@ -616,17 +546,10 @@ impl Config {
         };
 
         let websocket_max_message_bytes = usize_of(
-            positive(
-                raw.websocket.max_message_bytes,
-                16 * 1024 * 1024,
-                "websocket.max_message_bytes",
-            )?,
+            positive(raw.websocket.max_message_bytes, 16 * 1024 * 1024, "websocket.max_message_bytes")?,
             "websocket.max_message_bytes",
         )?;
-        let tls = raw.tls.map(|t| TlsConfig {
-            cert_file: t.cert_file,
-            key_file: t.key_file,
-        });
+        let tls = raw.tls.map(|t| TlsConfig { cert_file: t.cert_file, key_file: t.key_file });
 
         let config = Config {
             listen,
@@ -656,11 +579,7 @@ impl Config {
     }
 
     /// Loads the file (if any), applies the environment and `--listen`.
-    pub fn load(
-        path: Option<&Path>,
-        listen: Option<SocketAddr>,
-        env: Env<'_>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, listen: Option<SocketAddr>, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut raw = match path {
             Some(p) => RawConfig::from_file(p)?,
             None => RawConfig::default(),
@@ -704,9 +623,9 @@ impl Config {
         if let Some(t) = &self.auth_token {
             return Ok((t.clone(), None));
         }
-        let path = self.token_path(env).ok_or_else(|| {
-            ConfigError("no auth_token set and neither data_dir, XDG_DATA_HOME nor HOME".into())
-        })?;
+        let path = self
+            .token_path(env)
+            .ok_or_else(|| ConfigError("no auth_token set and neither data_dir, XDG_DATA_HOME nor HOME".into()))?;
         let token = load_or_create_token(&path)?;
         Ok((token, Some(path)))
     }
@@ -723,29 +642,16 @@ impl Config {
         line("listen", format!("\"{}\"", self.listen));
         line(
             "auth_token",
-            if self.auth_token.is_some() {
-                "\"***\"".into()
-            } else {
-                "(generated into data_dir)".into()
-            },
+            if self.auth_token.is_some() { "\"***\"".into() } else { "(generated into data_dir)".into() },
         );
         line("preset_auth", self.preset_auth.to_string());
-        line(
-            "danger_public_presets",
-            self.danger_public_presets.to_string(),
-        );
+        line("danger_public_presets", self.danger_public_presets.to_string());
         line("allowed_hosts", format!("{:?}", self.allowed_hosts));
         line("aggressive_fallback", self.aggressive_fallback.to_string());
         line("force_fetch_default", self.force_fetch_default.to_string());
-        line(
-            "default_dst_url",
-            format!("\"{}{}\"", self.default_dst.0, self.default_dst.1),
-        );
+        line("default_dst_url", format!("\"{}{}\"", self.default_dst.0, self.default_dst.1));
         line("debug", self.debug.to_string());
-        line(
-            "log_format",
-            format!("{:?}", self.log_format).to_lowercase(),
-        );
+        line("log_format", format!("{:?}", self.log_format).to_lowercase());
         line(
             "cors_allow_origins",
             match &self.cors {
@@ -753,34 +659,13 @@ impl Config {
                 Cors::List(l) => format!("{l:?}"),
             },
         );
-        line(
-            "upstream.connect_timeout_ms",
-            self.upstream.connect_timeout.as_millis().to_string(),
-        );
-        line(
-            "upstream.response_timeout_ms",
-            self.upstream.response_timeout.as_millis().to_string(),
-        );
-        line(
-            "upstream.allow_private_targets",
-            self.upstream.allow_private_targets.to_string(),
-        );
-        line(
-            "limits.max_body_bytes",
-            self.limits.max_body_bytes.to_string(),
-        );
-        line(
-            "limits.max_header_bytes",
-            self.limits.max_header_bytes.to_string(),
-        );
-        line(
-            "limits.max_connections",
-            self.limits.max_connections.to_string(),
-        );
-        line(
-            "limits.header_read_timeout_ms",
-            self.limits.header_read_timeout.as_millis().to_string(),
-        );
+        line("upstream.connect_timeout_ms", self.upstream.connect_timeout.as_millis().to_string());
+        line("upstream.response_timeout_ms", self.upstream.response_timeout.as_millis().to_string());
+        line("upstream.allow_private_targets", self.upstream.allow_private_targets.to_string());
+        line("limits.max_body_bytes", self.limits.max_body_bytes.to_string());
+        line("limits.max_header_bytes", self.limits.max_header_bytes.to_string());
+        line("limits.max_connections", self.limits.max_connections.to_string());
+        line("limits.header_read_timeout_ms", self.limits.header_read_timeout.as_millis().to_string());
         line(
             "headers.user_agent",
             match &self.headers.user_agent {
@@ -797,19 +682,12 @@ impl Config {
                     "{{ targets = {targets:?}, enabled = {}, force_fetch = {}, monitor = \"{}\" }}",
                     p.enabled,
                     p.force_fetch || self.force_fetch_default,
-                    if p.monitor == Monitor::Gemini {
-                        "gemini"
-                    } else {
-                        "none"
-                    },
+                    if p.monitor == Monitor::Gemini { "gemini" } else { "none" },
                 ),
             );
         }
         if !self.not_yet_active.is_empty() {
-            s.push_str(&format!(
-                "# set but not yet active in this release: {}\n",
-                self.not_yet_active.join(", ")
-            ));
+            s.push_str(&format!("# set but not yet active in this release: {}\n", self.not_yet_active.join(", ")));
         }
         s
     }
@@ -824,39 +702,15 @@ impl RawConfig {
                 set.push(key.to_owned());
             }
         };
-        note(
-            self.aggressive_fallback.is_some() || env("AGGRESSIVE_FALLBACK").is_some(),
-            "aggressive_fallback",
-        );
-        note(
-            self.force_fetch_default.is_some() || env("FORCE_FETCH_DEFAULT").is_some(),
-            "force_fetch_default",
-        );
-        note(
-            self.upstream.extra_ca_file.is_some(),
-            "upstream.extra_ca_file",
-        );
-        note(
-            self.upstream.idle_timeout_ms.is_some(),
-            "upstream.idle_timeout_ms",
-        );
-        note(
-            self.upstream.pool_idle_timeout_ms.is_some(),
-            "upstream.pool_idle_timeout_ms",
-        );
-        note(
-            self.limits.max_response_head_bytes.is_some(),
-            "limits.max_response_head_bytes",
-        );
+        note(self.aggressive_fallback.is_some() || env("AGGRESSIVE_FALLBACK").is_some(), "aggressive_fallback");
+        note(self.force_fetch_default.is_some() || env("FORCE_FETCH_DEFAULT").is_some(), "force_fetch_default");
+        note(self.upstream.extra_ca_file.is_some(), "upstream.extra_ca_file");
+        note(self.upstream.idle_timeout_ms.is_some(), "upstream.idle_timeout_ms");
+        note(self.upstream.pool_idle_timeout_ms.is_some(), "upstream.pool_idle_timeout_ms");
+        note(self.limits.max_response_head_bytes.is_some(), "limits.max_response_head_bytes");
         note(self.shutdown_grace_ms.is_some(), "shutdown_grace_ms");
-        note(
-            self.presets.values().any(|p| p.force_fetch.is_some()),
-            "presets.*.force_fetch",
-        );
-        note(
-            self.presets.values().any(|p| p.monitor.is_some()),
-            "presets.*.monitor",
-        );
+        note(self.presets.values().any(|p| p.force_fetch.is_some()), "presets.*.force_fetch");
+        note(self.presets.values().any(|p| p.monitor.is_some()), "presets.*.monitor");
         let g = &self.gemini;
         note(
             g.enabled.is_some()
@@ -865,13 +719,9 @@ impl RawConfig {
                 || g.idle_timeout_ms.is_some()
                 || g.swallow_thoughts_after_retry.is_some()
                 || !g.prompts.is_empty()
-                || [
-                    "GEMINI_SPECIAL_HANDLING_ENABLED",
-                    "GEMINI_RETRY_PROMPT_CN",
-                    "GEMINI_RETRY_PROMPT_EN",
-                ]
-                .iter()
-                .any(|v| env(v).is_some()),
+                || ["GEMINI_SPECIAL_HANDLING_ENABLED", "GEMINI_RETRY_PROMPT_CN", "GEMINI_RETRY_PROMPT_EN"]
+                    .iter()
+                    .any(|v| env(v).is_some()),
             "gemini",
         );
         note(self.websocket.max_message_bytes.is_some(), "websocket");
@@ -883,33 +733,21 @@ impl RawConfig {
 fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigError> {
     let mut presets = Presets::default();
     let mut raw = raw;
-    let builtins = BUILTIN_PRESETS
-        .iter()
-        .map(|&(route, name, target)| (route, Some((name, target))));
-    let added: Vec<String> = raw
-        .keys()
-        .filter(|k| !BUILTIN_PRESETS.iter().any(|(r, _, _)| r == k))
-        .cloned()
-        .collect();
-    let all: Vec<(String, Option<(&str, &str)>)> = builtins
-        .map(|(r, b)| (r.to_owned(), b))
-        .chain(added.into_iter().map(|r| (r, None)))
-        .collect();
+    let builtins = BUILTIN_PRESETS.iter().map(|&(route, name, target)| (route, Some((name, target))));
+    let added: Vec<String> = raw.keys().filter(|k| !BUILTIN_PRESETS.iter().any(|(r, _, _)| r == k)).cloned().collect();
+    let all: Vec<(String, Option<(&str, &str)>)> =
+        builtins.map(|(r, b)| (r.to_owned(), b)).chain(added.into_iter().map(|r| (r, None))).collect();
     for (route, builtin) in all {
         let key = format!("presets.{route}");
         let over = raw.remove(&route).unwrap_or_default();
         if builtin.is_none() {
             let ok = !route.is_empty()
-                && route.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
+                && route.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
             if !ok {
                 return err(format!("{key}: preset names must match [a-z0-9_-]+"));
             }
             if RESERVED_NAMES.contains(&route.as_str()) {
-                return err(format!(
-                    "{key}: '{route}' is reserved and cannot name a preset"
-                ));
+                return err(format!("{key}: '{route}' is reserved and cannot name a preset"));
             }
         }
         let targets = match (over.targets, builtin) {
@@ -917,20 +755,17 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
                 if list.is_empty() {
                     return err(format!("{key}.targets: needs at least one URL"));
                 }
-                list.iter()
-                    .map(|t| Target::parse(t, &format!("{key}.targets")))
-                    .collect::<Result<Vec<_>, _>>()?
+                list.iter().map(|t| Target::parse(t, &format!("{key}.targets"))).collect::<Result<Vec<_>, _>>()?
             }
             (None, Some((_, url))) => vec![Target::parse(url, &key)?],
             (None, None) => return err(format!("{key}.targets: a new preset needs targets")),
         };
-        let user_agent =
-            match over.user_agent {
-                None => None,
-                Some(s) => Some(UserAgent::parse(&s).map_err(|_| {
-                    ConfigError(format!("{key}.user_agent: not a valid header value"))
-                })?),
-            };
+        let user_agent = match over.user_agent {
+            None => None,
+            Some(s) => Some(
+                UserAgent::parse(&s).map_err(|_| ConfigError(format!("{key}.user_agent: not a valid header value")))?,
+            ),
+        };
         let monitor = match over.monitor.as_deref() {
             None if route == "gemini" && builtin.is_some() => Monitor::Gemini,
             None | Some("none") => Monitor::None,
@@ -938,11 +773,9 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             Some(_) => return err(format!("{key}.monitor must be \"gemini\" or \"none\"")),
         };
         let preset = Preset {
-            display_name: over.name.unwrap_or_else(|| {
-                builtin
-                    .map(|(n, _)| n.to_owned())
-                    .unwrap_or_else(|| route.clone())
-            }),
+            display_name: over
+                .name
+                .unwrap_or_else(|| builtin.map(|(n, _)| n.to_owned()).unwrap_or_else(|| route.clone())),
             targets,
             // A new preset without force_fetch follows force_fetch_default,
             // which the transport choice applies to every preset anyway.
@@ -1004,10 +837,7 @@ mod tests {
     }
 
     fn load_env(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let env = move |k: &str| map.get(k).cloned();
         Config::from_raw(RawConfig::from_toml(toml)?, &env)
     }
@@ -1027,10 +857,7 @@ mod tests {
         assert_eq!(c.presets.iter().count(), BUILTIN_PRESETS.len());
         let gemini = c.presets.enabled("gemini").unwrap();
         assert_eq!(gemini.monitor, Monitor::Gemini);
-        assert_eq!(
-            c.presets.enabled("groq").unwrap().pick_target().url(),
-            "https://api.groq.com/openai"
-        );
+        assert_eq!(c.presets.enabled("groq").unwrap().pick_target().url(), "https://api.groq.com/openai");
         assert_eq!(c.presets.enabled("openai").unwrap().monitor, Monitor::None);
         assert!(c.not_yet_active.is_empty());
         assert_eq!(c.limits.max_body_bytes, 33_554_432);
@@ -1046,56 +873,26 @@ mod tests {
             ("preset_auth = \"yes\"", "preset_auth"),
             ("listen = \"nowhere\"", "listen"),
             ("auth_token = \"short\"", "auth_token"),
-            (
-                "auth_token = \"has spaces in it, which is bad\"",
-                "auth_token",
-            ),
-            (
-                "[limits]\nmax_header_bytes = 100",
-                "limits.max_header_bytes",
-            ),
-            (
-                "[upstream]\nconnect_timeout_ms = 0",
-                "upstream.connect_timeout_ms",
-            ),
-            (
-                "[presets.Bad]\ntargets = [\"https://x.org\"]",
-                "presets.Bad",
-            ),
-            (
-                "[presets.healthz]\ntargets = [\"https://x.org\"]",
-                "presets.healthz",
-            ),
+            ("auth_token = \"has spaces in it, which is bad\"", "auth_token"),
+            ("[limits]\nmax_header_bytes = 100", "limits.max_header_bytes"),
+            ("[upstream]\nconnect_timeout_ms = 0", "upstream.connect_timeout_ms"),
+            ("[presets.Bad]\ntargets = [\"https://x.org\"]", "presets.Bad"),
+            ("[presets.healthz]\ntargets = [\"https://x.org\"]", "presets.healthz"),
             ("[presets.mine]\nname = \"x\"", "presets.mine.targets"),
-            (
-                "[presets.mine]\ntargets = [\"ftp://x.org\"]",
-                "presets.mine.targets",
-            ),
+            ("[presets.mine]\ntargets = [\"ftp://x.org\"]", "presets.mine.targets"),
             ("[presets.openai]\ntargets = []", "presets.openai.targets"),
-            (
-                "[presets.openai]\nmonitor = \"gemeni\"",
-                "presets.openai.monitor",
-            ),
+            ("[presets.openai]\nmonitor = \"gemeni\"", "presets.openai.monitor"),
             ("[presets.openai]\ntarget = \"https://x.org\"", "target"),
             ("log_format = \"xml\"", "log_format"),
-            (
-                "cors_allow_origins = [\"*\", \"https://a.b\"]",
-                "cors_allow_origins",
-            ),
+            ("cors_allow_origins = [\"*\", \"https://a.b\"]", "cors_allow_origins"),
             ("default_dst_url = \"nope\"", "default_dst_url"),
-            (
-                "[gemini.prompts]\nenglish = \"go on\"",
-                "gemini.prompts.english",
-            ),
+            ("[gemini.prompts]\nenglish = \"go on\"", "gemini.prompts.english"),
             ("[tls]\ncert_file = \"a\"", "key_file"),
             ("listen = \"0.0.0.0:8080\"", "danger_public_presets"),
         ];
         for (toml, key) in cases {
             let msg = error_of(load(toml));
-            assert!(
-                msg.contains(key),
-                "error for {toml:?} should name {key}: {msg}"
-            );
+            assert!(msg.contains(key), "error for {toml:?} should name {key}: {msg}");
         }
     }
 
@@ -1113,28 +910,15 @@ mod tests {
         )
         .unwrap();
         assert!(c.preset_auth && c.debug);
-        assert!(
-            c.auth_token
-                .as_ref()
-                .unwrap()
-                .matches(b"from_env_token_123456")
-        );
+        assert!(c.auth_token.as_ref().unwrap().matches(b"from_env_token_123456"));
         assert_eq!(c.default_dst.1, "/x");
         assert_eq!(c.gemini.prompts.get("zh").unwrap(), "继续");
-        for var in [
-            "PRESET_AUTH_ENABLED",
-            "AGGRESSIVE_FALLBACK",
-            "DEBUG_MODE",
-            "FORCE_FETCH_DEFAULT",
-        ] {
+        for var in ["PRESET_AUTH_ENABLED", "AGGRESSIVE_FALLBACK", "DEBUG_MODE", "FORCE_FETCH_DEFAULT"] {
             let msg = error_of(load_env("", &[(var, "yes")]));
             assert!(msg.contains(var), "{msg}");
         }
         let msg = error_of(load_env("", &[("AUTH_TOKEN", "bad token")]));
-        assert!(
-            msg.contains("AUTH_TOKEN") && !msg.contains("bad token"),
-            "{msg}"
-        );
+        assert!(msg.contains("AUTH_TOKEN") && !msg.contains("bad token"), "{msg}");
     }
 
     #[test]
@@ -1158,39 +942,21 @@ mod tests {
         assert_eq!(g.display_name, "Google Gemini");
         assert_eq!(g.monitor, Monitor::Gemini, "monitor kept from the built-in");
         let picks: Vec<String> = (0..3).map(|_| g.pick_target().url()).collect();
-        assert_eq!(
-            picks,
-            [
-                "http://127.0.0.1:9000",
-                "http://127.0.0.1:9001",
-                "http://127.0.0.1:9000"
-            ]
-        );
+        assert_eq!(picks, ["http://127.0.0.1:9000", "http://127.0.0.1:9001", "http://127.0.0.1:9000"]);
         let o = c.presets.enabled("openai").unwrap();
         assert_eq!(o.user_agent, Some(UserAgent::Strip));
-        assert_eq!(
-            o.pick_target().url(),
-            "https://api.openai.com",
-            "targets kept"
-        );
+        assert_eq!(o.pick_target().url(), "https://api.openai.com", "targets kept");
         assert!(c.presets.enabled("claude").is_none());
         let l = c.presets.enabled("local-llm").unwrap();
-        assert_eq!(
-            (l.display_name.as_str(), l.pick_target().base_path.as_str()),
-            ("Ollama", "/v1")
-        );
+        assert_eq!((l.display_name.as_str(), l.pick_target().base_path.as_str()), ("Ollama", "/v1"));
         assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
     }
 
     #[test]
     fn inactive_keys_are_reported() {
-        let c =
-            load("[gemini]\nmax_retries = 3\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
+        let c = load("[gemini]\nmax_retries = 3\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
         assert_eq!(c.not_yet_active, ["gemini", "tls"]);
-        assert!(
-            c.describe()
-                .contains("not yet active in this release: gemini, tls")
-        );
+        assert!(c.describe().contains("not yet active in this release: gemini, tls"));
     }
 
     #[test]
@@ -1222,15 +988,9 @@ mod tests {
             "HOME" => Some("/home/u".to_owned()),
             _ => None,
         };
-        assert_eq!(
-            c.token_path(&env).unwrap(),
-            PathBuf::from("/x/veilgate/token")
-        );
+        assert_eq!(c.token_path(&env).unwrap(), PathBuf::from("/x/veilgate/token"));
         let home = |k: &str| (k == "HOME").then(|| "/home/u".to_owned());
-        assert_eq!(
-            c.token_path(&home).unwrap(),
-            PathBuf::from("/home/u/.local/share/veilgate/token")
-        );
+        assert_eq!(c.token_path(&home).unwrap(), PathBuf::from("/home/u/.local/share/veilgate/token"));
     }
 
     #[test]

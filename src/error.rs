@@ -98,10 +98,7 @@ pub fn error_response(status: StatusCode, message: &str, transports: &[Attempt])
     let mut resp = Response::new(full(Bytes::from(error_body(status, message, transports))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert("x-proxy-error", HeaderValue::from_static("true"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -132,10 +129,7 @@ mod tests {
         let ts = v["error"]["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
         assert_eq!(v["error"]["transports"]["socket"]["duration_ms"], 12);
-        assert_eq!(
-            v["error"]["transports"]["socket"]["error"],
-            "connect refused"
-        );
+        assert_eq!(v["error"]["transports"]["socket"]["error"], "connect refused");
     }
 
     #[test]

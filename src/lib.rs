@@ -16,6 +16,7 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod monitor;
 pub mod policy;
 pub mod proxy;
 pub mod route;

@@ -83,15 +83,9 @@ fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &Config) {
-    let default = if config.debug {
-        "veilgate=debug,info"
-    } else {
-        "info"
-    };
+    let default = if config.debug { "veilgate=debug,info" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -15,8 +15,9 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{Body, empty, full};
-use crate::config::{Config, ConfigError, Cors, Token};
+use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
 use crate::error::{Error, error_body};
+use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, filter_response_headers};
 use crate::policy::redirect::{RouteBase, rewrite_location};
 use crate::policy::target::Origin;
@@ -32,7 +33,8 @@ pub struct App {
     pub token: Token,
     /// The address actually bound (refused as an upstream target).
     pub listen: SocketAddr,
-    pub transports: Transports,
+    pub transports: Arc<Transports>,
+    gemini: Arc<GeminiConfig>,
 }
 
 /// What the log line says about a request (never its path: it may hold the
@@ -71,18 +73,9 @@ impl App {
             listen,
         )
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
-        let transports = Transports::new(
-            socket,
-            fetch,
-            config.aggressive_fallback,
-            config.force_fetch_default,
-        );
-        Ok(App {
-            config,
-            token,
-            listen,
-            transports,
-        })
+        let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
+        let gemini = Arc::new(config.gemini.clone());
+        Ok(App { config, token, listen, transports: Arc::new(transports), gemini })
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -90,20 +83,12 @@ impl App {
         let started = Instant::now();
         let method = req.method().clone();
         let request_origin = req.headers().get(header::ORIGIN).cloned();
-        let mut info = LogInfo {
-            kind: "local",
-            preset: None,
-            transport: None,
-        };
+        let mut info = LogInfo { kind: "local", preset: None, transport: None };
         let mut resp = match self.dispatch(req, &mut info).await {
             Ok(resp) => resp,
             Err((e, attempts)) => e.to_response(&attempts),
         };
-        apply_cors(
-            resp.headers_mut(),
-            request_origin.as_ref(),
-            &self.config.cors,
-        );
+        apply_cors(resp.headers_mut(), request_origin.as_ref(), &self.config.cors);
         tracing::info!(
             method = %method,
             route = info.kind,
@@ -128,26 +113,15 @@ impl App {
         if req.method() == Method::OPTIONS {
             return Ok(preflight(req.headers()));
         }
-        let header_token = req
-            .headers()
-            .get("x-veilgate-token")
-            .map(HeaderValue::as_bytes);
-        let input = RouteInput {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            header_token,
-        };
-        let cx = RouteContext {
-            presets: &self.config.presets,
-            token: &self.token,
-            preset_auth: self.config.preset_auth,
-        };
+        let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
+        let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
+        let cx =
+            RouteContext { presets: &self.config.presets, token: &self.token, preset_auth: self.config.preset_auth };
         let route = route(input, cx).map_err(|e| plain(e.into()))?;
 
         let public = self.public_base(&req);
         let route_path = req.uri().path().to_owned();
-        let (origin, path, user_agent, check, force_fetch, redirect) = match route {
+        let (origin, path, user_agent, check, force_fetch, redirect, monitored) = match route {
             Route::Dashboard => return Ok(self.dashboard()),
             Route::Health => return Ok(health()),
             Route::Metrics => return self.metrics(req.headers()).map_err(plain),
@@ -162,23 +136,16 @@ impl App {
                     body: Bytes::new(),
                     check: self.check(true),
                 };
-                return self.send(req, false, None, info).await;
+                return self.send(req, false, None, None, info).await;
             }
-            Route::Preset {
-                preset,
-                remainder,
-                query,
-                ..
-            } => {
+            Route::Preset { preset, remainder, query, .. } => {
                 info.kind = "preset";
                 info.preset = Some(preset.route.clone());
                 let target = preset.pick_target();
                 let path = upstream_path(&target.base_path, &remainder, query.as_deref());
                 let prefix = route_path[..route_path.len() - remainder.len()].to_owned();
-                let redirect = Redirect::Preset {
-                    base_path: target.base_path.clone(),
-                    prefix,
-                };
+                let redirect = Redirect::Preset { base_path: target.base_path.clone(), prefix };
+                let monitored = preset.monitor == Monitor::Gemini && self.gemini.enabled;
                 (
                     target.origin.clone(),
                     path,
@@ -186,57 +153,29 @@ impl App {
                     self.check(true),
                     preset.force_fetch,
                     redirect,
+                    monitored,
                 )
             }
-            Route::Generic {
-                origin,
-                remainder,
-                query,
-                path_token,
-            } => {
+            Route::Generic { origin, remainder, query, path_token } => {
                 info.kind = "generic";
                 let path = upstream_path("", &remainder, query.as_deref());
-                let auth_prefix = if path_token {
-                    format!("/{}", self.token.expose())
-                } else {
-                    String::new()
-                };
+                let auth_prefix = if path_token { format!("/{}", self.token.expose()) } else { String::new() };
                 let check = self.check(self.config.upstream.allow_private_targets);
-                (
-                    origin,
-                    path,
-                    None,
-                    check,
-                    false,
-                    Redirect::Generic { auth_prefix },
-                )
+                (origin, path, None, check, false, Redirect::Generic { auth_prefix }, false)
             }
         };
 
         if is_websocket_upgrade(req.headers()) {
             info.kind = "tunnel";
-            return Err(plain(Error::NotImplemented(
-                "WebSocket tunnels are not available in this release",
-            )));
+            return Err(plain(Error::NotImplemented("WebSocket tunnels are not available in this release")));
         }
 
         let (parts, body) = req.into_parts();
-        let headers = self
-            .policy(user_agent.as_ref())
-            .request_headers(&parts.headers);
-        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes)
-            .await
-            .map_err(plain)?;
-        let req = UpstreamRequest {
-            method: parts.method,
-            origin,
-            path,
-            headers,
-            body,
-            check,
-        };
-        self.send(req, force_fetch, Some((redirect, public)), info)
-            .await
+        let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
+        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes).await.map_err(plain)?;
+        let gemini = if monitored { gemini_stream::applies(&parts.method, &path, &body) } else { None };
+        let req = UpstreamRequest { method: parts.method, origin, path, headers, body, check };
+        self.send(req, force_fetch, Some((redirect, public)), gemini, info).await
     }
 
     async fn send(
@@ -244,6 +183,7 @@ impl App {
         req: UpstreamRequest,
         force_fetch: bool,
         redirect: Option<(Redirect, Option<String>)>,
+        gemini: Option<serde_json::Value>,
         info: &mut LogInfo,
     ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
         match self.transports.send(&req, force_fetch).await {
@@ -252,16 +192,26 @@ impl App {
                 let (mut parts, body) = served.response.into_parts();
                 filter_response_headers(&mut parts.headers);
                 if let Some((redirect, public)) = &redirect {
-                    rewrite_redirects(
-                        &mut parts.headers,
-                        redirect.base(&req.origin),
-                        public.as_deref(),
-                    );
+                    rewrite_redirects(&mut parts.headers, redirect.base(&req.origin), public.as_deref());
                 }
-                parts.headers.insert(
-                    "x-veilgate-transport",
-                    HeaderValue::from_static(served.transport.as_str()),
-                );
+                parts.headers.insert("x-veilgate-transport", HeaderValue::from_static(served.transport.as_str()));
+                let body = match gemini {
+                    Some(original) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
+                        // The monitor rewrites the stream: no length can hold.
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        let monitored = Monitored {
+                            transports: Arc::clone(&self.transports),
+                            request: req,
+                            original,
+                            force_fetch,
+                            gemini: Arc::clone(&self.gemini),
+                            response_timeout: self.config.upstream.response_timeout,
+                            stats: Arc::new(|_| {}),
+                        };
+                        gemini_stream::spawn(body, monitored)
+                    }
+                    _ => body,
+                };
                 Ok(Response::from_parts(parts, body))
             }
             Err(failure) => {
@@ -280,10 +230,7 @@ impl App {
         Some(format!("http://{host}"))
     }
 
-    fn policy<'a>(
-        &'a self,
-        preset_user_agent: Option<&'a crate::policy::headers::UserAgent>,
-    ) -> RequestPolicy<'a> {
+    fn policy<'a>(&'a self, preset_user_agent: Option<&'a crate::policy::headers::UserAgent>) -> RequestPolicy<'a> {
         RequestPolicy {
             extra_allow: &self.config.headers.allow,
             user_agent: preset_user_agent.unwrap_or(&self.config.headers.user_agent),
@@ -292,10 +239,7 @@ impl App {
     }
 
     fn check(&self, allow_private: bool) -> TargetCheck {
-        TargetCheck {
-            allow_private,
-            own: self.listen,
-        }
+        TargetCheck { allow_private, own: self.listen }
     }
 
     /// While listening on loopback only loopback names (or `allowed_hosts`)
@@ -333,28 +277,21 @@ impl App {
             env!("CARGO_PKG_VERSION")
         );
         let mut resp = Response::new(full(page));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         resp
     }
 
     fn metrics(&self, headers: &HeaderMap) -> Result<Response<Body>, Error> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
         if !self.token.matches(presented) {
             return Err(Error::Route(crate::route::RouteError::Unauthorized));
         }
         let mut resp = Response::new(full(
             "# HELP veilgate_up 1 while veilgate is serving.\n# TYPE veilgate_up gauge\nveilgate_up 1\n",
         ));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
         Ok(resp)
     }
 }
@@ -368,15 +305,8 @@ enum Redirect {
 impl Redirect {
     fn base<'a>(&'a self, target: &'a Origin) -> RouteBase<'a> {
         match self {
-            Redirect::Preset { base_path, prefix } => RouteBase::Preset {
-                target,
-                base_path,
-                prefix,
-            },
-            Redirect::Generic { auth_prefix } => RouteBase::Generic {
-                target,
-                auth_prefix,
-            },
+            Redirect::Preset { base_path, prefix } => RouteBase::Preset { target, base_path, prefix },
+            Redirect::Generic { auth_prefix } => RouteBase::Generic { target, auth_prefix },
         }
     }
 }
@@ -398,10 +328,7 @@ fn rewrite_redirects(headers: &mut HeaderMap, base: RouteBase<'_>, public: Optio
 fn health() -> Response<Body> {
     let body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
     let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -410,19 +337,11 @@ fn preflight(headers: &HeaderMap) -> Response<Body> {
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
-    );
-    let allow_headers = headers
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
+    let allow_headers =
+        headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned().unwrap_or(HeaderValue::from_static("*"));
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp
 }
 
@@ -430,14 +349,8 @@ fn preflight(headers: &HeaderMap) -> Response<Body> {
 fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cors: &Cors) {
     match cors {
         Cors::Any => {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("*"),
-            );
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
         }
         Cors::List(list) => {
             headers.append(header::VARY, HeaderValue::from_static("origin"));
@@ -445,10 +358,7 @@ fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cor
                 && list.iter().any(|o| o.as_bytes() == origin.as_bytes())
             {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-                headers.insert(
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    HeaderValue::from_static("*"),
-                );
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
             }
         }
     }
@@ -458,10 +368,7 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        })
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
 }
 
 /// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or
@@ -486,10 +393,8 @@ fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
 /// Reads the request body up to `limit` bytes (413 above it, at once when
 /// `content-length` already says so).
 async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, Error> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
@@ -502,20 +407,13 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<By
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The raw bytes of the 503 sent to a connection over `max_connections`
 /// (written before any HTTP parsing, then the connection is closed).
 pub fn over_capacity_response() -> Vec<u8> {
-    let body = error_body(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too many connections (limits.max_connections)",
-        &[],
-    );
+    let body = error_body(StatusCode::SERVICE_UNAVAILABLE, "too many connections (limits.max_connections)", &[]);
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-proxy-error: true\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

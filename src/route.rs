@@ -26,20 +26,10 @@ pub enum Route {
     /// `GET /test`
     Test,
     /// `/<name>/<remainder>` with an enabled preset.
-    Preset {
-        preset: Arc<Preset>,
-        remainder: String,
-        query: Option<String>,
-        authenticated: bool,
-    },
+    Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, authenticated: bool },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
-    Generic {
-        origin: Origin,
-        remainder: String,
-        query: Option<String>,
-        path_token: bool,
-    },
+    Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool },
 }
 
 /// Why a request was refused before it could reach any upstream.
@@ -128,11 +118,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     let query = input.query.map(str::to_owned);
 
     let Some((name, after_name)) = segment(rest) else {
-        return Err(if path_token || authenticated {
-            RouteError::TokenOnly
-        } else {
-            RouteError::Unauthorized
-        });
+        return Err(if path_token || authenticated { RouteError::TokenOnly } else { RouteError::Unauthorized });
     };
 
     if let Some(preset) = cx.presets.enabled(name) {
@@ -153,17 +139,8 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     let scheme = Scheme::from_segment(name).ok_or(RouteError::UnknownScheme)?;
     let (authority, remainder) = segment(after_name).ok_or(RouteError::MissingHost)?;
     let (host, port) = parse_authority(authority).map_err(RouteError::BadHost)?;
-    let origin = Origin {
-        scheme,
-        port: port.unwrap_or(scheme.default_port()),
-        host,
-    };
-    Ok(Route::Generic {
-        origin,
-        remainder: remainder.to_owned(),
-        query,
-        path_token,
-    })
+    let origin = Origin { scheme, port: port.unwrap_or(scheme.default_port()), host };
+    Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token })
 }
 
 /// Splits off the next non-empty segment: `"//a/b"` → `("a", "/b")`.
@@ -178,9 +155,7 @@ fn segment(s: &str) -> Option<(&str, &str)> {
 
 /// `prefix` + `remainder` (or `/`), plus `?query` when the client sent one.
 pub fn upstream_path(prefix: &str, remainder: &str, query: Option<&str>) -> String {
-    let mut out = String::with_capacity(
-        prefix.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1,
-    );
+    let mut out = String::with_capacity(prefix.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1);
     out.push_str(prefix);
     out.push_str(remainder);
     if out.is_empty() {
@@ -205,58 +180,27 @@ mod tests {
         Config::from_raw(RawConfig::from_toml(toml).unwrap(), &|_| None).unwrap()
     }
 
-    fn run(
-        c: &Config,
-        method: Method,
-        target: &str,
-        header: Option<&str>,
-    ) -> Result<Route, RouteError> {
+    fn run(c: &Config, method: Method, target: &str, header: Option<&str>) -> Result<Route, RouteError> {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
         let token = Token::parse(TOKEN, "t").unwrap();
         route(
-            RouteInput {
-                method: &method,
-                path,
-                query,
-                header_token: header.map(str::as_bytes),
-            },
-            RouteContext {
-                presets: &c.presets,
-                token: &token,
-                preset_auth: c.preset_auth,
-            },
+            RouteInput { method: &method, path, query, header_token: header.map(str::as_bytes) },
+            RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth },
         )
     }
 
     /// Upstream URL of a proxied route, or the error.
     fn dest(c: &Config, target: &str, header: Option<&str>) -> Result<String, RouteError> {
         Ok(match run(c, Method::POST, target, header)? {
-            Route::Preset {
-                preset,
-                remainder,
-                query,
-                ..
-            } => {
+            Route::Preset { preset, remainder, query, .. } => {
                 let t = preset.pick_target();
-                format!(
-                    "{}{}",
-                    t.origin,
-                    upstream_path(&t.base_path, &remainder, query.as_deref())
-                )
+                format!("{}{}", t.origin, upstream_path(&t.base_path, &remainder, query.as_deref()))
             }
-            Route::Generic {
-                origin,
-                remainder,
-                query,
-                ..
-            } => {
-                format!(
-                    "{origin}{}",
-                    upstream_path("", &remainder, query.as_deref())
-                )
+            Route::Generic { origin, remainder, query, .. } => {
+                format!("{origin}{}", upstream_path("", &remainder, query.as_deref()))
             }
             other => format!("{other:?}"),
         })
@@ -274,14 +218,8 @@ mod tests {
         ] {
             assert_eq!(format!("{:?}", run(&c, m, p, None).unwrap()), want, "{p}");
         }
-        assert_eq!(
-            run(&c, Method::POST, "/healthz", None).unwrap_err(),
-            RouteError::MethodNotAllowed
-        );
-        assert_eq!(
-            run(&c, Method::POST, "/", None).unwrap_err(),
-            RouteError::Unauthorized
-        );
+        assert_eq!(run(&c, Method::POST, "/healthz", None).unwrap_err(), RouteError::MethodNotAllowed);
+        assert_eq!(run(&c, Method::POST, "/", None).unwrap_err(), RouteError::Unauthorized);
     }
 
     #[test]
@@ -289,85 +227,25 @@ mod tests {
         let c = config("");
         let t = TOKEN;
         let cases: Vec<(String, Option<&str>, &str)> = vec![
-            (
-                "/openai/v1/chat/completions".into(),
-                None,
-                "https://api.openai.com/v1/chat/completions",
-            ),
-            (
-                "/groq/v1/models".into(),
-                None,
-                "https://api.groq.com/openai/v1/models",
-            ),
-            (
-                "//openai//v1//x/".into(),
-                None,
-                "https://api.openai.com//v1//x/",
-            ),
+            ("/openai/v1/chat/completions".into(), None, "https://api.openai.com/v1/chat/completions"),
+            ("/groq/v1/models".into(), None, "https://api.groq.com/openai/v1/models"),
+            ("//openai//v1//x/".into(), None, "https://api.openai.com//v1//x/"),
             ("/openai".into(), None, "https://api.openai.com/"),
             ("/groq".into(), None, "https://api.groq.com/openai"),
             ("/openai?".into(), None, "https://api.openai.com/?"),
-            (
-                "/openai/v1/x?a=%20b&key=1".into(),
-                None,
-                "https://api.openai.com/v1/x?a=%20b&key=1",
-            ),
-            (
-                format!("/{t}/openai/v1/x"),
-                None,
-                "https://api.openai.com/v1/x",
-            ),
-            (
-                format!("/{t}/https/api.example.com/v1/a%2Fb"),
-                None,
-                "https://api.example.com/v1/a%2Fb",
-            ),
-            (
-                format!("/{t}/https:/api.example.com/v1"),
-                None,
-                "https://api.example.com/v1",
-            ),
-            (
-                format!("/{t}/HTTPS://api.example.com:8443//v1/"),
-                None,
-                "https://api.example.com:8443//v1/",
-            ),
-            (
-                format!("/{t}/http/api.example.com:80/x"),
-                None,
-                "http://api.example.com/x",
-            ),
-            (
-                format!("/{t}/wss/api.example.com/ws"),
-                None,
-                "https://api.example.com/ws",
-            ),
+            ("/openai/v1/x?a=%20b&key=1".into(), None, "https://api.openai.com/v1/x?a=%20b&key=1"),
+            (format!("/{t}/openai/v1/x"), None, "https://api.openai.com/v1/x"),
+            (format!("/{t}/https/api.example.com/v1/a%2Fb"), None, "https://api.example.com/v1/a%2Fb"),
+            (format!("/{t}/https:/api.example.com/v1"), None, "https://api.example.com/v1"),
+            (format!("/{t}/HTTPS://api.example.com:8443//v1/"), None, "https://api.example.com:8443//v1/"),
+            (format!("/{t}/http/api.example.com:80/x"), None, "http://api.example.com/x"),
+            (format!("/{t}/wss/api.example.com/ws"), None, "https://api.example.com/ws"),
             (format!("/{t}/ws/1.2.3.4:9/ws"), None, "http://1.2.3.4:9/ws"),
-            (
-                format!("/{t}/https/[2001:db8::1]:8443/x"),
-                None,
-                "https://[2001:db8::1]:8443/x",
-            ),
-            (
-                format!("/{t}/https/api.example.com"),
-                None,
-                "https://api.example.com/",
-            ),
-            (
-                format!("/{t}/https/api.example.com?x=1"),
-                None,
-                "https://api.example.com/?x=1",
-            ),
-            (
-                format!("/{t}/https/h.example/a%0d%0ab"),
-                None,
-                "https://h.example/a%0d%0ab",
-            ),
-            (
-                "/https/api.example.com/x".into(),
-                Some(t),
-                "https://api.example.com/x",
-            ),
+            (format!("/{t}/https/[2001:db8::1]:8443/x"), None, "https://[2001:db8::1]:8443/x"),
+            (format!("/{t}/https/api.example.com"), None, "https://api.example.com/"),
+            (format!("/{t}/https/api.example.com?x=1"), None, "https://api.example.com/?x=1"),
+            (format!("/{t}/https/h.example/a%0d%0ab"), None, "https://h.example/a%0d%0ab"),
+            ("/https/api.example.com/x".into(), Some(t), "https://api.example.com/x"),
         ];
         for (target, header, want) in cases {
             assert_eq!(dest(&c, &target, header).as_deref(), Ok(want), "{target}");
@@ -382,83 +260,23 @@ mod tests {
             (format!("/{t}"), None, RouteError::TokenOnly),
             (format!("/{t}/"), None, RouteError::TokenOnly),
             (format!("//{t}//?x=1"), None, RouteError::TokenOnly),
-            (
-                format!("/{t}/ftp/host.example/x"),
-                None,
-                RouteError::UnknownScheme,
-            ),
-            (
-                format!("/{t}/notapreset/x"),
-                None,
-                RouteError::UnknownScheme,
-            ),
+            (format!("/{t}/ftp/host.example/x"), None, RouteError::UnknownScheme),
+            (format!("/{t}/notapreset/x"), None, RouteError::UnknownScheme),
             (format!("/{t}/https"), None, RouteError::MissingHost),
             (format!("/{t}/https//"), None, RouteError::MissingHost),
-            (
-                format!("/{t}/https/user@host.example/x"),
-                None,
-                RouteError::BadHost(HostError::Userinfo),
-            ),
-            (
-                format!("/{t}/https/host%2eexample/x"),
-                None,
-                RouteError::BadHost(HostError::ForbiddenChar),
-            ),
-            (
-                format!("/{t}/https/host\\example/x"),
-                None,
-                RouteError::BadHost(HostError::ForbiddenChar),
-            ),
-            (
-                format!("/{t}/https/[fe80::1%eth0]/x"),
-                None,
-                RouteError::BadHost(HostError::ForbiddenChar),
-            ),
-            (
-                format!("/{t}/https/host.example:0/x"),
-                None,
-                RouteError::BadHost(HostError::BadPort),
-            ),
-            (
-                format!("/{t}/https/host.example:70000/x"),
-                None,
-                RouteError::BadHost(HostError::BadPort),
-            ),
-            (
-                format!("/{t}/https/2130706433/x"),
-                None,
-                RouteError::BadHost(HostError::BadIpv4),
-            ),
-            (
-                format!("/{t}/https/h.example/a b"),
-                None,
-                RouteError::BadPath,
-            ),
-            (
-                format!("/{t}/https/h.example/a\r\nb"),
-                None,
-                RouteError::BadPath,
-            ),
-            (
-                format!("/{t}/https/h.example/a\0b"),
-                None,
-                RouteError::BadPath,
-            ),
-            (
-                "/https/api.example.com/x".into(),
-                None,
-                RouteError::Unauthorized,
-            ),
-            (
-                "/tok_wrongwrongwrong0/https/api.example.com/x".into(),
-                None,
-                RouteError::Unauthorized,
-            ),
-            (
-                "/https/api.example.com/x".into(),
-                Some("tok_wrongwrongwrong0"),
-                RouteError::Unauthorized,
-            ),
+            (format!("/{t}/https/user@host.example/x"), None, RouteError::BadHost(HostError::Userinfo)),
+            (format!("/{t}/https/host%2eexample/x"), None, RouteError::BadHost(HostError::ForbiddenChar)),
+            (format!("/{t}/https/host\\example/x"), None, RouteError::BadHost(HostError::ForbiddenChar)),
+            (format!("/{t}/https/[fe80::1%eth0]/x"), None, RouteError::BadHost(HostError::ForbiddenChar)),
+            (format!("/{t}/https/host.example:0/x"), None, RouteError::BadHost(HostError::BadPort)),
+            (format!("/{t}/https/host.example:70000/x"), None, RouteError::BadHost(HostError::BadPort)),
+            (format!("/{t}/https/2130706433/x"), None, RouteError::BadHost(HostError::BadIpv4)),
+            (format!("/{t}/https/h.example/a b"), None, RouteError::BadPath),
+            (format!("/{t}/https/h.example/a\r\nb"), None, RouteError::BadPath),
+            (format!("/{t}/https/h.example/a\0b"), None, RouteError::BadPath),
+            ("/https/api.example.com/x".into(), None, RouteError::Unauthorized),
+            ("/tok_wrongwrongwrong0/https/api.example.com/x".into(), None, RouteError::Unauthorized),
+            ("/https/api.example.com/x".into(), Some("tok_wrongwrongwrong0"), RouteError::Unauthorized),
             ("/nothing".into(), None, RouteError::Unauthorized),
         ];
         for (target, header, want) in cases {
@@ -474,10 +292,7 @@ mod tests {
         assert!(dest(&c, "/openai/v1", Some(TOKEN)).is_ok());
         assert_eq!(dest(&c, "/claude/v1", None), Err(RouteError::Unauthorized));
         // a disabled preset name is an unknown scheme once authenticated
-        assert_eq!(
-            dest(&c, &format!("/{TOKEN}/claude/v1"), None),
-            Err(RouteError::UnknownScheme)
-        );
+        assert_eq!(dest(&c, &format!("/{TOKEN}/claude/v1"), None), Err(RouteError::UnknownScheme));
         match run(&c, Method::GET, &format!("/{TOKEN}/openai/v1"), None).unwrap() {
             Route::Preset { authenticated, .. } => assert!(authenticated),
             other => panic!("{other:?}"),
@@ -487,14 +302,7 @@ mod tests {
     #[test]
     fn generic_origin_fields() {
         let c = config("");
-        match run(
-            &c,
-            Method::GET,
-            &format!("/{TOKEN}/wss/API.Example.com/x"),
-            None,
-        )
-        .unwrap()
-        {
+        match run(&c, Method::GET, &format!("/{TOKEN}/wss/API.Example.com/x"), None).unwrap() {
             Route::Generic { origin, .. } => {
                 assert_eq!(origin.host, Host::Name("api.example.com".into()));
                 assert_eq!((origin.scheme, origin.port), (Scheme::Https, 443));

@@ -38,12 +38,8 @@ impl Server {
     /// Binds `config.listen` (port 0 picks a free port: see [`Server::local_addr`]).
     pub async fn bind(config: Config, token: Token) -> Result<Server, StartError> {
         let addr = config.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let listen = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listen = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
         let app = Arc::new(App::new(config, token, listen)?);
         Ok(Server { app, listener })
     }
@@ -95,10 +91,7 @@ impl Server {
                     let app = Arc::clone(&app);
                     async move { Ok::<_, Infallible>(app.handle(req).await) }
                 });
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await
-                {
+                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 drop(permit);

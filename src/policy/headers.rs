@@ -109,12 +109,10 @@ impl ExtraAllow {
             }
             return Ok(ExtraAllow::Prefix(prefix.to_owned()));
         }
-        let name = HeaderName::from_bytes(lower.as_bytes())
-            .map_err(|_| format!("'{entry}' is not a valid header name"))?;
+        let name =
+            HeaderName::from_bytes(lower.as_bytes()).map_err(|_| format!("'{entry}' is not a valid header name"))?;
         if NEVER_ALLOWED.contains(&name.as_str()) {
-            return Err(format!(
-                "'{entry}' is set by veilgate itself and cannot be allowed"
-            ));
+            return Err(format!("'{entry}' is set by veilgate itself and cannot be allowed"));
         }
         Ok(ExtraAllow::Name(name))
     }
@@ -151,10 +149,7 @@ impl RequestPolicy<'_> {
         if !out.contains_key(header::ACCEPT) {
             out.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        out.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         match self.user_agent {
             UserAgent::Strip => {}
             UserAgent::Pass => copy_all(client, "user-agent", &mut out),
@@ -184,10 +179,7 @@ fn copy_all(client: &HeaderMap, name: &str, out: &mut HeaderMap) {
 
 fn copy_prefix(client: &HeaderMap, prefix: &str, out: &mut HeaderMap) {
     for name in client.keys() {
-        if name.as_str().starts_with(prefix)
-            && !NEVER_ALLOWED.contains(&name.as_str())
-            && !out.contains_key(name)
-        {
+        if name.as_str().starts_with(prefix) && !NEVER_ALLOWED.contains(&name.as_str()) && !out.contains_key(name) {
             for v in client.get_all(name) {
                 out.append(name.clone(), v.clone());
             }
@@ -217,11 +209,7 @@ pub fn filter_response_headers(headers: &mut HeaderMap) {
     }
     headers.remove(header::SET_COOKIE);
     headers.remove(header::ALT_SVC);
-    let cors: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
+    let cors: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("access-control-")).cloned().collect();
     for name in cors {
         headers.remove(name);
     }
@@ -234,10 +222,7 @@ mod tests {
     fn client(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
     }
@@ -305,12 +290,7 @@ mod tests {
         let mut all = IDENTIFYING.to_vec();
         all.extend_from_slice(KEPT);
         let ua = UserAgent::default();
-        let out = RequestPolicy {
-            extra_allow: &[],
-            user_agent: &ua,
-            websocket: false,
-        }
-        .request_headers(&client(&all));
+        let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&client(&all));
         for (k, v) in KEPT {
             assert_eq!(out.get(*k).unwrap(), v, "{k} kept intact");
         }
@@ -327,11 +307,7 @@ mod tests {
     #[test]
     fn accept_defaults_and_multiple_values_survive() {
         let ua = UserAgent::Strip;
-        let p = RequestPolicy {
-            extra_allow: &[],
-            user_agent: &ua,
-            websocket: false,
-        };
+        let p = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false };
         let out = p.request_headers(&client(&[("x-stainless-os", "Linux")]));
         assert_eq!(out.get("accept").unwrap(), "*/*");
         assert!(out.get("user-agent").is_none(), "strip sends none");
@@ -350,59 +326,26 @@ mod tests {
             (UserAgent::default(), Some("veilgate")),
         ];
         for (ua, want) in cases {
-            let out = RequestPolicy {
-                extra_allow: &[],
-                user_agent: &ua,
-                websocket: false,
-            }
-            .request_headers(&c);
-            assert_eq!(
-                out.get("user-agent").map(|v| v.to_str().unwrap()),
-                want,
-                "{ua:?}"
-            );
+            let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&c);
+            assert_eq!(out.get("user-agent").map(|v| v.to_str().unwrap()), want, "{ua:?}");
         }
         // pass with no client user-agent sends none
-        let out = RequestPolicy {
-            extra_allow: &[],
-            user_agent: &UserAgent::Pass,
-            websocket: false,
-        }
-        .request_headers(&HeaderMap::new());
+        let out = RequestPolicy { extra_allow: &[], user_agent: &UserAgent::Pass, websocket: false }
+            .request_headers(&HeaderMap::new());
         assert!(out.get("user-agent").is_none());
     }
 
     #[test]
     fn operator_additions() {
-        let extra = [
-            ExtraAllow::parse("X-Custom").unwrap(),
-            ExtraAllow::parse("x-trace-*").unwrap(),
-        ];
+        let extra = [ExtraAllow::parse("X-Custom").unwrap(), ExtraAllow::parse("x-trace-*").unwrap()];
         let ua = UserAgent::default();
-        let c = client(&[
-            ("x-custom", "1"),
-            ("x-trace-id", "2"),
-            ("x-trace", "3"),
-            ("x-other", "4"),
-        ]);
-        let out = RequestPolicy {
-            extra_allow: &extra,
-            user_agent: &ua,
-            websocket: false,
-        }
-        .request_headers(&c);
+        let c = client(&[("x-custom", "1"), ("x-trace-id", "2"), ("x-trace", "3"), ("x-other", "4")]);
+        let out = RequestPolicy { extra_allow: &extra, user_agent: &ua, websocket: false }.request_headers(&c);
         assert_eq!(out.get("x-custom").unwrap(), "1");
         assert_eq!(out.get("x-trace-id").unwrap(), "2");
         assert!(out.get("x-trace").is_none());
         assert!(out.get("x-other").is_none());
-        for refused in [
-            "host",
-            "Content-Length",
-            "x-veilgate-token",
-            "user-agent",
-            "bad name",
-            "*",
-        ] {
+        for refused in ["host", "Content-Length", "x-veilgate-token", "user-agent", "bad name", "*"] {
             assert!(ExtraAllow::parse(refused).is_err(), "{refused}");
         }
     }
@@ -410,30 +353,14 @@ mod tests {
     #[test]
     fn websocket_carries_subprotocol_but_never_extensions() {
         let c = client(&[
-            (
-                "sec-websocket-protocol",
-                "realtime, openai-beta.realtime-v1",
-            ),
+            ("sec-websocket-protocol", "realtime, openai-beta.realtime-v1"),
             ("sec-websocket-extensions", "permessage-deflate"),
         ]);
         let ua = UserAgent::default();
-        let http = RequestPolicy {
-            extra_allow: &[],
-            user_agent: &ua,
-            websocket: false,
-        }
-        .request_headers(&c);
+        let http = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&c);
         assert!(http.get("sec-websocket-protocol").is_none());
-        let ws = RequestPolicy {
-            extra_allow: &[],
-            user_agent: &ua,
-            websocket: true,
-        }
-        .request_headers(&c);
-        assert_eq!(
-            ws.get("sec-websocket-protocol").unwrap(),
-            "realtime, openai-beta.realtime-v1"
-        );
+        let ws = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: true }.request_headers(&c);
+        assert_eq!(ws.get("sec-websocket-protocol").unwrap(), "realtime, openai-beta.realtime-v1");
         assert!(ws.get("sec-websocket-extensions").is_none());
     }
 
@@ -457,14 +384,6 @@ mod tests {
         filter_response_headers(&mut h);
         let mut got = names(&h);
         got.sort_unstable();
-        assert_eq!(
-            got,
-            [
-                "content-length",
-                "content-type",
-                "openai-processing-ms",
-                "x-request-id"
-            ]
-        );
+        assert_eq!(got, ["content-length", "content-type", "openai-processing-ms", "x-request-id"]);
     }
 }

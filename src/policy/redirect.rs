@@ -10,16 +10,9 @@ use crate::policy::target::{Origin, parse_url};
 #[derive(Clone, Copy, Debug)]
 pub enum RouteBase<'a> {
     /// `{prefix}{rest}` serves `target` + `base_path` + `rest`.
-    Preset {
-        target: &'a Origin,
-        base_path: &'a str,
-        prefix: &'a str,
-    },
+    Preset { target: &'a Origin, base_path: &'a str, prefix: &'a str },
     /// `{auth_prefix}/{scheme}/{host[:port]}{path}` serves any URL.
-    Generic {
-        target: &'a Origin,
-        auth_prefix: &'a str,
-    },
+    Generic { target: &'a Origin, auth_prefix: &'a str },
 }
 
 /// The rewritten value, or `None` to leave it as it is. `public` is how the
@@ -29,10 +22,7 @@ pub fn rewrite_location(value: &str, base: RouteBase<'_>, public: Option<&str>) 
     let target = match base {
         RouteBase::Preset { target, .. } | RouteBase::Generic { target, .. } => target,
     };
-    let lower = value
-        .get(..8)
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
+    let lower = value.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
     let (origin, path) = if lower.starts_with("http://") || lower.starts_with("https://") {
         parse_url(value).ok()?
     } else if value.starts_with("//") {
@@ -43,9 +33,7 @@ pub fn rewrite_location(value: &str, base: RouteBase<'_>, public: Option<&str>) 
         return None; // relative to the current path: resolves through veilgate already
     };
     let path = match base {
-        RouteBase::Preset {
-            base_path, prefix, ..
-        } => {
+        RouteBase::Preset { base_path, prefix, .. } => {
             if origin != *target {
                 return None;
             }
@@ -53,24 +41,12 @@ pub fn rewrite_location(value: &str, base: RouteBase<'_>, public: Option<&str>) 
             if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
                 return None; // outside the preset's path
             }
-            let rest = if rest.is_empty() || rest.starts_with('?') {
-                format!("/{rest}")
-            } else {
-                rest.to_owned()
-            };
+            let rest = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() };
             format!("{prefix}{rest}")
         }
         RouteBase::Generic { auth_prefix, .. } => {
-            let path = if path.is_empty() || path.starts_with('?') {
-                format!("/{path}")
-            } else {
-                path
-            };
-            format!(
-                "{auth_prefix}/{}/{}{path}",
-                origin.scheme.as_str(),
-                origin.host_header()
-            )
+            let path = if path.is_empty() || path.starts_with('?') { format!("/{path}") } else { path };
+            format!("{auth_prefix}/{}/{}{path}", origin.scheme.as_str(), origin.host_header())
         }
     };
     Some(match public {
@@ -90,34 +66,15 @@ mod tests {
     #[test]
     fn preset_locations() {
         let target = origin("https://api.groq.com");
-        let base = RouteBase::Preset {
-            target: &target,
-            base_path: "/openai",
-            prefix: "/groq",
-        };
+        let base = RouteBase::Preset { target: &target, base_path: "/openai", prefix: "/groq" };
         let public = Some("http://127.0.0.1:8080");
         let cases: &[(&str, Option<&str>)] = &[
-            (
-                "https://api.groq.com/openai/v1/files/1",
-                Some("http://127.0.0.1:8080/groq/v1/files/1"),
-            ),
-            (
-                "https://API.groq.com:443/openai/v1?x=1",
-                Some("http://127.0.0.1:8080/groq/v1?x=1"),
-            ),
+            ("https://api.groq.com/openai/v1/files/1", Some("http://127.0.0.1:8080/groq/v1/files/1")),
+            ("https://API.groq.com:443/openai/v1?x=1", Some("http://127.0.0.1:8080/groq/v1?x=1")),
             ("/openai/v1/x", Some("http://127.0.0.1:8080/groq/v1/x")),
-            (
-                "//api.groq.com/openai/v1",
-                Some("http://127.0.0.1:8080/groq/v1"),
-            ),
-            (
-                "https://api.groq.com/openai",
-                Some("http://127.0.0.1:8080/groq/"),
-            ),
-            (
-                "https://api.groq.com/openai?page=2",
-                Some("http://127.0.0.1:8080/groq/?page=2"),
-            ),
+            ("//api.groq.com/openai/v1", Some("http://127.0.0.1:8080/groq/v1")),
+            ("https://api.groq.com/openai", Some("http://127.0.0.1:8080/groq/")),
+            ("https://api.groq.com/openai?page=2", Some("http://127.0.0.1:8080/groq/?page=2")),
             ("https://api.groq.com/openaiX/v1", None),
             ("https://api.groq.com/other", None),
             ("http://api.groq.com/openai/v1", None),
@@ -126,17 +83,9 @@ mod tests {
             ("not a url", None),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                rewrite_location(input, base, public).as_deref(),
-                *want,
-                "{input}"
-            );
+            assert_eq!(rewrite_location(input, base, public).as_deref(), *want, "{input}");
         }
-        let with_token = RouteBase::Preset {
-            target: &target,
-            base_path: "/openai",
-            prefix: "/tok_tok_tok_tok_1/groq",
-        };
+        let with_token = RouteBase::Preset { target: &target, base_path: "/openai", prefix: "/tok_tok_tok_tok_1/groq" };
         assert_eq!(
             rewrite_location("https://api.groq.com/openai/v1", with_token, None).as_deref(),
             Some("/tok_tok_tok_tok_1/groq/v1")
@@ -146,44 +95,20 @@ mod tests {
     #[test]
     fn generic_locations() {
         let target = origin("https://api.example.com");
-        let base = RouteBase::Generic {
-            target: &target,
-            auth_prefix: "/tok_tok_tok_tok_1",
-        };
+        let base = RouteBase::Generic { target: &target, auth_prefix: "/tok_tok_tok_tok_1" };
         let cases: &[(&str, Option<&str>)] = &[
-            (
-                "https://cdn.example.net/a?b=1",
-                Some("/tok_tok_tok_tok_1/https/cdn.example.net/a?b=1"),
-            ),
-            (
-                "http://other.example:8080",
-                Some("/tok_tok_tok_tok_1/http/other.example:8080/"),
-            ),
-            (
-                "/moved",
-                Some("/tok_tok_tok_tok_1/https/api.example.com/moved"),
-            ),
+            ("https://cdn.example.net/a?b=1", Some("/tok_tok_tok_tok_1/https/cdn.example.net/a?b=1")),
+            ("http://other.example:8080", Some("/tok_tok_tok_tok_1/http/other.example:8080/")),
+            ("/moved", Some("/tok_tok_tok_tok_1/https/api.example.com/moved")),
             ("ftp://files.example/x", None),
             ("relative/path", None),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                rewrite_location(input, base, None).as_deref(),
-                *want,
-                "{input}"
-            );
+            assert_eq!(rewrite_location(input, base, None).as_deref(), *want, "{input}");
         }
-        let header_auth = RouteBase::Generic {
-            target: &target,
-            auth_prefix: "",
-        };
+        let header_auth = RouteBase::Generic { target: &target, auth_prefix: "" };
         assert_eq!(
-            rewrite_location(
-                "https://a.example/x",
-                header_auth,
-                Some("http://localhost:8080")
-            )
-            .as_deref(),
+            rewrite_location("https://a.example/x", header_auth, Some("http://localhost:8080")).as_deref(),
             Some("http://localhost:8080/https/a.example/x")
         );
     }

@@ -138,9 +138,7 @@ pub fn parse_authority(s: &str) -> Result<(Host, Option<u16>), HostError> {
         let after = &rest[end + 1..];
         let port = match after {
             "" => None,
-            _ => Some(parse_port(
-                after.strip_prefix(':').ok_or(HostError::BadIpv6)?,
-            )?),
+            _ => Some(parse_port(after.strip_prefix(':').ok_or(HostError::BadIpv6)?)?),
         };
         (Host::V6(addr), port)
     } else {
@@ -173,8 +171,7 @@ fn parse_host_name(s: &str) -> Result<Host, HostError> {
     }
     let last = s.rsplit('.').next().unwrap_or(s);
     let looks_numeric = !last.is_empty()
-        && (last.bytes().all(|b| b.is_ascii_digit())
-            || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x")));
+        && (last.bytes().all(|b| b.is_ascii_digit()) || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x")));
     if looks_numeric {
         // WHATWG treats such hosts as IPv4 in any of several spellings
         // (`0x7f.1`, `2130706433`); only the unambiguous dotted quad is
@@ -188,9 +185,7 @@ fn parse_host_name(s: &str) -> Result<Host, HostError> {
     for label in s.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -204,9 +199,7 @@ fn parse_host_name(s: &str) -> Result<Host, HostError> {
 /// operator (a preset target, `default_dst_url`), split into its origin and
 /// its path-and-query (no trailing `/` kept on a bare path prefix).
 pub fn parse_url(s: &str) -> Result<(Origin, String), String> {
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| "must be an absolute http:// or https:// URL".to_owned())?;
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| "must be an absolute http:// or https:// URL".to_owned())?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
@@ -222,11 +215,7 @@ pub fn parse_url(s: &str) -> Result<(Origin, String), String> {
         Some(q) => format!("/?{q}"),
         None => path.to_owned(),
     };
-    let origin = Origin {
-        scheme,
-        port: port.unwrap_or(scheme.default_port()),
-        host,
-    };
+    let origin = Origin { scheme, port: port.unwrap_or(scheme.default_port()), host };
     Ok((origin, path))
 }
 
@@ -303,28 +292,12 @@ mod tests {
     fn authority_grammar() {
         let ok: &[(&str, Host, Option<u16>)] = &[
             ("api.openai.com", Host::Name("api.openai.com".into()), None),
-            (
-                "API.OpenAI.com:8443",
-                Host::Name("api.openai.com".into()),
-                Some(8443),
-            ),
-            (
-                "xn--bcher-kva.example",
-                Host::Name("xn--bcher-kva.example".into()),
-                None,
-            ),
+            ("API.OpenAI.com:8443", Host::Name("api.openai.com".into()), Some(8443)),
+            ("xn--bcher-kva.example", Host::Name("xn--bcher-kva.example".into()), None),
             ("localhost:1", Host::Name("localhost".into()), Some(1)),
             ("1.2.3.4", Host::V4(Ipv4Addr::new(1, 2, 3, 4)), None),
-            (
-                "1.2.3.4:65535",
-                Host::V4(Ipv4Addr::new(1, 2, 3, 4)),
-                Some(65535),
-            ),
-            (
-                "[2001:db8::1]",
-                Host::V6("2001:db8::1".parse().unwrap()),
-                None,
-            ),
+            ("1.2.3.4:65535", Host::V4(Ipv4Addr::new(1, 2, 3, 4)), Some(65535)),
+            ("[2001:db8::1]", Host::V6("2001:db8::1".parse().unwrap()), None),
             ("[::1]:8080", Host::V6(Ipv6Addr::LOCALHOST), Some(8080)),
         ];
         for (input, host, port) in ok {
@@ -365,19 +338,11 @@ mod tests {
 
     #[test]
     fn host_header_has_port_only_when_not_default() {
-        let o = |scheme, port| Origin {
-            scheme,
-            host: Host::Name("a.b".into()),
-            port,
-        };
+        let o = |scheme, port| Origin { scheme, host: Host::Name("a.b".into()), port };
         assert_eq!(o(Scheme::Https, 443).host_header(), "a.b");
         assert_eq!(o(Scheme::Http, 80).host_header(), "a.b");
         assert_eq!(o(Scheme::Http, 443).host_header(), "a.b:443");
-        let v6 = Origin {
-            scheme: Scheme::Http,
-            host: Host::V6(Ipv6Addr::LOCALHOST),
-            port: 81,
-        };
+        let v6 = Origin { scheme: Scheme::Http, host: Host::V6(Ipv6Addr::LOCALHOST), port: 81 };
         assert_eq!(v6.host_header(), "[::1]:81");
     }
 
@@ -387,19 +352,10 @@ mod tests {
         assert_eq!(o.to_string(), "https://api.groq.com");
         assert_eq!(p, "/openai");
         let (o, p) = parse_url("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            (o.host, o.port, p.as_str()),
-            (Host::V4(Ipv4Addr::LOCALHOST), 9000, "")
-        );
+        assert_eq!((o.host, o.port, p.as_str()), (Host::V4(Ipv4Addr::LOCALHOST), 9000, ""));
         let (_, p) = parse_url("https://httpbin.org/get?a=1").unwrap();
         assert_eq!(p, "/get?a=1");
-        for bad in [
-            "ftp://x.org",
-            "x.org/path",
-            "https://",
-            "https://a b",
-            "https://x.org/a b",
-        ] {
+        for bad in ["ftp://x.org", "x.org/path", "https://", "https://a b", "https://x.org/a b"] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }

@@ -23,10 +23,7 @@ pub fn head_verdict(status: StatusCode, headers: &HeaderMap) -> HeadVerdict {
         return HeadVerdict::No;
     }
     let has = |name: &str, want: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.trim().eq_ignore_ascii_case(want))
-        })
+        headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case(want)))
     };
     if has("cf-mitigated", "challenge") {
         return HeadVerdict::Yes;
@@ -50,9 +47,7 @@ pub fn is_challenge_page(body: &[u8]) -> bool {
         b"<title>Just a moment...</title>",
         b"cf-browser-verification",
     ];
-    MARKERS
-        .iter()
-        .any(|m| body.windows(m.len()).any(|w| w == *m))
+    MARKERS.iter().any(|m| body.windows(m.len()).any(|w| w == *m))
 }
 
 #[cfg(test)]
@@ -74,25 +69,11 @@ mod tests {
         let mitigated = headers(&[("cf-mitigated", "challenge"), ("server", "cloudflare")]);
         assert_eq!(head_verdict(s(403), &mitigated), HeadVerdict::Yes);
         assert_eq!(head_verdict(s(503), &mitigated), HeadVerdict::Yes);
-        assert_eq!(
-            head_verdict(s(200), &mitigated),
-            HeadVerdict::No,
-            "only 403/429/503"
-        );
-        let html = headers(&[
-            ("server", "cloudflare"),
-            ("content-type", "text/html; charset=UTF-8"),
-        ]);
+        assert_eq!(head_verdict(s(200), &mitigated), HeadVerdict::No, "only 403/429/503");
+        let html = headers(&[("server", "cloudflare"), ("content-type", "text/html; charset=UTF-8")]);
         assert_eq!(head_verdict(s(429), &html), HeadVerdict::ReadBody);
-        let json = headers(&[
-            ("server", "cloudflare"),
-            ("content-type", "application/json"),
-        ]);
-        assert_eq!(
-            head_verdict(s(429), &json),
-            HeadVerdict::No,
-            "a genuine rate limit"
-        );
+        let json = headers(&[("server", "cloudflare"), ("content-type", "application/json")]);
+        assert_eq!(head_verdict(s(429), &json), HeadVerdict::No, "a genuine rate limit");
         let nginx_html = headers(&[("server", "nginx"), ("content-type", "text/html")]);
         assert_eq!(head_verdict(s(403), &nginx_html), HeadVerdict::No);
     }
@@ -102,8 +83,6 @@ mod tests {
         let page = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>\
             <script src=\"/cdn-cgi/challenge-platform/h/b/orchestrate/chl_page/v1\"></script></body></html>";
         assert!(is_challenge_page(page));
-        assert!(!is_challenge_page(
-            b"<html><body><h1>403 Forbidden</h1>cloudflare</body></html>"
-        ));
+        assert!(!is_challenge_page(b"<html><body><h1>403 Forbidden</h1>cloudflare</body></html>"));
     }
 }

@@ -86,13 +86,7 @@ impl Transports {
         aggressive_fallback: bool,
         force_fetch_default: bool,
     ) -> Transports {
-        Transports {
-            socket,
-            fetch,
-            aggressive_fallback,
-            force_fetch_default,
-            challenged: Mutex::new(HashMap::new()),
-        }
+        Transports { socket, fetch, aggressive_fallback, force_fetch_default, challenged: Mutex::new(HashMap::new()) }
     }
 
     /// Sends `req` through the transport the rules pick.
@@ -117,19 +111,11 @@ impl Transports {
             }
         };
         if !self.aggressive_fallback {
-            return Ok(Served {
-                response: resp,
-                transport: Transport::Socket,
-                fallback: None,
-            });
+            return Ok(Served { response: resp, transport: Transport::Socket, fallback: None });
         }
         let challenge = match inspect(resp).await {
             Inspected::Normal(resp) => {
-                return Ok(Served {
-                    response: resp,
-                    transport: Transport::Socket,
-                    fallback: None,
-                });
+                return Ok(Served { response: resp, transport: Transport::Socket, fallback: None });
             }
             Inspected::Challenge(resp) => resp,
         };
@@ -142,11 +128,7 @@ impl Transports {
                 // Fetch could not even ask: the client gets the challenge the
                 // socket got, marked as such.
                 tracing::debug!(error = %e, duration = ?started.elapsed(), "fetch after a challenge failed");
-                Ok(Served {
-                    response: mark_challenge(challenge),
-                    transport: Transport::Socket,
-                    fallback: None,
-                })
+                Ok(Served { response: mark_challenge(challenge), transport: Transport::Socket, fallback: None })
             }
         }
     }
@@ -188,10 +170,7 @@ impl Transports {
     /// Origins currently sent straight to fetch after a challenge.
     pub fn challenged_origins(&self) -> Vec<Origin> {
         let map = self.challenged.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|(_, since)| since.elapsed() < CHALLENGE_MEMORY)
-            .map(|(o, _)| o.clone())
-            .collect()
+        map.iter().filter(|(_, since)| since.elapsed() < CHALLENGE_MEMORY).map(|(o, _)| o.clone()).collect()
     }
 }
 
@@ -200,27 +179,16 @@ fn served_by_fetch(inspected: Inspected, reason: &'static str) -> Served {
         Inspected::Normal(r) => r,
         Inspected::Challenge(r) => mark_challenge(r),
     };
-    Served {
-        response,
-        transport: Transport::Fetch,
-        fallback: Some(reason),
-    }
+    Served { response, transport: Transport::Fetch, fallback: Some(reason) }
 }
 
 fn mark_challenge(mut resp: Response<Body>) -> Response<Body> {
-    resp.headers_mut().insert(
-        "x-veilgate-upstream-challenge",
-        HeaderValue::from_static("true"),
-    );
+    resp.headers_mut().insert("x-veilgate-upstream-challenge", HeaderValue::from_static("true"));
     resp
 }
 
 fn attempt(transport: Transport, e: &UpstreamError, started: Instant) -> Attempt {
-    Attempt {
-        transport,
-        error: e.to_string(),
-        duration: started.elapsed(),
-    }
+    Attempt { transport, error: e.to_string(), duration: started.elapsed() }
 }
 
 /// Tells a challenge from a genuine response. Only a Cloudflare HTML
@@ -262,9 +230,5 @@ async fn inspect(resp: Response<Body>) -> Inspected {
         }
     };
     let resp = Response::from_parts(parts, body);
-    if is_challenge {
-        Inspected::Challenge(resp)
-    } else {
-        Inspected::Normal(resp)
-    }
+    if is_challenge { Inspected::Challenge(resp) } else { Inspected::Normal(resp) }
 }

@@ -147,11 +147,7 @@ fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Option<Byte
                 }
                 let size = chunk_size(&buf[..nl])?;
                 buf.advance(nl + 1);
-                *state = if size == 0 {
-                    Chunked::Trailers(0)
-                } else {
-                    Chunked::Data(size)
-                };
+                *state = if size == 0 { Chunked::Trailers(0) } else { Chunked::Data(size) };
             }
             Chunked::Data(rem) => {
                 if buf.is_empty() {
@@ -160,11 +156,7 @@ fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Option<Byte
                 let n = usize::try_from(rem).unwrap_or(usize::MAX).min(buf.len());
                 let data = buf.split_to(n).freeze();
                 let left = rem - n as u64;
-                *state = if left == 0 {
-                    Chunked::DataEnd
-                } else {
-                    Chunked::Data(left)
-                };
+                *state = if left == 0 { Chunked::DataEnd } else { Chunked::Data(left) };
                 return Ok(Some(data));
             }
             Chunked::DataEnd => {
@@ -251,17 +243,14 @@ mod tests {
         Ok((out, d.is_done()))
     }
 
-    const CHUNKED: &[u8] = b"5\r\nhello\r\n7;ext=\"a\"\r\n, world\r\n1A \r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+    const CHUNKED: &[u8] =
+        b"5\r\nhello\r\n7;ext=\"a\"\r\n, world\r\n1A \r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
     const CHUNKED_BODY: &[u8] = b"hello, worldabcdefghijklmnopqrstuvwxyz";
 
     #[test]
     fn chunked_any_split() {
         for step in [1, 2, 3, 7, 1000] {
-            assert_eq!(
-                feed(Framing::Chunked, CHUNKED, step),
-                Ok((CHUNKED_BODY.to_vec(), true)),
-                "step {step}"
-            );
+            assert_eq!(feed(Framing::Chunked, CHUNKED, step), Ok((CHUNKED_BODY.to_vec(), true)), "step {step}");
         }
     }
 
@@ -270,18 +259,11 @@ mod tests {
         for i in 0..CHUNKED.len() {
             let (body, done) = feed(Framing::Chunked, &CHUNKED[..i], 1000).unwrap();
             assert!(!done, "prefix {i} cannot be done");
-            assert!(
-                CHUNKED_BODY.starts_with(&body),
-                "prefix {i} gives a prefix of the body"
-            );
+            assert!(CHUNKED_BODY.starts_with(&body), "prefix {i} gives a prefix of the body");
             let mut d = BodyDecoder::new(Framing::Chunked);
             let mut buf = BytesMut::from(&CHUNKED[..i]);
             while d.decode(&mut buf).unwrap().is_some() {}
-            assert_eq!(
-                d.eof(),
-                Err(DecodeError::Truncated),
-                "EOF after prefix {i} is a truncation"
-            );
+            assert_eq!(d.eof(), Err(DecodeError::Truncated), "EOF after prefix {i} is a truncation");
         }
     }
 
@@ -320,24 +302,15 @@ mod tests {
             }
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 1];
-        assert_eq!(
-            feed(Framing::Chunked, &long, 1000),
-            Err(DecodeError::ChunkLineTooLong)
-        );
+        assert_eq!(feed(Framing::Chunked, &long, 1000), Err(DecodeError::ChunkLineTooLong));
         let mut long_ext = b"1;".to_vec();
         long_ext.extend(std::iter::repeat_n(b'e', MAX_CHUNK_LINE + 1));
-        assert_eq!(
-            feed(Framing::Chunked, &long_ext, 64),
-            Err(DecodeError::ChunkLineTooLong)
-        );
+        assert_eq!(feed(Framing::Chunked, &long_ext, 64), Err(DecodeError::ChunkLineTooLong));
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..1000 {
             trailers.extend_from_slice(b"x-a: bbbbbbbbbbbbbbbbbbbbbbbbb\r\n");
         }
-        assert_eq!(
-            feed(Framing::Chunked, &trailers, 100),
-            Err(DecodeError::TrailersTooLarge)
-        );
+        assert_eq!(feed(Framing::Chunked, &trailers, 100), Err(DecodeError::TrailersTooLarge));
     }
 
     #[test]
@@ -349,14 +322,8 @@ mod tests {
 
     #[test]
     fn length_and_close() {
-        assert_eq!(
-            feed(Framing::Length(5), b"hello", 1),
-            Ok((b"hello".to_vec(), true))
-        );
-        assert_eq!(
-            feed(Framing::Length(5), b"hel", 1),
-            Ok((b"hel".to_vec(), false))
-        );
+        assert_eq!(feed(Framing::Length(5), b"hello", 1), Ok((b"hello".to_vec(), true)));
+        assert_eq!(feed(Framing::Length(5), b"hel", 1), Ok((b"hel".to_vec(), false)));
         let mut d = BodyDecoder::new(Framing::Length(5));
         let mut buf = BytesMut::from(&b"helloEXTRA"[..]);
         assert_eq!(d.decode(&mut buf).unwrap().as_deref(), Some(&b"hello"[..]));
@@ -364,10 +331,7 @@ mod tests {
         assert_eq!(&buf[..], b"EXTRA");
         let mut short = BodyDecoder::new(Framing::Length(5));
         assert_eq!(short.eof(), Err(DecodeError::Truncated));
-        assert_eq!(
-            feed(Framing::Close, b"anything", 3),
-            Ok((b"anything".to_vec(), false))
-        );
+        assert_eq!(feed(Framing::Close, b"anything", 3), Ok((b"anything".to_vec(), false)));
         let mut close = BodyDecoder::new(Framing::Close);
         assert_eq!(close.eof(), Ok(()));
         assert!(close.is_done());

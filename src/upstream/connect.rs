@@ -34,8 +34,7 @@ impl TargetCheck {
     /// True when an address of a resolved name may be connected to (the
     /// port is not known yet: only the IP of the own listen address counts).
     pub fn permits_ip(&self, ip: IpAddr) -> bool {
-        self.allow_private
-            || (is_global(ip) && (self.own.ip().is_unspecified() || ip != self.own.ip()))
+        self.allow_private || (is_global(ip) && (self.own.ip().is_unspecified() || ip != self.own.ip()))
     }
 
     /// True when connecting to `addr` is allowed.
@@ -94,10 +93,7 @@ impl Connector {
                     // Nagle would hold small writes (an SSE event, a head).
                     stream
                         .set_nodelay(true)
-                        .map_err(|e| UpstreamError::Connect {
-                            host: host.clone(),
-                            reason: e.kind().to_string(),
-                        })?;
+                        .map_err(|e| UpstreamError::Connect { host: host.clone(), reason: e.kind().to_string() })?;
                     return Ok((stream, addr));
                 }
                 Ok(Err(e)) => last = Some(e),
@@ -115,21 +111,12 @@ mod tests {
     #[test]
     fn check_refuses_private_and_own_address() {
         let own: SocketAddr = "8.8.4.4:8080".parse().unwrap();
-        let strict = TargetCheck {
-            allow_private: false,
-            own,
-        };
+        let strict = TargetCheck { allow_private: false, own };
         assert!(!strict.permits("127.0.0.1:80".parse().unwrap()));
         assert!(!strict.permits("169.254.169.254:80".parse().unwrap()));
-        assert!(
-            !strict.permits("8.8.4.4:8080".parse().unwrap()),
-            "own listen address"
-        );
+        assert!(!strict.permits("8.8.4.4:8080".parse().unwrap()), "own listen address");
         assert!(strict.permits("8.8.4.4:443".parse().unwrap()));
-        let open = TargetCheck {
-            allow_private: true,
-            own,
-        };
+        let open = TargetCheck { allow_private: true, own };
         assert!(open.permits("127.0.0.1:80".parse().unwrap()));
     }
 }

@@ -11,14 +11,7 @@ use http::{HeaderMap, Method};
 /// `path` is the path-and-query exactly as routing produced it; routing
 /// has already refused raw spaces and control bytes, and `HeaderValue`
 /// cannot hold CR or LF, so no input can split the head.
-pub fn encode_head(
-    method: &Method,
-    path: &str,
-    host: &str,
-    headers: &HeaderMap,
-    body_len: usize,
-    out: &mut BytesMut,
-) {
+pub fn encode_head(method: &Method, path: &str, host: &str, headers: &HeaderMap, body_len: usize, out: &mut BytesMut) {
     let mut len = method.as_str().len() + path.len() + host.len() + 40;
     for (k, v) in headers {
         len += k.as_str().len() + v.len() + 4;
@@ -52,23 +45,10 @@ mod tests {
     #[test]
     fn exact_bytes() {
         let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::from_static("accept"),
-            HeaderValue::from_static("*/*"),
-        );
-        h.insert(
-            HeaderName::from_static("authorization"),
-            HeaderValue::from_static("Bearer x"),
-        );
+        h.insert(HeaderName::from_static("accept"), HeaderValue::from_static("*/*"));
+        h.insert(HeaderName::from_static("authorization"), HeaderValue::from_static("Bearer x"));
         let mut out = BytesMut::new();
-        encode_head(
-            &Method::POST,
-            "/v1/a%20b?x=1",
-            "api.example.com",
-            &h,
-            2,
-            &mut out,
-        );
+        encode_head(&Method::POST, "/v1/a%20b?x=1", "api.example.com", &h, 2, &mut out);
         assert_eq!(
             &out[..],
             b"POST /v1/a%20b?x=1 HTTP/1.1\r\nhost: api.example.com\r\naccept: */*\r\n\

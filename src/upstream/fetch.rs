@@ -57,19 +57,11 @@ struct CheckedResolver {
 
 impl Resolve for CheckedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let check = TargetCheck {
-            allow_private: false,
-            own: self.own,
-        };
+        let check = TargetCheck { allow_private: false, own: self.own };
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| check.permits_ip(a.ip()))
-                .collect();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = found.iter().copied().filter(|a| check.permits_ip(a.ip())).collect();
             if permitted.is_empty() && !found.is_empty() {
                 return Err(Box::new(TargetRefused { host }) as Box<dyn StdError + Send + Sync>);
             }
@@ -101,22 +93,13 @@ impl FetchTransport {
             }
             b.build()
         };
-        Ok(FetchTransport {
-            checked: build(true)?,
-            trusted: build(false)?,
-            own,
-            settings,
-        })
+        Ok(FetchTransport { checked: build(true)?, trusted: build(false)?, own, settings })
     }
 
     /// Sends `req`; the response body streams as it arrives.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
         let host = req.origin.host.to_string();
-        let client = if req.check.allow_private {
-            &self.trusted
-        } else {
-            &self.checked
-        };
+        let client = if req.check.allow_private { &self.trusted } else { &self.checked };
         if !req.check.allow_private {
             let literal = match req.origin.host {
                 Host::V4(a) => Some(IpAddr::V4(a)),
@@ -124,35 +107,25 @@ impl FetchTransport {
                 Host::Name(_) => None,
             };
             if let Some(ip) = literal {
-                let check = TargetCheck {
-                    allow_private: false,
-                    own: self.own,
-                };
+                let check = TargetCheck { allow_private: false, own: self.own };
                 if !check.permits(SocketAddr::new(ip, req.origin.port)) {
                     return Err(UpstreamError::Forbidden { host });
                 }
             }
         }
         let url = format!("{}{}", req.origin, req.path);
-        let url = reqwest::Url::parse(&url).map_err(|_| UpstreamError::Fetch {
-            host: host.clone(),
-            reason: "the target is not a valid URL".into(),
-        })?;
+        let url = reqwest::Url::parse(&url)
+            .map_err(|_| UpstreamError::Fetch { host: host.clone(), reason: "the target is not a valid URL".into() })?;
         let mut request = reqwest::Request::new(req.method.clone(), url);
         *request.headers_mut() = req.headers.clone();
-        if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH)
-        {
+        if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
             *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
         }
 
-        let sent =
-            tokio::time::timeout(self.settings.response_timeout, client.execute(request)).await;
+        let sent = tokio::time::timeout(self.settings.response_timeout, client.execute(request)).await;
         let resp = match sent {
             Err(_) => {
-                return Err(UpstreamError::HeadTimeout {
-                    host,
-                    secs: self.settings.response_timeout.as_secs(),
-                });
+                return Err(UpstreamError::HeadTimeout { host, secs: self.settings.response_timeout.as_secs() });
             }
             Ok(Err(e)) => return Err(classify(e, host)),
             Ok(Ok(resp)) => resp,

@@ -38,21 +38,10 @@ pub struct Guarded<B> {
 
 impl<B> Guarded<B> {
     pub fn new(inner: B, idle: Duration) -> Guarded<B> {
-        Guarded {
-            inner,
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            unflushed: false,
-            held: None,
-            done: false,
-        }
+        Guarded { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), unflushed: false, held: None, done: false }
     }
 
-    fn fail(
-        &mut self,
-        cx: &mut Context<'_>,
-        e: BoxError,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, cx: &mut Context<'_>, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         if self.unflushed {
             self.unflushed = false;
@@ -72,10 +61,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(e) = this.held.take() {
             return Poll::Ready(Some(Err(e)));
@@ -121,10 +107,7 @@ pub struct Prepend {
 
 impl Prepend {
     pub fn new(prefix: Bytes, inner: Body) -> Prepend {
-        Prepend {
-            prefix: (!prefix.is_empty()).then_some(prefix),
-            inner,
-        }
+        Prepend { prefix: (!prefix.is_empty()).then_some(prefix), inner }
     }
 }
 
@@ -132,10 +115,7 @@ impl HttpBody for Prepend {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
@@ -170,10 +150,7 @@ mod tests {
     impl HttpBody for Script {
         type Data = Bytes;
         type Error = BoxError;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             if self.0.is_empty() {
                 return Poll::Pending;
             }
@@ -186,10 +163,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_fires_only_when_silent() {
-        let mut body = Guarded::new(
-            Script(vec![Ok(Bytes::from_static(b"a"))]),
-            Duration::from_secs(5),
-        );
+        let mut body = Guarded::new(Script(vec![Ok(Bytes::from_static(b"a"))]), Duration::from_secs(5));
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "a");
         let err = body.frame().await.unwrap().unwrap_err();
@@ -199,29 +173,14 @@ mod tests {
 
     #[tokio::test]
     async fn error_after_data_waits_one_poll() {
-        let mut body = Guarded::new(
-            Script(vec![Ok(Bytes::from_static(b"a")), Err("broken")]),
-            Duration::from_secs(60),
-        );
+        let mut body = Guarded::new(Script(vec![Ok(Bytes::from_static(b"a")), Err("broken")]), Duration::from_secs(60));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut pinned = Pin::new(&mut body);
-        assert!(matches!(
-            pinned.as_mut().poll_frame(&mut cx),
-            Poll::Ready(Some(Ok(_)))
-        ));
-        assert!(
-            pinned.as_mut().poll_frame(&mut cx).is_pending(),
-            "held back so the data is flushed"
-        );
-        assert!(matches!(
-            pinned.as_mut().poll_frame(&mut cx),
-            Poll::Ready(Some(Err(_)))
-        ));
-        assert!(matches!(
-            pinned.as_mut().poll_frame(&mut cx),
-            Poll::Ready(None)
-        ));
+        assert!(matches!(pinned.as_mut().poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert!(pinned.as_mut().poll_frame(&mut cx).is_pending(), "held back so the data is flushed");
+        assert!(matches!(pinned.as_mut().poll_frame(&mut cx), Poll::Ready(Some(Err(_)))));
+        assert!(matches!(pinned.as_mut().poll_frame(&mut cx), Poll::Ready(None)));
     }
 
     #[tokio::test]

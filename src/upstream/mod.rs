@@ -153,9 +153,7 @@ impl SocketTransport {
         let pool = Pool::new(settings.pool_idle_timeout);
         pool.spawn_reaper();
         SocketTransport {
-            connector: Connector {
-                connect_timeout: settings.connect_timeout,
-            },
+            connector: Connector { connect_timeout: settings.connect_timeout },
             tls: TlsConnector::from(tls),
             pool,
             settings,
@@ -174,19 +172,9 @@ impl SocketTransport {
     /// request gets EOF without a single byte — the request goes once more
     /// on a fresh connection. Nothing else is ever sent twice.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
-        let key = PoolKey {
-            origin: req.origin.clone(),
-            egress: Egress::Direct,
-        };
+        let key = PoolKey { origin: req.origin.clone(), egress: Egress::Direct };
         let mut head = BytesMut::new();
-        encode::encode_head(
-            &req.method,
-            &req.path,
-            &req.origin.host_header(),
-            &req.headers,
-            req.body.len(),
-            &mut head,
-        );
+        encode::encode_head(&req.method, &req.path, &req.origin.host_header(), &req.headers, req.body.len(), &mut head);
         if req.body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(&req.body);
         }
@@ -205,9 +193,7 @@ impl SocketTransport {
         match self.exchange(conn, false, req, &head, &key).await {
             Ok(resp) => Ok(resp),
             Err(ExchangeError::Failed(e)) => Err(e),
-            Err(ExchangeError::Stale) => Err(UpstreamError::Closed {
-                host: req.origin.host.to_string(),
-            }),
+            Err(ExchangeError::Stale) => Err(UpstreamError::Closed { host: req.origin.host.to_string() }),
         }
     }
 
@@ -238,19 +224,12 @@ impl SocketTransport {
             if reused {
                 return Err(ExchangeError::Stale);
             }
-            return Err(ExchangeError::Failed(UpstreamError::Write {
-                host: host(),
-                reason: e.kind().to_string(),
-            }));
+            return Err(ExchangeError::Failed(UpstreamError::Write { host: host(), reason: e.kind().to_string() }));
         }
 
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let limit = self.settings.max_response_head_bytes;
-        let read = tokio::time::timeout(
-            self.settings.response_timeout,
-            read_head(&mut conn, &mut buf, limit),
-        )
-        .await;
+        let read = tokio::time::timeout(self.settings.response_timeout, read_head(&mut conn, &mut buf, limit)).await;
         let head = match read {
             Err(_) => {
                 return Err(ExchangeError::Failed(UpstreamError::HeadTimeout {
@@ -265,15 +244,10 @@ impl SocketTransport {
             Ok(Ok(head)) => head,
         };
 
-        let framing = head.framing(&req.method).map_err(|source| {
-            ExchangeError::Failed(UpstreamError::Parse {
-                host: host(),
-                source,
-            })
-        })?;
-        let reuse = head
-            .is_keep_alive()
-            .then(|| (Arc::clone(&self.pool), key.clone()));
+        let framing = head
+            .framing(&req.method)
+            .map_err(|source| ExchangeError::Failed(UpstreamError::Parse { host: host(), source }))?;
+        let reuse = head.is_keep_alive().then(|| (Arc::clone(&self.pool), key.clone()));
         let body = UpstreamBody::new(conn, buf, framing, reuse);
         let mut resp = Response::new(Guarded::new(body, self.settings.idle_timeout).boxed_unsync());
         *resp.status_mut() = head.status;
@@ -283,26 +257,18 @@ impl SocketTransport {
 
     /// A new connection to `origin`, TLS-wrapped for https.
     async fn open(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
-        let (tcp, _peer) = self
-            .connector
-            .connect(origin, &Egress::Direct, check)
-            .await?;
+        let (tcp, _peer) = self.connector.connect(origin, &Egress::Direct, check).await?;
         match origin.scheme {
             Scheme::Http => Ok(Conn::Plain(tcp)),
             Scheme::Https => {
                 let host = origin.host.to_string();
-                let name = tls::server_name(&origin.host).ok_or_else(|| UpstreamError::Tls {
-                    host: host.clone(),
-                    reason: "invalid server name".into(),
-                })?;
+                let name = tls::server_name(&origin.host)
+                    .ok_or_else(|| UpstreamError::Tls { host: host.clone(), reason: "invalid server name".into() })?;
                 let handshake = self.tls.connect(name, tcp);
                 let stream = tokio::time::timeout(self.settings.connect_timeout, handshake)
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout { host: host.clone() })?
-                    .map_err(|e| UpstreamError::Tls {
-                        host,
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| UpstreamError::Tls { host, reason: e.to_string() })?;
                 Ok(Conn::Tls(Box::new(stream)))
             }
         }
@@ -311,10 +277,7 @@ impl SocketTransport {
 
 /// Methods whose repetition has no further effect (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 /// Errors of [`read_head`] before the host is attached.
@@ -328,10 +291,7 @@ impl HeadError {
     fn with_host(self, host: String) -> UpstreamError {
         match self {
             HeadError::Closed => UpstreamError::Closed { host },
-            HeadError::Read(kind) => UpstreamError::Read {
-                host,
-                reason: kind.to_string(),
-            },
+            HeadError::Read(kind) => UpstreamError::Read { host, reason: kind.to_string() },
             HeadError::Parse(source) => UpstreamError::Parse { host, source },
         }
     }
@@ -339,11 +299,7 @@ impl HeadError {
 
 /// Reads until a final (non-1xx) response head is parsed; bytes after it
 /// stay in `buf` for the body.
-async fn read_head(
-    conn: &mut Conn,
-    buf: &mut BytesMut,
-    limit: usize,
-) -> Result<ResponseHead, HeadError> {
+async fn read_head(conn: &mut Conn, buf: &mut BytesMut, limit: usize) -> Result<ResponseHead, HeadError> {
     loop {
         while let Some(head) = parse_head(buf, limit).map_err(HeadError::Parse)? {
             if !head.is_interim() {
@@ -354,9 +310,7 @@ async fn read_head(
         match conn.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
             Ok(0) => {
-                return Err(HeadError::Parse(ParseError::Malformed(
-                    "connection closed inside the head",
-                )));
+                return Err(HeadError::Parse(ParseError::Malformed("connection closed inside the head")));
             }
             Ok(_) => {}
             Err(e) => return Err(HeadError::Read(e.kind())),
@@ -371,11 +325,7 @@ pub enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -384,11 +334,7 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -425,18 +371,8 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(
-        conn: Conn,
-        buf: BytesMut,
-        framing: Framing,
-        reuse: Option<(Arc<Pool>, PoolKey)>,
-    ) -> UpstreamBody {
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            buf,
-            decoder: BodyDecoder::new(framing),
-            reuse,
-        };
+    fn new(conn: Conn, buf: BytesMut, framing: Framing, reuse: Option<(Arc<Pool>, PoolKey)>) -> UpstreamBody {
+        let mut body = UpstreamBody { conn: Some(conn), buf, decoder: BodyDecoder::new(framing), reuse };
         if body.decoder.is_done() {
             body.release();
         }
@@ -464,10 +400,7 @@ impl HttpBody for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
             match this.decoder.decode(&mut this.buf) {
@@ -490,11 +423,7 @@ impl HttpBody for UpstreamBody {
             if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
                 this.buf.reserve(READ_CHUNK);
             }
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(conn),
-                cx,
-                &mut this.buf
-            )) {
+            match ready!(tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf)) {
                 Ok(0) => {
                     this.conn = None;
                     if let Err(e) = this.decoder.eof() {

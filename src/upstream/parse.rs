@@ -69,24 +69,15 @@ pub fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<ResponseHea
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(ParseError::Malformed("status code"))?;
+    let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ParseError::Malformed("status code"))?;
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ParseError::Malformed("header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| ParseError::Malformed("header value"))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ParseError::Malformed("header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ParseError::Malformed("header value"))?;
         headers.append(name, value);
     }
     let _ = buf.split_to(len);
-    Ok(Some(ResponseHead {
-        status,
-        version,
-        headers,
-    }))
+    Ok(Some(ResponseHead { status, version, headers }))
 }
 
 impl ResponseHead {
@@ -108,38 +99,23 @@ impl ResponseHead {
         {
             return Ok(Framing::Empty);
         }
-        let te: Vec<&HeaderValue> = self
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .collect();
+        let te: Vec<&HeaderValue> = self.headers.get_all(header::TRANSFER_ENCODING).iter().collect();
         let cl = content_length(&self.headers)?;
         if !te.is_empty() {
             if cl.is_some() {
                 return Err(ParseError::Framing("content-length with transfer-encoding"));
             }
             if self.version == Version::HTTP_10 {
-                return Err(ParseError::Framing(
-                    "transfer-encoding in an HTTP/1.0 response",
-                ));
+                return Err(ParseError::Framing("transfer-encoding in an HTTP/1.0 response"));
             }
             let mut codings = Vec::new();
             for v in te {
-                let v = v
-                    .to_str()
-                    .map_err(|_| ParseError::Framing("transfer-encoding value"))?;
+                let v = v.to_str().map_err(|_| ParseError::Framing("transfer-encoding value"))?;
                 codings.extend(v.split(',').map(str::trim).filter(|c| !c.is_empty()));
             }
-            let chunked = codings
-                .iter()
-                .filter(|c| c.eq_ignore_ascii_case("chunked"))
-                .count();
+            let chunked = codings.iter().filter(|c| c.eq_ignore_ascii_case("chunked")).count();
             return match codings.last() {
-                Some(last)
-                    if last.eq_ignore_ascii_case("chunked")
-                        && chunked == 1
-                        && codings.len() == 1 =>
-                {
+                Some(last) if last.eq_ignore_ascii_case("chunked") && chunked == 1 && codings.len() == 1 => {
                     Ok(Framing::Chunked)
                 }
                 // Another coding (gzip, …) under chunked: we asked for identity
@@ -157,10 +133,10 @@ impl ResponseHead {
     /// True when the server keeps the connection open after this response.
     pub fn is_keep_alive(&self) -> bool {
         let has_token = |t: &str| {
-            self.headers.get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
-            })
+            self.headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t))))
         };
         match self.version {
             Version::HTTP_10 => false,
@@ -179,9 +155,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ParseError> {
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                 return Err(ParseError::Framing("invalid content-length"));
             }
-            let n = part
-                .iter()
-                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+            let n = part.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
             match found {
                 Some(prev) if prev != n => {
                     return Err(ParseError::Framing("differing content-lengths"));
@@ -271,53 +245,22 @@ mod tests {
             "HTTP/1.1 abc OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
         ] {
-            assert!(
-                matches!(head(raw), Err(ParseError::Malformed(_))),
-                "{raw:?}"
-            );
+            assert!(matches!(head(raw), Err(ParseError::Malformed(_))), "{raw:?}");
         }
     }
 
     #[test]
     fn framing_rules() {
         let ok: &[(&str, Method, Framing)] = &[
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
-                Method::GET,
-                Framing::Length(12),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n",
-                Method::GET,
-                Framing::Length(5),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n",
-                Method::POST,
-                Framing::Chunked,
-            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", Method::GET, Framing::Length(12)),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n", Method::GET, Framing::Length(5)),
+            ("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n", Method::POST, Framing::Chunked),
             ("HTTP/1.1 200 OK\r\n\r\n", Method::GET, Framing::Close),
             ("HTTP/1.0 200 OK\r\n\r\n", Method::GET, Framing::Close),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
-                Method::HEAD,
-                Framing::Empty,
-            ),
-            (
-                "HTTP/1.1 204 No Content\r\n\r\n",
-                Method::GET,
-                Framing::Empty,
-            ),
-            (
-                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
-                Method::GET,
-                Framing::Empty,
-            ),
-            (
-                "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
-                Method::GET,
-                Framing::Empty,
-            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", Method::HEAD, Framing::Empty),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Method::GET, Framing::Empty),
+            ("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", Method::GET, Framing::Empty),
+            ("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n", Method::GET, Framing::Empty),
         ];
         for (raw, m, want) in ok {
             assert_eq!(framing(raw, m.clone()), Ok(*want), "{raw:?}");
@@ -335,10 +278,7 @@ mod tests {
             "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
         ];
         for raw in bad {
-            assert!(
-                matches!(framing(raw, Method::GET), Err(ParseError::Framing(_))),
-                "{raw:?}"
-            );
+            assert!(matches!(framing(raw, Method::GET), Err(ParseError::Framing(_))), "{raw:?}");
         }
     }
 
@@ -349,17 +289,7 @@ mod tests {
         assert!(!ka("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n"));
         assert!(!ka("HTTP/1.1 200 OK\r\nconnection: foo, close\r\n\r\n"));
         assert!(!ka("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n"));
-        assert!(
-            head("HTTP/1.1 103 Early Hints\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .is_interim()
-        );
-        assert!(
-            !head("HTTP/1.1 101 Switching\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .is_interim()
-        );
+        assert!(head("HTTP/1.1 103 Early Hints\r\n\r\n").unwrap().unwrap().is_interim());
+        assert!(!head("HTTP/1.1 101 Switching\r\n\r\n").unwrap().unwrap().is_interim());
     }
 }

@@ -47,11 +47,7 @@ impl Pool {
     /// [`Pool::spawn_reaper`] inside a runtime to close expired ones even
     /// when no request asks for their key again.
     pub fn new(idle_timeout: Duration) -> Arc<Pool> {
-        Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
-            idle_timeout,
-            count: AtomicUsize::new(0),
-        })
+        Arc::new(Pool { idle: Mutex::new(HashMap::new()), idle_timeout, count: AtomicUsize::new(0) })
     }
 
     /// Idle connections held now.
@@ -87,10 +83,7 @@ impl Pool {
         if list.len() >= MAX_IDLE_PER_KEY {
             return;
         }
-        list.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        list.push(Idle { conn, since: Instant::now() });
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -151,19 +144,13 @@ mod tests {
 
     fn key(port: u16) -> PoolKey {
         PoolKey {
-            origin: Origin {
-                scheme: Scheme::Http,
-                host: Host::Name("localhost".into()),
-                port,
-            },
+            origin: Origin { scheme: Scheme::Http, host: Host::Name("localhost".into()), port },
             egress: Egress::Direct,
         }
     }
 
     async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (Conn::Plain(client), server)
     }
@@ -179,10 +166,7 @@ mod tests {
         assert!(pool.checkout(&key(2)).is_none(), "keys are separate");
         pool.checkin(key(1), conn);
         tokio::time::advance(Duration::from_secs(21)).await;
-        assert!(
-            pool.checkout(&key(1)).is_none(),
-            "idle longer than the timeout"
-        );
+        assert!(pool.checkout(&key(1)).is_none(), "idle longer than the timeout");
         assert_eq!(pool.idle_count(), 0);
     }
 
@@ -196,10 +180,7 @@ mod tests {
         assert!(pool.checkout(&key(1)).is_none(), "upstream closed it");
         let (conn, mut server) = pair(&listener).await;
         pool.checkin(key(1), conn);
-        server
-            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
-            .await
-            .unwrap();
+        server.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
         assert!(pool.checkout(&key(1)).is_none(), "unasked bytes");
         assert_eq!(pool.idle_count(), 0);
     }

@@ -14,37 +14,25 @@ use crate::policy::target::Host;
 
 /// The trusted roots: webpki-roots and the operator's extra PEM file.
 pub fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = extra_ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| ConfigError(format!("upstream.extra_ca_file {}: {e}", path.display())))?;
         let mut added = 0;
         for cert in certs {
-            let cert = cert.map_err(|e| {
-                ConfigError(format!("upstream.extra_ca_file {}: {e}", path.display()))
-            })?;
-            roots.add(cert).map_err(|e| {
-                ConfigError(format!("upstream.extra_ca_file {}: {e}", path.display()))
-            })?;
+            let cert = cert.map_err(|e| ConfigError(format!("upstream.extra_ca_file {}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| ConfigError(format!("upstream.extra_ca_file {}: {e}", path.display())))?;
             added += 1;
         }
         if added == 0 {
-            return Err(ConfigError(format!(
-                "upstream.extra_ca_file {}: no certificate found",
-                path.display()
-            )));
+            return Err(ConfigError(format!("upstream.extra_ca_file {}: no certificate found", path.display())));
         }
     }
     Ok(roots)
 }
 
 /// The client configuration with the given ALPN protocols.
-pub fn client_config(
-    roots: RootCertStore,
-    alpn: &[&[u8]],
-) -> Result<Arc<ClientConfig>, ConfigError> {
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

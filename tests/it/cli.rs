@@ -25,32 +25,17 @@ async fn check_config_names_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[upstream]\nconect_timeout_ms = 10\n", "conect_timeout_ms"),
-        (
-            "[headers]\nallow = [\"cookie\", \"host\"]\n",
-            "headers.allow",
-        ),
-        (
-            "[presets.mine]\ntargets = [\"gopher://x\"]\n",
-            "presets.mine.targets",
-        ),
+        ("[headers]\nallow = [\"cookie\", \"host\"]\n", "headers.allow"),
+        ("[presets.mine]\ntargets = [\"gopher://x\"]\n", "presets.mine.targets"),
         ("preset_auth = 1\n", "preset_auth"),
     ];
     for (toml, key) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, toml).unwrap();
-        let out = veilgate(dir.path())
-            .arg("check-config")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .await
-            .unwrap();
+        let out = veilgate(dir.path()).arg("check-config").arg("--config").arg(&path).output().await.unwrap();
         assert_eq!(out.status.code(), Some(1), "{toml}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(key),
-            "stderr for {toml:?} should name {key}: {stderr}"
-        );
+        assert!(stderr.contains(key), "stderr for {toml:?} should name {key}: {stderr}");
     }
 }
 
@@ -58,46 +43,21 @@ async fn check_config_names_the_offending_key() {
 async fn check_config_masks_secrets_and_reports_inactive_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.toml");
-    std::fs::write(
-        &path,
-        "auth_token = \"secret_token_abcdefgh\"\n[websocket]\nmax_message_bytes = 1024\n",
-    )
-    .unwrap();
-    let out = veilgate(dir.path())
-        .arg("check-config")
-        .env("VEILGATE_CONFIG", &path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(&path, "auth_token = \"secret_token_abcdefgh\"\n[websocket]\nmax_message_bytes = 1024\n").unwrap();
+    let out = veilgate(dir.path()).arg("check-config").env("VEILGATE_CONFIG", &path).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("secret_token_abcdefgh"));
     assert!(stdout.contains("auth_token = \"***\""));
-    assert!(
-        stdout.contains("not yet active") && stdout.contains("websocket"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("not yet active") && stdout.contains("websocket"), "{stdout}");
     assert!(stdout.contains("presets.openai"));
 }
 
 #[tokio::test]
 async fn bad_environment_variables_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    for (var, value) in [
-        ("PRESET_AUTH_ENABLED", "yes"),
-        ("DEBUG_MODE", "1"),
-        ("AUTH_TOKEN", "short"),
-    ] {
-        let out = veilgate(dir.path())
-            .arg("check-config")
-            .env(var, value)
-            .output()
-            .await
-            .unwrap();
+    for (var, value) in [("PRESET_AUTH_ENABLED", "yes"), ("DEBUG_MODE", "1"), ("AUTH_TOKEN", "short")] {
+        let out = veilgate(dir.path()).arg("check-config").env(var, value).output().await.unwrap();
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(var), "{stderr}");
@@ -108,28 +68,17 @@ async fn bad_environment_variables_are_named() {
 #[tokio::test]
 async fn public_listen_without_auth_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = veilgate(dir.path())
-        .args(["--listen", "0.0.0.0:0"])
-        .output()
-        .await
-        .unwrap();
+    let out = veilgate(dir.path()).args(["--listen", "0.0.0.0:0"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("danger_public_presets") && stderr.contains("preset_auth"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("danger_public_presets") && stderr.contains("preset_auth"), "{stderr}");
 }
 
 /// Starts the binary, waits for the "auth token stored" log line, stops it
 /// and returns everything it wrote to stderr.
 async fn start_and_read_log(home: &std::path::Path) -> String {
-    let mut child = veilgate(home)
-        .args(["--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        veilgate(home).args(["--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = String::new();
     let wait = async {
@@ -141,9 +90,7 @@ async fn start_and_read_log(home: &std::path::Path) -> String {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .expect("veilgate started");
+    tokio::time::timeout(Duration::from_secs(30), wait).await.expect("veilgate started");
     child.kill().await.unwrap();
     log
 }
@@ -156,20 +103,10 @@ async fn generated_token_is_stored_once_and_not_logged() {
     let file = dir.path().join("data/veilgate/token");
     let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
     assert_eq!(token.len(), 43);
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert!(
-        log.contains(file.to_str().unwrap()),
-        "the log names the file: {log}"
-    );
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(log.contains(file.to_str().unwrap()), "the log names the file: {log}");
     assert!(!log.contains(&token), "the token never appears in the log");
     let log2 = start_and_read_log(dir.path()).await;
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap().trim(),
-        token,
-        "reused on the next start"
-    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token, "reused on the next start");
     assert!(!log2.contains(&token));
 }

@@ -20,11 +20,7 @@ const CHALLENGE_PAGE: &str = "<!DOCTYPE html><html lang=\"en-US\"><head><title>J
     <body><script src=\"/cdn-cgi/challenge-platform/h/b/orchestrate/chl_page/v1?ray=8f\"></script></body></html>";
 
 fn challenge(mitigated_header: bool) -> Vec<u8> {
-    let extra = if mitigated_header {
-        "cf-mitigated: challenge\r\n"
-    } else {
-        ""
-    };
+    let extra = if mitigated_header { "cf-mitigated: challenge\r\n" } else { "" };
     format!(
         "HTTP/1.1 403 Forbidden\r\nserver: cloudflare\r\ncf-ray: 8f0000000000-FRA\r\n{extra}\
          content-type: text/html; charset=UTF-8\r\ncontent-length: {}\r\n\r\n{CHALLENGE_PAGE}",
@@ -43,12 +39,8 @@ fn sorted_headers(c: &Captured) -> Vec<(String, String)> {
 async fn fetch_sends_exactly_the_headers_the_socket_sends() {
     let origin = RawOrigin::json("{}").await;
     let target = format!("http://{}", origin.addr);
-    let vg = Veilgate::start(&format!(
-        "{}{}",
-        preset_at("viasocket", origin.addr),
-        fetch_preset("viafetch", &target)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("{}{}", preset_at("viasocket", origin.addr), fetch_preset("viafetch", &target))).await;
     let headers = [
         ("authorization", "Bearer sk-same"),
         ("content-type", "application/json"),
@@ -61,22 +53,9 @@ async fn fetch_sends_exactly_the_headers_the_socket_sends() {
         ("x-forwarded-for", "203.0.113.9"),
         ("accept-encoding", "gzip"),
     ];
-    for (path, body) in [
-        (
-            "/v1/chat/completions?stream=true",
-            &b"{\"model\":\"m\"}"[..],
-        ),
-        ("/v1/models", &b""[..]),
-    ] {
+    for (path, body) in [("/v1/chat/completions?stream=true", &b"{\"model\":\"m\"}"[..]), ("/v1/models", &b""[..])] {
         let method = if body.is_empty() { "GET" } else { "POST" };
-        let a = send(
-            vg.addr,
-            method,
-            &format!("/viasocket{path}"),
-            &headers,
-            body,
-        )
-        .await;
+        let a = send(vg.addr, method, &format!("/viasocket{path}"), &headers, body).await;
         let b = send(vg.addr, method, &format!("/viafetch{path}"), &headers, body).await;
         assert_eq!((a.status, b.status), (200, 200));
         assert_eq!(a.header("x-veilgate-transport"), Some("socket"));
@@ -84,11 +63,7 @@ async fn fetch_sends_exactly_the_headers_the_socket_sends() {
         let seen = origin.requests();
         let (socket, fetch) = (&seen[seen.len() - 2], &seen[seen.len() - 1]);
         assert_eq!(socket.request_line(), fetch.request_line());
-        assert_eq!(
-            sorted_headers(socket),
-            sorted_headers(fetch),
-            "{method} {path}"
-        );
+        assert_eq!(sorted_headers(socket), sorted_headers(fetch), "{method} {path}");
         assert_eq!(socket.body, fetch.body);
     }
     // Each transport kept its own connection.
@@ -99,27 +74,13 @@ async fn fetch_sends_exactly_the_headers_the_socket_sends() {
 #[tokio::test]
 async fn force_fetch_preset_speaks_http2_and_http1() {
     let ca = TestCa::new();
-    for (alpn, want) in [
-        (&[&b"h2"[..], &b"http/1.1"[..]][..], "HTTP/2.0"),
-        (&[&b"http/1.1"[..]][..], "HTTP/1.1"),
-    ] {
+    for (alpn, want) in [(&[&b"h2"[..], &b"http/1.1"[..]][..], "HTTP/2.0"), (&[&b"http/1.1"[..]][..], "HTTP/1.1")] {
         let origin = HyperOrigin::start(&ca, alpn).await;
         let target = format!("https://localhost:{}", origin.addr.port());
-        let vg = Veilgate::start(&format!(
-            "{}{}",
-            ca.config(),
-            fetch_preset("h2api", &target)
-        ))
-        .await;
+        let vg = Veilgate::start(&format!("{}{}", ca.config(), fetch_preset("h2api", &target))).await;
         for _ in 0..2 {
-            let r = send(
-                vg.addr,
-                "POST",
-                "/h2api/v1/chat/completions?x=1",
-                &[("authorization", "Bearer k")],
-                b"{}",
-            )
-            .await;
+            let r =
+                send(vg.addr, "POST", "/h2api/v1/chat/completions?x=1", &[("authorization", "Bearer k")], b"{}").await;
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(r.header("x-veilgate-transport"), Some("fetch"));
             assert_eq!(r.json()["version"], want);
@@ -136,11 +97,7 @@ async fn force_fetch_preset_speaks_http2_and_http1() {
 #[tokio::test]
 async fn force_fetch_default_sends_everything_through_fetch() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&format!(
-        "force_fetch_default = true\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg = Veilgate::start(&format!("force_fetch_default = true\n{}", preset_at("openai", origin.addr))).await;
     let r = send(vg.addr, "GET", "/openai/v1/models", &[], b"").await;
     assert_eq!(r.header("x-veilgate-transport"), Some("fetch"));
 }
@@ -165,21 +122,11 @@ async fn cloudflare_challenge_moves_the_origin_to_fetch() {
         assert_eq!(first.header("x-veilgate-transport"), Some("fetch"));
         assert_eq!(first.header("x-veilgate-upstream-challenge"), None);
         let second = send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}").await;
-        assert_eq!(
-            second.header("x-veilgate-transport"),
-            Some("fetch"),
-            "the next request skips the socket"
-        );
+        assert_eq!(second.header("x-veilgate-transport"), Some("fetch"), "the next request skips the socket");
         let seen = origin.requests();
         assert_eq!(seen.len(), 3, "socket once, fetch twice");
-        assert_ne!(
-            seen[0].connection, seen[1].connection,
-            "the retry came on a new (fetch) connection"
-        );
-        assert_eq!(
-            seen[1].connection, seen[2].connection,
-            "the second request went straight to fetch"
-        );
+        assert_ne!(seen[0].connection, seen[1].connection, "the retry came on a new (fetch) connection");
+        assert_eq!(seen[1].connection, seen[2].connection, "the second request went straight to fetch");
     }
 }
 
@@ -191,11 +138,7 @@ async fn challenge_on_both_transports_reaches_the_client_marked() {
     assert_eq!(r.status, 403);
     assert_eq!(r.header("x-veilgate-upstream-challenge"), Some("true"));
     assert_eq!(r.header("x-veilgate-transport"), Some("fetch"));
-    assert_eq!(
-        r.header("x-proxy-error"),
-        None,
-        "the upstream's own response"
-    );
+    assert_eq!(r.header("x-proxy-error"), None, "the upstream's own response");
     assert_eq!(r.text(), CHALLENGE_PAGE);
     assert_eq!(origin.requests().len(), 2);
 }
@@ -211,8 +154,7 @@ async fn genuine_errors_behind_cloudflare_are_not_challenges() {
         )
         .into_bytes(),
         {
-            let page =
-                "<html><body><h1>403 Forbidden</h1><hr><center>cloudflare</center></body></html>";
+            let page = "<html><body><h1>403 Forbidden</h1><hr><center>cloudflare</center></body></html>";
             format!(
                 "HTTP/1.1 403 Forbidden\r\nserver: cloudflare\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
                 page.len()
@@ -221,11 +163,7 @@ async fn genuine_errors_behind_cloudflare_are_not_challenges() {
         },
     ];
     for reply in cases {
-        let expected_status = if reply.starts_with(b"HTTP/1.1 429") {
-            429
-        } else {
-            403
-        };
+        let expected_status = if reply.starts_with(b"HTTP/1.1 429") { 429 } else { 403 };
         let origin = RawOrigin::start(move |_| reply.clone()).await;
         let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
         for _ in 0..2 {
@@ -235,22 +173,14 @@ async fn genuine_errors_behind_cloudflare_are_not_challenges() {
             assert_eq!(r.header("x-veilgate-upstream-challenge"), None);
             assert!(r.complete && !r.body.is_empty());
         }
-        assert_eq!(
-            origin.requests().len(),
-            2,
-            "one upstream request per client request"
-        );
+        assert_eq!(origin.requests().len(), 2, "one upstream request per client request");
     }
 }
 
 #[tokio::test]
 async fn aggressive_fallback_off_passes_challenges_through() {
     let origin = RawOrigin::start(|_| challenge(true)).await;
-    let vg = Veilgate::start(&format!(
-        "aggressive_fallback = false\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg = Veilgate::start(&format!("aggressive_fallback = false\n{}", preset_at("openai", origin.addr))).await;
     let r = send(vg.addr, "GET", "/openai/v1/models", &[], b"").await;
     assert_eq!(r.status, 403);
     assert_eq!(r.header("x-veilgate-transport"), Some("socket"));
@@ -260,32 +190,17 @@ async fn aggressive_fallback_off_passes_challenges_through() {
 #[tokio::test]
 async fn a_request_the_upstream_took_is_never_replayed() {
     let origin = RawOrigin::scripted(|_| vec![Step::Hang]).await;
-    let vg = Veilgate::start(&format!(
-        "[upstream]\nresponse_timeout_ms = 300\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
-    let r = send(
-        vg.addr,
-        "POST",
-        "/openai/v1/chat/completions",
-        &[],
-        b"{\"bill\":\"me once\"}",
-    )
-    .await;
+    let vg =
+        Veilgate::start(&format!("[upstream]\nresponse_timeout_ms = 300\n{}", preset_at("openai", origin.addr))).await;
+    let r = send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{\"bill\":\"me once\"}").await;
     let v = r.assert_proxy_error(504);
-    assert!(
-        v["error"]["transports"]["fetch"].is_null(),
-        "fetch was not tried: {v}"
-    );
+    assert!(v["error"]["transports"]["fetch"].is_null(), "fetch was not tried: {v}");
     assert_eq!(origin.requests().len(), 1);
     assert_eq!(origin.connection_count(), 1);
 
     let garbage = RawOrigin::scripted(|_| vec![Step::text("nonsense\r\n\r\n"), Step::Close]).await;
     let vg = Veilgate::start(&preset_at("openai", garbage.addr)).await;
-    send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}")
-        .await
-        .assert_proxy_error(502);
+    send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}").await.assert_proxy_error(502);
     assert_eq!(garbage.requests().len(), 1);
 }
 
@@ -336,40 +251,22 @@ async fn redirects_point_back_through_veilgate() {
         .into_bytes()
     })
     .await;
-    let vg = Veilgate::start(&format!(
-        "[upstream]\nallow_private_targets = true\n{}",
-        preset_at("gemini", origin.addr)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("[upstream]\nallow_private_targets = true\n{}", preset_at("gemini", origin.addr)))
+            .await;
     let r = send(vg.addr, "POST", "/gemini/v1/files", &[], b"{}").await;
     assert_eq!(r.status, 302);
-    assert_eq!(
-        r.header("location"),
-        Some(format!("http://{}/gemini/v1/files/abc?page=2", vg.addr).as_str())
-    );
+    assert_eq!(r.header("location"), Some(format!("http://{}/gemini/v1/files/abc?page=2", vg.addr).as_str()));
     assert_eq!(
         r.header("x-goog-upload-url"),
         Some(format!("http://{}/gemini/upload/v1beta/files?upload_id=u1", vg.addr).as_str())
     );
     // Generic mode: any absolute location becomes a generic route (with the path token).
-    let r = send(
-        vg.addr,
-        "GET",
-        &format!("/{TOKEN}/http/{}/elsewhere", origin.addr),
-        &[],
-        b"",
-    )
-    .await;
+    let r = send(vg.addr, "GET", &format!("/{TOKEN}/http/{}/elsewhere", origin.addr), &[], b"").await;
     assert_eq!(r.status, 302);
     assert_eq!(
         r.header("location"),
-        Some(
-            format!(
-                "http://{}/{TOKEN}/https/storage.example.com/bucket/obj?sig=1",
-                vg.addr
-            )
-            .as_str()
-        )
+        Some(format!("http://{}/{TOKEN}/https/storage.example.com/bucket/obj?sig=1", vg.addr).as_str())
     );
     assert_eq!(origin.requests().len(), 2, "redirects are not followed");
 }
@@ -378,10 +275,9 @@ async fn redirects_point_back_through_veilgate() {
 async fn fetch_refuses_private_targets_too() {
     let origin = RawOrigin::json("{}").await;
     let vg = Veilgate::start("force_fetch_default = true").await;
-    for target in [
-        format!("/{TOKEN}/http/{}/x", origin.addr),
-        format!("/{TOKEN}/http/localhost:{}/x", origin.addr.port()),
-    ] {
+    for target in
+        [format!("/{TOKEN}/http/{}/x", origin.addr), format!("/{TOKEN}/http/localhost:{}/x", origin.addr.port())]
+    {
         let r = send(vg.addr, "GET", &target, &[], b"").await;
         let v = r.assert_proxy_error(403);
         assert!(v["error"]["transports"]["fetch"].is_object(), "{v}");
@@ -402,25 +298,15 @@ async fn anthropic_python_sdk_through_a_force_fetch_preset() {
     let origin = RawOrigin::start(|_| json_response(MESSAGE)).await;
     let target = format!("http://{}", origin.addr);
     let vg = Veilgate::start(&fetch_preset("claude", &target)).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/anthropic_messages.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_messages.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
         .arg(format!("{}/claude", vg.url()))
         .output()
         .await
         .expect("run python3");
-    assert!(
-        out.status.success(),
-        "SDK failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "Hello via fetch"
-    );
+    assert!(out.status.success(), "SDK failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello via fetch");
     let seen = origin.only_request();
     assert_eq!(seen.request_line(), "POST /v1/messages HTTP/1.1");
     // The SDK sends its key as x-api-key or as a bearer token, by version.
@@ -429,14 +315,7 @@ async fn anthropic_python_sdk_through_a_force_fetch_preset() {
     assert!(key_sent, "{}", seen.head);
     assert!(seen.header("anthropic-version").is_some(), "{}", seen.head);
     assert_eq!(seen.header("user-agent").as_deref(), Some("veilgate"));
-    let leaked: Vec<String> = seen
-        .headers()
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("x-stainless"))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "SDK fingerprint reached the origin: {leaked:?}"
-    );
+    let leaked: Vec<String> =
+        seen.headers().into_iter().map(|(k, _)| k).filter(|k| k.starts_with("x-stainless")).collect();
+    assert!(leaked.is_empty(), "SDK fingerprint reached the origin: {leaked:?}");
 }

@@ -15,10 +15,7 @@ const IDENTIFYING: &[(&str, &str)] = &[
     ("Cookie", "session=abc123"),
     ("Referer", "https://me.example/private/page"),
     ("Origin", "https://me.example"),
-    (
-        "User-Agent",
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) MyPersonalApp/3.1",
-    ),
+    ("User-Agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) MyPersonalApp/3.1"),
     ("X-Stainless-OS", "MacOS"),
     ("X-Stainless-Arch", "arm64"),
     ("Sec-CH-UA", "\"Chromium\";v=\"140\""),
@@ -58,22 +55,12 @@ fn expected_head(target: &str, host: &str) -> String {
 async fn preset_request_carries_only_the_allowlist() {
     let origin = RawOrigin::json("{\"ok\":true}").await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
-    let reply = send(
-        vg.addr,
-        "POST",
-        "/openai/v1/chat/completions",
-        &all_headers(),
-        b"{\"a\":\"b\"}xx",
-    )
-    .await;
+    let reply = send(vg.addr, "POST", "/openai/v1/chat/completions", &all_headers(), b"{\"a\":\"b\"}xx").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "{\"ok\":true}");
     assert_eq!(reply.header("x-veilgate-transport"), Some("socket"));
     let seen = origin.only_request();
-    assert_eq!(
-        seen.head,
-        expected_head("/v1/chat/completions", &origin.addr.to_string())
-    );
+    assert_eq!(seen.head, expected_head("/v1/chat/completions", &origin.addr.to_string()));
     assert_eq!(seen.body, b"{\"a\":\"b\"}xx");
 }
 
@@ -81,17 +68,11 @@ async fn preset_request_carries_only_the_allowlist() {
 async fn generic_request_carries_only_the_allowlist() {
     let origin = RawOrigin::json("{}").await;
     let vg = Veilgate::start("[upstream]\nallow_private_targets = true").await;
-    let target = format!(
-        "/{TOKEN}/http:/127.0.0.1:{}/v1/messages?beta=true",
-        origin.addr.port()
-    );
+    let target = format!("/{TOKEN}/http:/127.0.0.1:{}/v1/messages?beta=true", origin.addr.port());
     let reply = send(vg.addr, "POST", &target, &all_headers(), b"{\"a\":\"b\"}xx").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let seen = origin.only_request();
-    assert_eq!(
-        seen.head,
-        expected_head("/v1/messages?beta=true", &origin.addr.to_string())
-    );
+    assert_eq!(seen.head, expected_head("/v1/messages?beta=true", &origin.addr.to_string()));
 }
 
 #[tokio::test]
@@ -121,30 +102,12 @@ async fn user_agent_settings() {
         preset_at("claude", origin.addr)
     );
     let vg = Veilgate::start(&config).await;
-    send(
-        vg.addr,
-        "GET",
-        "/openai/a",
-        &[("user-agent", "curl/8.5"), ("x-custom-header", "1")],
-        b"",
-    )
-    .await;
-    send(
-        vg.addr,
-        "GET",
-        "/claude/b",
-        &[("user-agent", "curl/8.5")],
-        b"",
-    )
-    .await;
+    send(vg.addr, "GET", "/openai/a", &[("user-agent", "curl/8.5"), ("x-custom-header", "1")], b"").await;
+    send(vg.addr, "GET", "/claude/b", &[("user-agent", "curl/8.5")], b"").await;
     let seen = origin.requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].header("user-agent").as_deref(), Some("curl/8.5"));
-    assert_eq!(
-        seen[0].header("x-custom-header").as_deref(),
-        Some("1"),
-        "operator allowed it"
-    );
+    assert_eq!(seen[0].header("x-custom-header").as_deref(), Some("1"), "operator allowed it");
     assert_eq!(seen[1].header("user-agent"), None, "the preset strips it");
 }
 
@@ -158,14 +121,7 @@ async fn response_headers_are_filtered() {
     })
     .await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
-    let reply = send(
-        vg.addr,
-        "GET",
-        "/openai/x",
-        &[("origin", "https://app.example")],
-        b"",
-    )
-    .await;
+    let reply = send(vg.addr, "GET", "/openai/x", &[("origin", "https://app.example")], b"").await;
     assert_eq!(reply.text(), "ok");
     assert_eq!(reply.header("set-cookie"), None);
     assert_eq!(reply.header("alt-svc"), None);

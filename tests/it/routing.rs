@@ -8,27 +8,19 @@ use crate::support::{TOKEN, Veilgate, preset_at};
 #[tokio::test]
 async fn path_and_query_bytes_arrive_exactly() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&format!(
-        "{}[upstream]\nallow_private_targets = true\n",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("{}[upstream]\nallow_private_targets = true\n", preset_at("openai", origin.addr)))
+            .await;
     let o = origin.addr;
     let cases = [
         ("/openai/v1/files/a%2Fb".to_owned(), "/v1/files/a%2Fb"),
         ("/openai/v1/a%20b?q=%20x".to_owned(), "/v1/a%20b?q=%20x"),
-        (
-            "/openai/v1/x%0d%0aInjected:%20yes".to_owned(),
-            "/v1/x%0d%0aInjected:%20yes",
-        ),
+        ("/openai/v1/x%0d%0aInjected:%20yes".to_owned(), "/v1/x%0d%0aInjected:%20yes"),
         ("/openai//v1//models/".to_owned(), "//v1//models/"),
         ("/openai/v1/models/".to_owned(), "/v1/models/"),
         ("/openai/v1?".to_owned(), "/v1?"),
         ("/openai?key=abc&x=%2F".to_owned(), "/?key=abc&x=%2F"),
-        (
-            format!("/{TOKEN}/http/{o}/a%2Fb//c/?x=%0D%0A"),
-            "/a%2Fb//c/?x=%0D%0A",
-        ),
+        (format!("/{TOKEN}/http/{o}/a%2Fb//c/?x=%0D%0A"), "/a%2Fb//c/?x=%0D%0A"),
         (format!("//{TOKEN}//HTTP://{o}/trailing/"), "/trailing/"),
         (format!("/{TOKEN}/http/{o}"), "/"),
     ];
@@ -44,34 +36,20 @@ async fn path_and_query_bytes_arrive_exactly() {
 #[tokio::test]
 async fn refusals_are_json_and_never_reach_the_upstream() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&format!(
-        "{}[upstream]\nallow_private_targets = true\n",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("{}[upstream]\nallow_private_targets = true\n", preset_at("openai", origin.addr)))
+            .await;
     let o = origin.addr;
     let t = TOKEN;
     let cases: Vec<(String, u16, &str)> = vec![
         (format!("/{t}"), 400, "token only"),
         (format!("/{t}/"), 400, "token only, trailing slash"),
         (format!("/{t}/ftp/{o}/x"), 400, "unknown scheme"),
-        (
-            format!("/{t}/gopher:/{o}/x"),
-            400,
-            "unknown scheme with colon",
-        ),
+        (format!("/{t}/gopher:/{o}/x"), 400, "unknown scheme with colon"),
         (format!("/{t}/https"), 400, "no host"),
         (format!("/{t}/http/user@{o}/x"), 400, "userinfo"),
-        (
-            format!("/{t}/http/user:pw@{o}/x"),
-            400,
-            "userinfo with password",
-        ),
-        (
-            format!("/{t}/http/127.0.0.1%3a{}/x", o.port()),
-            400,
-            "percent-encoded host",
-        ),
+        (format!("/{t}/http/user:pw@{o}/x"), 400, "userinfo with password"),
+        (format!("/{t}/http/127.0.0.1%3a{}/x", o.port()), 400, "percent-encoded host"),
         (format!("/{t}/http/host\\evil/x"), 400, "backslash"),
         (format!("/{t}/http/[fe80::1%25eth0]/x"), 400, "zone id"),
         (format!("/{t}/http/2130706433/x"), 400, "integer IPv4"),
@@ -79,78 +57,36 @@ async fn refusals_are_json_and_never_reach_the_upstream() {
         (format!("/{t}/http/exa_mple.com/x"), 400, "bad DNS name"),
         (format!("/{t}/http/example.com./x"), 400, "trailing dot"),
         (format!("/{t}/http/127.0.0.1:0/x"), 400, "port 0"),
-        (
-            format!("/{t}/http/127.0.0.1:65536/x"),
-            400,
-            "port too large",
-        ),
+        (format!("/{t}/http/127.0.0.1:65536/x"), 400, "port too large"),
         (format!("/{t}/http/127.0.0.1:/x"), 400, "empty port"),
-        (
-            "/wrong_token_0123456789/http/127.0.0.1/x".to_owned(),
-            401,
-            "wrong token",
-        ),
+        ("/wrong_token_0123456789/http/127.0.0.1/x".to_owned(), 401, "wrong token"),
         (format!("/http/{o}/x"), 401, "no token"),
         ("/nonexistent/v1".to_owned(), 401, "unknown preset"),
     ];
     for (target, status, what) in &cases {
         let reply = send(vg.addr, "GET", target, &[], b"").await;
         let v = reply.assert_proxy_error(*status);
-        assert!(
-            !v.to_string().contains(TOKEN),
-            "{what}: error body must not echo the token"
-        );
+        assert!(!v.to_string().contains(TOKEN), "{what}: error body must not echo the token");
     }
     // A foreign Host while listening on loopback (DNS rebinding).
-    let reply = send(
-        vg.addr,
-        "GET",
-        "/openai/v1/models",
-        &[("host", "attacker.example:8080")],
-        b"",
-    )
-    .await;
+    let reply = send(vg.addr, "GET", "/openai/v1/models", &[("host", "attacker.example:8080")], b"").await;
     reply.assert_proxy_error(403);
     // Raw whitespace in the request target never reaches anyone.
-    let raw =
-        format!("GET /{t}/http/{o}/a\tb HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+    let raw = format!("GET /{t}/http/{o}/a\tb HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
     let reply = send_raw(vg.addr, raw.as_bytes(), false).await;
     assert_eq!(reply.status, 400);
-    assert!(
-        origin.requests().is_empty(),
-        "no refused request may reach the upstream"
-    );
+    assert!(origin.requests().is_empty(), "no refused request may reach the upstream");
 }
 
 #[tokio::test]
 async fn preset_auth_requires_the_token() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&format!(
-        "preset_auth = true\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
-    send(vg.addr, "GET", "/openai/v1/models", &[], b"")
-        .await
-        .assert_proxy_error(401);
+    let vg = Veilgate::start(&format!("preset_auth = true\n{}", preset_at("openai", origin.addr))).await;
+    send(vg.addr, "GET", "/openai/v1/models", &[], b"").await.assert_proxy_error(401);
     assert!(origin.requests().is_empty());
-    let ok = send(
-        vg.addr,
-        "GET",
-        &format!("/{TOKEN}/openai/v1/models"),
-        &[],
-        b"",
-    )
-    .await;
+    let ok = send(vg.addr, "GET", &format!("/{TOKEN}/openai/v1/models"), &[], b"").await;
     assert_eq!(ok.status, 200);
-    let ok = send(
-        vg.addr,
-        "GET",
-        "/openai/v1/models",
-        &[("x-veilgate-token", TOKEN)],
-        b"",
-    )
-    .await;
+    let ok = send(vg.addr, "GET", "/openai/v1/models", &[("x-veilgate-token", TOKEN)], b"").await;
     assert_eq!(ok.status, 200);
     assert_eq!(origin.requests().len(), 2);
     assert!(origin.requests().iter().all(|r| r.target() == "/v1/models"));
@@ -160,24 +96,10 @@ async fn preset_auth_requires_the_token() {
 async fn private_generic_targets_are_refused_by_default() {
     let origin = RawOrigin::json("{}").await;
     let vg = Veilgate::start("").await;
-    let reply = send(
-        vg.addr,
-        "GET",
-        &format!("/{TOKEN}/http/{}/x", origin.addr),
-        &[],
-        b"",
-    )
-    .await;
+    let reply = send(vg.addr, "GET", &format!("/{TOKEN}/http/{}/x", origin.addr), &[], b"").await;
     let v = reply.assert_proxy_error(403);
     assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
-    let reply = send(
-        vg.addr,
-        "GET",
-        &format!("/{TOKEN}/http/localhost:{}/x", origin.addr.port()),
-        &[],
-        b"",
-    )
-    .await;
+    let reply = send(vg.addr, "GET", &format!("/{TOKEN}/http/localhost:{}/x", origin.addr.port()), &[], b"").await;
     reply.assert_proxy_error(403);
     assert!(origin.requests().is_empty());
 }
@@ -191,34 +113,13 @@ async fn local_endpoints() {
     assert_eq!(health.json()["version"], env!("CARGO_PKG_VERSION"));
     let page = send(vg.addr, "GET", "/", &[], b"").await;
     assert_eq!(page.status, 200);
-    assert!(
-        page.header("content-type")
-            .unwrap()
-            .starts_with("text/html")
-    );
-    assert!(
-        page.text().contains("/openai")
-            && page.text().contains("generativelanguage.googleapis.com")
-    );
-    assert!(
-        !page.text().contains(TOKEN),
-        "the page never shows the token"
-    );
-    send(vg.addr, "GET", "/metrics", &[], b"")
-        .await
-        .assert_proxy_error(401);
-    let m = send(
-        vg.addr,
-        "GET",
-        "/metrics",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        b"",
-    )
-    .await;
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page.text().contains("/openai") && page.text().contains("generativelanguage.googleapis.com"));
+    assert!(!page.text().contains(TOKEN), "the page never shows the token");
+    send(vg.addr, "GET", "/metrics", &[], b"").await.assert_proxy_error(401);
+    let m = send(vg.addr, "GET", "/metrics", &[("authorization", &format!("Bearer {TOKEN}"))], b"").await;
     assert_eq!(m.status, 200);
-    send(vg.addr, "POST", "/healthz", &[], b"")
-        .await
-        .assert_proxy_error(405);
+    send(vg.addr, "POST", "/healthz", &[], b"").await.assert_proxy_error(405);
 }
 
 #[tokio::test]
@@ -232,26 +133,15 @@ async fn preflight_is_answered_locally() {
         &[
             ("origin", "https://chat.example"),
             ("access-control-request-method", "POST"),
-            (
-                "access-control-request-headers",
-                "authorization, content-type",
-            ),
+            ("access-control-request-headers", "authorization, content-type"),
         ],
         b"",
     )
     .await;
     assert_eq!(reply.status, 204);
     assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(
-        reply.header("access-control-allow-headers"),
-        Some("authorization, content-type")
-    );
-    assert!(
-        reply
-            .header("access-control-allow-methods")
-            .unwrap()
-            .contains("POST")
-    );
+    assert_eq!(reply.header("access-control-allow-headers"), Some("authorization, content-type"));
+    assert!(reply.header("access-control-allow-methods").unwrap().contains("POST"));
     assert!(origin.requests().is_empty(), "OPTIONS is never forwarded");
 }
 
@@ -263,51 +153,20 @@ async fn cors_origin_list_is_echoed_with_vary() {
         preset_at("openai", origin.addr)
     ))
     .await;
-    let ok = send(
-        vg.addr,
-        "GET",
-        "/openai/x",
-        &[("origin", "https://chat.example")],
-        b"",
-    )
-    .await;
-    assert_eq!(
-        ok.header("access-control-allow-origin"),
-        Some("https://chat.example")
-    );
+    let ok = send(vg.addr, "GET", "/openai/x", &[("origin", "https://chat.example")], b"").await;
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://chat.example"));
     assert_eq!(ok.header("vary"), Some("origin"));
-    let other = send(
-        vg.addr,
-        "GET",
-        "/openai/x",
-        &[("origin", "https://other.example")],
-        b"",
-    )
-    .await;
+    let other = send(vg.addr, "GET", "/openai/x", &[("origin", "https://other.example")], b"").await;
     assert_eq!(other.header("access-control-allow-origin"), None);
 }
 
 #[tokio::test]
 async fn dead_upstream_gives_502_with_transport_details() {
     // Bind and drop: nothing listens on this port any more.
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let vg = Veilgate::start(&format!(
-        "[presets.openai]\ntargets = [\"http://127.0.0.1:{port}\"]\n"
-    ))
-    .await;
-    let reply = send(
-        vg.addr,
-        "POST",
-        "/openai/v1/chat/completions",
-        &[("authorization", "Bearer sk-secret")],
-        b"{}",
-    )
-    .await;
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let vg = Veilgate::start(&format!("[presets.openai]\ntargets = [\"http://127.0.0.1:{port}\"]\n")).await;
+    let reply =
+        send(vg.addr, "POST", "/openai/v1/chat/completions", &[("authorization", "Bearer sk-secret")], b"{}").await;
     let v = reply.assert_proxy_error(502);
     for transport in ["socket", "fetch"] {
         let t = &v["error"]["transports"][transport];
@@ -321,14 +180,8 @@ async fn dead_upstream_gives_502_with_transport_details() {
 #[tokio::test]
 async fn body_limit_is_enforced_before_the_upstream() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&format!(
-        "[limits]\nmax_body_bytes = 10\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
-    send(vg.addr, "POST", "/openai/x", &[], &[b'a'; 11])
-        .await
-        .assert_proxy_error(413);
+    let vg = Veilgate::start(&format!("[limits]\nmax_body_bytes = 10\n{}", preset_at("openai", origin.addr))).await;
+    send(vg.addr, "POST", "/openai/x", &[], &[b'a'; 11]).await.assert_proxy_error(413);
     let ok = send(vg.addr, "POST", "/openai/x", &[], &[b'a'; 10]).await;
     assert_eq!(ok.status, 200);
     assert_eq!(origin.only_request().body, vec![b'a'; 10]);
@@ -342,9 +195,7 @@ async fn http2_clients_are_served() {
 
     let origin = RawOrigin::json("{\"h2\":true}").await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<bytes::Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<bytes::Bytes>>();
     let req = http::Request::post(format!("{}/openai/v1/chat/completions?x=1", vg.url()))
         .header("authorization", "Bearer sk-h2")
         .header("x-stainless-os", "Linux")
@@ -357,10 +208,7 @@ async fn http2_clients_are_served() {
     assert_eq!(&body[..], b"{\"h2\":true}");
     let seen = origin.only_request();
     assert_eq!(seen.target(), "/v1/chat/completions?x=1");
-    assert_eq!(
-        seen.header("authorization").as_deref(),
-        Some("Bearer sk-h2")
-    );
+    assert_eq!(seen.header("authorization").as_deref(), Some("Bearer sk-h2"));
     assert_eq!(seen.header("x-stainless-os"), None);
     assert_eq!(seen.header("host"), Some(origin.addr.to_string()));
 }
@@ -373,11 +221,7 @@ async fn websocket_upgrade_is_refused_until_tunnels_exist() {
         vg.addr,
         "GET",
         "/openai/v1/realtime",
-        &[
-            ("upgrade", "websocket"),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ],
+        &[("upgrade", "websocket"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
         b"",
     )
     .await;

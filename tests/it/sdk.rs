@@ -15,10 +15,7 @@ pub(crate) fn python_has(module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 cannot import {module}; .ci/run must install it"
-        );
+        assert!(std::env::var_os("CI").is_none(), "python3 cannot import {module}; .ci/run must install it");
         eprintln!("skipping: python3 cannot import {module} (pip install {module})");
     }
     ok
@@ -40,22 +37,12 @@ async fn openai_python_sdk_through_a_preset() {
         .output()
         .await
         .expect("run python3");
-    assert!(
-        out.status.success(),
-        "SDK failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "Hello from the origin"
-    );
+    assert!(out.status.success(), "SDK failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello from the origin");
 
     let seen = origin.only_request();
     assert_eq!(seen.request_line(), "POST /v1/chat/completions HTTP/1.1");
-    assert_eq!(
-        seen.header("authorization").as_deref(),
-        Some("Bearer sk-test-sdk-key")
-    );
+    assert_eq!(seen.header("authorization").as_deref(), Some("Bearer sk-test-sdk-key"));
     assert_eq!(seen.header("user-agent").as_deref(), Some("veilgate"));
     assert_eq!(seen.header("accept-encoding").as_deref(), Some("identity"));
     let leaked: Vec<String> = seen
@@ -64,10 +51,7 @@ async fn openai_python_sdk_through_a_preset() {
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("x-stainless") || k == "cookie" || k.starts_with("x-forwarded"))
         .collect();
-    assert!(
-        leaked.is_empty(),
-        "SDK fingerprint reached the origin: {leaked:?}"
-    );
+    assert!(leaked.is_empty(), "SDK fingerprint reached the origin: {leaked:?}");
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(body["model"], "gpt-4o-mini");
 }

@@ -14,8 +14,7 @@ use crate::support::{Veilgate, preset_at};
 
 const SSE_CHUNKED_HEAD: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-const SSE_CLOSE_HEAD: &str =
-    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+const SSE_CLOSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
 
 fn event(i: usize) -> String {
     format!("data: {{\"i\":{i}}}\n\n")
@@ -30,11 +29,7 @@ fn chunk(data: &[u8]) -> Vec<u8> {
 
 /// The body's events, framed for the head.
 fn framed(chunked: bool, data: &str) -> Step {
-    if chunked {
-        Step::Write(chunk(data.as_bytes()))
-    } else {
-        Step::text(data)
-    }
+    if chunked { Step::Write(chunk(data.as_bytes())) } else { Step::text(data) }
 }
 
 async fn healthy(vg: &Veilgate) {
@@ -50,20 +45,12 @@ async fn sse_events_are_forwarded_one_by_one() {
         let gate = Arc::new(Semaphore::new(0));
         let g = Arc::clone(&gate);
         let origin = RawOrigin::scripted(move |_| {
-            let mut steps = vec![Step::text(if chunked {
-                SSE_CHUNKED_HEAD
-            } else {
-                SSE_CLOSE_HEAD
-            })];
+            let mut steps = vec![Step::text(if chunked { SSE_CHUNKED_HEAD } else { SSE_CLOSE_HEAD })];
             for i in 0..5 {
                 steps.push(Step::Wait(Arc::clone(&g)));
                 steps.push(framed(chunked, &event(i)));
             }
-            steps.push(if chunked {
-                Step::text("0\r\n\r\n")
-            } else {
-                Step::Close
-            });
+            steps.push(if chunked { Step::text("0\r\n\r\n") } else { Step::Close });
             steps
         })
         .await;
@@ -78,11 +65,7 @@ async fn sse_events_are_forwarded_one_by_one() {
                 .unwrap_or_else(|_| panic!("event {i} was held back (chunked: {chunked})"));
             assert_eq!(got.unwrap(), event(i).into_bytes());
         }
-        assert_eq!(
-            s.finish().await,
-            (Vec::new(), End::Clean),
-            "chunked: {chunked}"
-        );
+        assert_eq!(s.finish().await, (Vec::new(), End::Clean), "chunked: {chunked}");
     }
 }
 
@@ -91,22 +74,14 @@ async fn sse_events_are_forwarded_one_by_one() {
 async fn sse_paced_events_arrive_paced() {
     for chunked in [true, false] {
         let origin = RawOrigin::scripted(move |_| {
-            let mut steps = vec![Step::text(if chunked {
-                SSE_CHUNKED_HEAD
-            } else {
-                SSE_CLOSE_HEAD
-            })];
+            let mut steps = vec![Step::text(if chunked { SSE_CHUNKED_HEAD } else { SSE_CLOSE_HEAD })];
             for i in 0..5 {
                 if i > 0 {
                     steps.push(Step::Sleep(Duration::from_millis(200)));
                 }
                 steps.push(framed(chunked, &event(i)));
             }
-            steps.push(if chunked {
-                Step::text("0\r\n\r\n")
-            } else {
-                Step::Close
-            });
+            steps.push(if chunked { Step::text("0\r\n\r\n") } else { Step::Close });
             steps
         })
         .await;
@@ -120,10 +95,7 @@ async fn sse_paced_events_arrive_paced() {
         // 800 ms of pacing at the origin; a buffering proxy would deliver
         // everything at once at the end.
         let spread = arrivals[4] - arrivals[0];
-        assert!(
-            spread >= Duration::from_millis(600),
-            "events arrived in a burst: {spread:?}"
-        );
+        assert!(spread >= Duration::from_millis(600), "events arrived in a burst: {spread:?}");
         assert_eq!(s.finish().await.1, End::Clean);
     }
 }
@@ -151,8 +123,8 @@ async fn twenty_megabyte_bodies_arrive_identical() {
             let ok = if req.body.as_slice() == d.as_slice() { "yes" } else { "no" };
             match framing {
                 "length" => {
-                    let mut out =
-                        format!("HTTP/1.1 200 OK\r\nx-request-intact: {ok}\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+                    let mut out = format!("HTTP/1.1 200 OK\r\nx-request-intact: {ok}\r\ncontent-length: {LEN}\r\n\r\n")
+                        .into_bytes();
                     out.extend_from_slice(&d);
                     vec![Step::Write(out)]
                 }
@@ -178,11 +150,7 @@ async fn twenty_megabyte_bodies_arrive_identical() {
         let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
         let reply = send(vg.addr, "POST", "/openai/v1/files", &[], &data).await;
         assert_eq!(reply.status, 200, "{framing}");
-        assert_eq!(
-            reply.header("x-request-intact"),
-            Some("yes"),
-            "{framing}: request body"
-        );
+        assert_eq!(reply.header("x-request-intact"), Some("yes"), "{framing}: request body");
         assert!(reply.complete, "{framing}");
         assert_eq!(reply.body.len(), LEN, "{framing}");
         assert!(reply.body == *data, "{framing}: response body differs");
@@ -199,11 +167,7 @@ async fn sequential_requests_share_one_upstream_connection() {
         assert_eq!(r.text(), "{\"ok\":1}");
     }
     assert_eq!(origin.requests().len(), 50);
-    assert_eq!(
-        origin.connection_count(),
-        1,
-        "keep-alive must reuse the upstream connection"
-    );
+    assert_eq!(origin.connection_count(), 1, "keep-alive must reuse the upstream connection");
 }
 
 /// An idle pooled connection that the upstream closed is noticed before a
@@ -212,24 +176,16 @@ async fn sequential_requests_share_one_upstream_connection() {
 async fn connection_closed_while_idle_is_not_used() {
     let closed = Arc::new(Notify::new());
     let c = Arc::clone(&closed);
-    let origin = RawOrigin::scripted(move |_| {
-        vec![
-            Step::Write(json_response("{}")),
-            Step::CloseAndNotify(Arc::clone(&c)),
-        ]
-    })
-    .await;
+    let origin =
+        RawOrigin::scripted(move |_| vec![Step::Write(json_response("{}")), Step::CloseAndNotify(Arc::clone(&c))])
+            .await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
     for i in 0..3 {
         let r = send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}").await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         closed.notified().await;
     }
-    assert_eq!(
-        origin.requests().len(),
-        3,
-        "each POST was sent exactly once"
-    );
+    assert_eq!(origin.requests().len(), 3, "each POST was sent exactly once");
     assert_eq!(origin.connection_count(), 3);
 }
 
@@ -269,9 +225,7 @@ async fn interim_103_is_skipped() {
 async fn head_and_204_carry_no_body_and_keep_the_connection() {
     let origin = RawOrigin::scripted(|req| {
         let resp = match req.request_line().split(' ').next() {
-            Some("HEAD") => {
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n"
-            }
+            Some("HEAD") => "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1234\r\n\r\n",
             Some("DELETE") => "HTTP/1.1 204 No Content\r\n\r\n",
             _ => "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone",
         };
@@ -288,11 +242,7 @@ async fn head_and_204_carry_no_body_and_keep_the_connection() {
     assert!(deleted.body.is_empty());
     let get = send(vg.addr, "GET", "/openai/x", &[], b"").await;
     assert_eq!(get.text(), "done");
-    assert_eq!(
-        origin.connection_count(),
-        1,
-        "bodiless responses leave the connection reusable"
-    );
+    assert_eq!(origin.connection_count(), 1, "bodiless responses leave the connection reusable");
 }
 
 #[tokio::test]
@@ -303,14 +253,8 @@ async fn broken_heads_give_502_and_the_server_keeps_serving() {
             "both framings",
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
-        (
-            "two lengths",
-            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
-        ),
-        (
-            "gzip coding",
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-        ),
+        ("two lengths", "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"),
+        ("gzip coding", "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
         ("empty reply", ""),
     ];
     for (what, bytes) in cases {
@@ -318,15 +262,8 @@ async fn broken_heads_give_502_and_the_server_keeps_serving() {
         let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
         let r = send(vg.addr, "POST", "/openai/v1/chat/completions", &[], b"{}").await;
         let v = r.assert_proxy_error(502);
-        assert!(
-            v["error"]["transports"]["socket"]["error"].is_string(),
-            "{what}"
-        );
-        assert_eq!(
-            origin.requests().len(),
-            1,
-            "{what}: a POST is never replayed"
-        );
+        assert!(v["error"]["transports"]["socket"]["error"].is_string(), "{what}");
+        assert_eq!(origin.requests().len(), 1, "{what}: a POST is never replayed");
         healthy(&vg).await;
     }
 }
@@ -334,24 +271,16 @@ async fn broken_heads_give_502_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn oversized_head_gives_502() {
     let origin = RawOrigin::scripted(|_| {
-        let big = format!(
-            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
-            "a".repeat(2000)
-        );
+        let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n", "a".repeat(2000));
         vec![Step::text(&big)]
     })
     .await;
-    let vg = Veilgate::start(&format!(
-        "[limits]\nmax_response_head_bytes = 1024\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("[limits]\nmax_response_head_bytes = 1024\n{}", preset_at("openai", origin.addr)))
+            .await;
     let r = send(vg.addr, "GET", "/openai/x", &[], b"").await;
     let v = r.assert_proxy_error(502);
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("1024"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("1024"), "{v}");
 }
 
 /// After the head was sent, a broken body must abort the response: the
@@ -364,43 +293,29 @@ async fn broken_bodies_abort_the_response() {
         (
             "invalid chunk size",
             vec![
-                Step::text(
-                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n",
-                ),
+                Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n"),
                 Step::Hang,
             ],
             true,
         ),
         (
             "reset mid chunked body",
-            vec![
-                Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"),
-                Step::Reset,
-            ],
+            vec![Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"), Step::Reset],
             false,
         ),
         (
             "reset mid length body",
-            vec![
-                Step::text("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello"),
-                Step::Reset,
-            ],
+            vec![Step::text("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello"), Step::Reset],
             false,
         ),
         (
             "EOF mid length body",
-            vec![
-                Step::text("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello"),
-                Step::Close,
-            ],
+            vec![Step::text("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello"), Step::Close],
             true,
         ),
         (
             "EOF mid chunked body",
-            vec![
-                Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"),
-                Step::Close,
-            ],
+            vec![Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"), Step::Close],
             true,
         ),
     ];
@@ -409,15 +324,10 @@ async fn broken_bodies_abort_the_response() {
         let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
         let mut s = open(vg.addr, "GET", "/openai/x", &[]).await;
         assert_eq!(s.status, 200, "{what}");
-        let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish())
-            .await
-            .expect(what);
+        let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish()).await.expect(what);
         assert_eq!(end, End::Aborted, "{what}: must not look complete");
         if partial_arrives {
-            assert_eq!(
-                body, b"hello",
-                "{what}: bytes before the fault are delivered"
-            );
+            assert_eq!(body, b"hello", "{what}: bytes before the fault are delivered");
         } else {
             assert!(b"hello".starts_with(&body), "{what}");
         }
@@ -428,21 +338,12 @@ async fn broken_bodies_abort_the_response() {
 #[tokio::test]
 async fn idle_body_is_aborted_after_idle_timeout() {
     let origin = RawOrigin::scripted(|_| {
-        vec![
-            Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"),
-            Step::Hang,
-        ]
+        vec![Step::text("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"), Step::Hang]
     })
     .await;
-    let vg = Veilgate::start(&format!(
-        "[upstream]\nidle_timeout_ms = 300\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg = Veilgate::start(&format!("[upstream]\nidle_timeout_ms = 300\n{}", preset_at("openai", origin.addr))).await;
     let mut s = open(vg.addr, "GET", "/openai/x", &[]).await;
-    let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish())
-        .await
-        .expect("idle timeout fired");
+    let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish()).await.expect("idle timeout fired");
     assert_eq!((body.as_slice(), end), (&b"hello"[..], End::Aborted));
 }
 
@@ -451,11 +352,7 @@ async fn client_going_away_closes_the_upstream_connection() {
     let closed = Arc::new(Notify::new());
     let c = Arc::clone(&closed);
     let origin = RawOrigin::scripted(move |_| {
-        vec![
-            Step::text(SSE_CHUNKED_HEAD),
-            Step::Write(chunk(event(0).as_bytes())),
-            Step::AwaitClose(Arc::clone(&c)),
-        ]
+        vec![Step::text(SSE_CHUNKED_HEAD), Step::Write(chunk(event(0).as_bytes())), Step::AwaitClose(Arc::clone(&c))]
     })
     .await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
@@ -470,21 +367,14 @@ async fn client_going_away_closes_the_upstream_connection() {
 #[tokio::test]
 async fn missing_head_gives_504_without_replay() {
     let origin = RawOrigin::scripted(|_| vec![Step::Hang]).await;
-    let vg = Veilgate::start(&format!(
-        "[upstream]\nresponse_timeout_ms = 300\n{}",
-        preset_at("openai", origin.addr)
-    ))
-    .await;
+    let vg =
+        Veilgate::start(&format!("[upstream]\nresponse_timeout_ms = 300\n{}", preset_at("openai", origin.addr))).await;
     for method in ["POST", "GET"] {
         let r = send(vg.addr, method, "/openai/v1/chat/completions", &[], b"").await;
         let v = r.assert_proxy_error(504);
         assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
     }
-    assert_eq!(
-        origin.requests().len(),
-        2,
-        "each request reached the origin exactly once"
-    );
+    assert_eq!(origin.requests().len(), 2, "each request reached the origin exactly once");
     assert_eq!(origin.connection_count(), 2);
 }
 
@@ -504,21 +394,14 @@ async fn zero_byte_eof_on_a_reused_connection_replays_only_idempotent_requests()
         })
         .await;
         let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
-        assert_eq!(
-            send(vg.addr, method, "/openai/a", &[], b"").await.status,
-            200
-        );
+        assert_eq!(send(vg.addr, method, "/openai/a", &[], b"").await.status, 200);
         let second = send(vg.addr, method, "/openai/b", &[], b"").await;
         let reqs = origin.requests();
         if replayed {
             assert_eq!(second.status, 200, "{method}");
             assert_eq!(reqs.len(), 3);
             assert_eq!((reqs[1].target(), reqs[1].connection), ("/b", 0));
-            assert_eq!(
-                (reqs[2].target(), reqs[2].connection),
-                ("/b", 1),
-                "sent again on a fresh connection"
-            );
+            assert_eq!((reqs[2].target(), reqs[2].connection), ("/b", 1), "sent again on a fresh connection");
         } else {
             second.assert_proxy_error(502);
             assert_eq!(reqs.len(), 2, "{method} must not be sent twice");
@@ -529,53 +412,27 @@ async fn zero_byte_eof_on_a_reused_connection_replays_only_idempotent_requests()
 #[tokio::test]
 async fn tls_origin_trusted_through_extra_ca_file() {
     let ca = TestCa::new();
-    let origin =
-        RawOrigin::scripted_tls(&ca, |_| vec![Step::Write(json_response("{\"tls\":true}"))]).await;
-    let config = format!(
-        "{}[presets.openai]\ntargets = [\"https://127.0.0.1:{}\"]\n",
-        ca.config(),
-        origin.addr.port()
-    );
+    let origin = RawOrigin::scripted_tls(&ca, |_| vec![Step::Write(json_response("{\"tls\":true}"))]).await;
+    let config = format!("{}[presets.openai]\ntargets = [\"https://127.0.0.1:{}\"]\n", ca.config(), origin.addr.port());
     let vg = Veilgate::start(&config).await;
     for _ in 0..3 {
-        let r = send(
-            vg.addr,
-            "POST",
-            "/openai/v1/chat/completions",
-            &[("authorization", "Bearer sk-tls")],
-            b"{}",
-        )
-        .await;
+        let r =
+            send(vg.addr, "POST", "/openai/v1/chat/completions", &[("authorization", "Bearer sk-tls")], b"{}").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), "{\"tls\":true}");
     }
     let seen = origin.requests();
-    assert_eq!(
-        seen[0].header("host").as_deref(),
-        Some(format!("127.0.0.1:{}", origin.addr.port()).as_str())
-    );
+    assert_eq!(seen[0].header("host").as_deref(), Some(format!("127.0.0.1:{}", origin.addr.port()).as_str()));
     assert_eq!(seen[0].sni, None, "no SNI for an IP literal");
-    assert_eq!(
-        origin.connection_count(),
-        1,
-        "TLS connections are pooled too"
-    );
+    assert_eq!(origin.connection_count(), 1, "TLS connections are pooled too");
 
     // The same origin is refused without the extra CA.
-    let untrusted = Veilgate::start(&format!(
-        "[presets.openai]\ntargets = [\"https://127.0.0.1:{}\"]\n",
-        origin.addr.port()
-    ))
-    .await;
+    let untrusted =
+        Veilgate::start(&format!("[presets.openai]\ntargets = [\"https://127.0.0.1:{}\"]\n", origin.addr.port())).await;
     let r = send(untrusted.addr, "GET", "/openai/x", &[], b"").await;
     let v = r.assert_proxy_error(502);
-    let socket = v["error"]["transports"]["socket"]["error"]
-        .as_str()
-        .unwrap();
-    assert!(
-        socket.contains("TLS") && socket.contains("UnknownIssuer"),
-        "{v}"
-    );
+    let socket = v["error"]["transports"]["socket"]["error"].as_str().unwrap();
+    assert!(socket.contains("TLS") && socket.contains("UnknownIssuer"), "{v}");
     let fetch = v["error"]["transports"]["fetch"]["error"].as_str().unwrap();
     assert!(fetch.contains("UnknownIssuer"), "{v}");
 }
@@ -585,34 +442,19 @@ async fn tls_origin_trusted_through_extra_ca_file() {
 #[tokio::test]
 async fn tls_close_delimited_body_needs_close_notify() {
     let ca = TestCa::new();
-    for (close, want) in [
-        (Step::Close, End::Clean),
-        (Step::CloseAbruptly, End::Aborted),
-    ] {
+    for (close, want) in [(Step::Close, End::Clean), (Step::CloseAbruptly, End::Aborted)] {
         let origin = RawOrigin::scripted_tls(&ca, move |_| {
-            vec![
-                Step::text("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it"),
-                close.clone(),
-            ]
+            vec![Step::text("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it"), close.clone()]
         })
         .await;
-        let config = format!(
-            "{}[presets.openai]\ntargets = [\"https://localhost:{}\"]\n",
-            ca.config(),
-            origin.addr.port()
-        );
+        let config =
+            format!("{}[presets.openai]\ntargets = [\"https://localhost:{}\"]\n", ca.config(), origin.addr.port());
         let vg = Veilgate::start(&config).await;
         let mut s = open(vg.addr, "GET", "/openai/x", &[]).await;
-        let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish())
-            .await
-            .expect("body ends");
+        let (body, end) = tokio::time::timeout(Duration::from_secs(10), s.finish()).await.expect("body ends");
         assert_eq!(body, b"all of it");
         assert_eq!(end, want);
-        assert_eq!(
-            origin.only_request().sni.as_deref(),
-            Some("localhost"),
-            "SNI is the host name"
-        );
+        assert_eq!(origin.only_request().sni.as_deref(), Some("localhost"), "SNI is the host name");
     }
 }
 
@@ -629,13 +471,9 @@ async fn client_going_away_before_the_head_closes_the_upstream_connection() {
     .await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
     let mut client = tokio::net::TcpStream::connect(vg.addr).await.unwrap();
-    let req = format!(
-        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n{{}}",
-        vg.addr
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut client, req.as_bytes())
-        .await
-        .unwrap();
+    let req =
+        format!("POST /openai/v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-length: 2\r\n\r\n{{}}", vg.addr);
+    tokio::io::AsyncWriteExt::write_all(&mut client, req.as_bytes()).await.unwrap();
     arrived.notified().await; // the request reached the origin; now leave
     drop(client);
     tokio::time::timeout(Duration::from_secs(10), closed.notified())
@@ -648,23 +486,13 @@ async fn client_going_away_before_the_head_closes_the_upstream_connection() {
 #[tokio::test]
 async fn connect_timeout_gives_502() {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     // Fill the accept queue (never accepted).
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
         {
             fillers.push(s);
         }

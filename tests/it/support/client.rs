@@ -25,8 +25,7 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -40,16 +39,8 @@ impl Reply {
         assert_eq!(self.header("content-type"), Some("application/json"));
         let v = self.json();
         assert_eq!(v["error"]["code"], status);
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
-        assert!(
-            v["error"]["status"]
-                .as_str()
-                .is_some_and(|s| s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-        );
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(v["error"]["status"].as_str().is_some_and(|s| s.chars().all(|c| c.is_ascii_uppercase() || c == '_')));
         assert!(v["error"]["timestamp"].as_str().is_some());
         v
     }
@@ -57,13 +48,7 @@ impl Reply {
 
 /// Sends `method target` with `headers` (a `host` of `127.0.0.1:PORT`
 /// unless given) and `connection: close`, then reads the whole response.
-pub async fn send(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
+pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut req = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("host: {addr}\r\n"));
@@ -93,18 +78,12 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8], head_request: bool) -> Rep
 pub fn parse_reply(raw: &[u8], head_request: bool) -> Reply {
     let mut buf = BytesMut::from(raw);
     let head = loop {
-        let head = parse_head(&mut buf, 1 << 20)
-            .expect("valid head")
-            .expect("complete head");
+        let head = parse_head(&mut buf, 1 << 20).expect("valid head").expect("complete head");
         if !head.is_interim() {
             break head;
         }
     };
-    let method = if head_request {
-        http::Method::HEAD
-    } else {
-        http::Method::GET
-    };
+    let method = if head_request { http::Method::HEAD } else { http::Method::GET };
     let mut decoder = BodyDecoder::new(head.framing(&method).expect("framing"));
     let mut body = Vec::new();
     let mut complete = true;
@@ -123,12 +102,7 @@ pub fn parse_reply(raw: &[u8], head_request: bool) -> Reply {
             }
         }
     }
-    Reply {
-        status: head.status.as_u16(),
-        headers: head.headers,
-        body,
-        complete,
-    }
+    Reply { status: head.status.as_u16(), headers: head.headers, body, complete }
 }
 
 /// A response whose body is read piece by piece, as it arrives.
@@ -150,22 +124,30 @@ pub enum End {
 }
 
 /// Sends a GET (or `method`) and returns once the response head arrived.
-pub async fn open(
+pub async fn open(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Streaming {
+    open_with_body(addr, method, target, headers, b"").await
+}
+
+/// Like [`open`], with a request body.
+pub async fn open_with_body(
     addr: SocketAddr,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
+    body: &[u8],
 ) -> Streaming {
     let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
     let mut stream = TcpStream::connect(addr).await.expect("connect to veilgate");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("write request");
+    stream.write_all(&bytes).await.expect("write request");
     let mut buf = BytesMut::new();
     let head = loop {
         if let Some(head) = parse_head(&mut buf, 1 << 20).expect("valid head") {
@@ -200,11 +182,7 @@ impl Streaming {
             }
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) => {
-                    return Err(if self.decoder.eof().is_ok() {
-                        End::Clean
-                    } else {
-                        End::Aborted
-                    });
+                    return Err(if self.decoder.eof().is_ok() { End::Clean } else { End::Aborted });
                 }
                 Ok(_) => {}
                 Err(_) => return Err(End::Aborted),

@@ -49,11 +49,7 @@ impl HyperOrigin {
                             log.lock().unwrap().push(Seen {
                                 version,
                                 headers: req.headers().clone(),
-                                path: req
-                                    .uri()
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
+                                path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
                             });
                             let body = format!("{{\"version\":\"{version:?}\"}}");
                             let resp = http::Response::builder()
@@ -63,9 +59,7 @@ impl HyperOrigin {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
                 });
             }
         });

@@ -3,6 +3,7 @@
 //! client that sends exactly the bytes a test gives it.
 
 pub mod client;
+pub mod gemini;
 pub mod hyper_origin;
 pub mod origin;
 pub mod tls;

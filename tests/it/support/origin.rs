@@ -49,10 +49,7 @@ impl Captured {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        self.headers().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
 
@@ -106,9 +103,7 @@ impl RawOrigin {
     }
 
     /// Starts a plain origin whose answer to each request is a script.
-    pub async fn scripted(
-        script: impl Fn(&Captured) -> Vec<Step> + Send + Sync + 'static,
-    ) -> RawOrigin {
+    pub async fn scripted(script: impl Fn(&Captured) -> Vec<Step> + Send + Sync + 'static) -> RawOrigin {
         RawOrigin::serve(None, Arc::new(script)).await
     }
 
@@ -140,9 +135,7 @@ impl RawOrigin {
                         None => serve_connection(stream, id, None, cap, script).await,
                         Some(config) => {
                             let acceptor = rustls::server::Acceptor::default();
-                            let Ok(start) =
-                                tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await
-                            else {
+                            let Ok(start) = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await else {
                                 return;
                             };
                             let sni = start.client_hello().server_name().map(str::to_owned);
@@ -154,11 +147,7 @@ impl RawOrigin {
                 });
             }
         });
-        RawOrigin {
-            addr,
-            captured,
-            connections,
-        }
+        RawOrigin { addr, captured, connections }
     }
 
     pub fn requests(&self) -> Vec<Captured> {
@@ -262,11 +251,8 @@ fn socket2_shutdown(tcp: &TcpStream) -> std::io::Result<()> {
 
 /// `200 OK` with a JSON body and content-length framing.
 pub fn json_response(body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
 }
 
 /// Reads one request (head + content-length body); `None` on EOF.
@@ -290,12 +276,7 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -
             }
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
-            return Some(Captured {
-                head,
-                body,
-                connection: 0,
-                sni: None,
-            });
+            return Some(Captured { head, body, connection: 0, sni: None });
         }
         let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {

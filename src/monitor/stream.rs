@@ -1,0 +1,312 @@
+//! Gemini's stream monitor, the IO part: a task reads the upstream SSE
+//! stream, lets [`Session`] decide, writes to the client through a bounded
+//! channel, and sends continuation requests (same target, same transport
+//! rules) until the answer is complete, final, or `max_retries` is spent.
+//!
+//! When the client goes away the channel closes; the task then drops the
+//! upstream response (closing its connection) and starts nothing new.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::body::{Body, BoxError};
+use crate::config::GeminiConfig;
+use crate::upstream::UpstreamRequest;
+use crate::upstream::choose::Transports;
+
+use super::gemini::{End, Outcome, Session, last_user_text};
+use super::prompts;
+use super::sse::{MAX_EVENT_BYTES, SseParser};
+
+/// How often a keep-alive comment is sent while waiting for a continuation.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+/// The longest backoff between failed continuation requests.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Everything the monitor task needs.
+pub struct Monitored {
+    pub transports: Arc<Transports>,
+    /// The original request (its body is the original JSON).
+    pub request: UpstreamRequest,
+    pub original: Value,
+    pub force_fetch: bool,
+    pub gemini: Arc<GeminiConfig>,
+    /// Before the first `data:` event (a model may think silently).
+    pub response_timeout: Duration,
+    pub stats: Arc<dyn Fn(&'static str) + Send + Sync>,
+}
+
+/// True for `POST …:streamGenerateContent?…alt=sse…` with a JSON body that
+/// has `contents`.
+pub fn applies(method: &http::Method, path: &str, body: &[u8]) -> Option<Value> {
+    if method != http::Method::POST {
+        return None;
+    }
+    let (path, query) = path.split_once('?')?;
+    if !path.ends_with(":streamGenerateContent") || !query.split('&').any(|p| p == "alt=sse") {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("contents")?.as_array()?;
+    Some(value)
+}
+
+/// True when the first response is an SSE stream the monitor should take.
+pub fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::OK
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Starts the monitor on the first response's body; returns the body the
+/// client reads.
+pub fn spawn(first: Body, m: Monitored) -> Body {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(run(first, m, tx));
+    ChannelBody { rx }.boxed_unsync()
+}
+
+type Tx = mpsc::Sender<Result<Bytes, BoxError>>;
+
+/// The client went away.
+struct Gone;
+
+async fn send(tx: &Tx, bytes: Bytes) -> Result<(), Gone> {
+    tx.send(Ok(bytes)).await.map_err(|_| Gone)
+}
+
+async fn run(first: Body, m: Monitored, tx: Tx) {
+    let _ = drive(first, &m, &tx).await;
+}
+
+async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
+    let mut session = Session::new(m.gemini.swallow_thoughts_after_retry);
+    let last_user = last_user_text(&m.original);
+    let mut body = first;
+    let mut continuations: u32 = 0;
+    loop {
+        session.begin_attempt();
+        let outcome = read_attempt(&mut session, &mut body, m, tx).await?;
+        drop(body); // closes the upstream connection of this attempt
+        match outcome {
+            Outcome::Complete => {
+                (m.stats)("complete");
+                return Ok(());
+            }
+            Outcome::Final => {
+                (m.stats)("final");
+                return Ok(());
+            }
+            Outcome::Interrupted => {}
+        }
+        // Continue: wait, ask again, until an attempt starts streaming.
+        let mut failures: u32 = 0;
+        let mut delay = m.gemini.retry_delay;
+        body = loop {
+            if continuations >= m.gemini.max_retries {
+                (m.stats)("exhausted");
+                let message = format!("the answer was cut off and {} continuations did not finish it", continuations);
+                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
+                return Ok(());
+            }
+            wait(delay, &session, tx).await?;
+            continuations += 1;
+            (m.stats)("retry");
+            let (lang, prompt) = prompts::choose(session.answer(), session.thoughts(), &last_user, &m.gemini.prompts);
+            tracing::info!(attempt = continuations + 1, lang, "gemini stream interrupted; continuing");
+            let req = UpstreamRequest {
+                method: m.request.method.clone(),
+                origin: m.request.origin.clone(),
+                path: m.request.path.clone(),
+                headers: m.request.headers.clone(),
+                body: Bytes::from(session.continuation_body(&m.original, prompt).to_string()),
+                check: m.request.check,
+            };
+            let sent = with_keepalives(m.transports.send(&req, m.force_fetch), &session, tx).await?;
+            match sent {
+                Ok(served) if is_event_stream(served.response.status(), served.response.headers()) => {
+                    break served.response.into_body();
+                }
+                Ok(served) => {
+                    let status = served.response.status();
+                    let retry_after = retry_after(served.response.headers());
+                    if matches!(status.as_u16(), 400 | 401 | 403 | 404 | 429) {
+                        (m.stats)("refused");
+                        let (code, name, message) = upstream_error(served.response).await;
+                        send(tx, session.error_event(code, &name, &message)).await?;
+                        return Ok(());
+                    }
+                    failures += 1;
+                    delay = retry_after.unwrap_or_else(|| backoff(m.gemini.retry_delay, failures));
+                }
+                Err(failure) => {
+                    tracing::debug!(error = %failure.error, "continuation request failed");
+                    failures += 1;
+                    delay = backoff(m.gemini.retry_delay, failures);
+                }
+            }
+        };
+    }
+}
+
+/// Reads one attempt to its outcome, forwarding as the session decides.
+async fn read_attempt(session: &mut Session, body: &mut Body, m: &Monitored, tx: &Tx) -> Result<Outcome, Gone> {
+    let mut parser = SseParser::new(MAX_EVENT_BYTES);
+    loop {
+        let limit = if session.saw_data() { m.gemini.idle_timeout } else { m.response_timeout };
+        let frame = tokio::select! {
+            () = tx.closed() => return Err(Gone),
+            frame = tokio::time::timeout(limit, body.frame()) => frame,
+        };
+        let end = match frame {
+            Err(_) => End::Idle,
+            Ok(None) => End::Eof,
+            Ok(Some(Err(_))) => End::Error,
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else { continue };
+                parser.push(&data);
+                loop {
+                    let item = match parser.next_item() {
+                        Ok(Some(item)) => item,
+                        Ok(None) => break,
+                        // Unparsable stream: treat like a broken connection.
+                        Err(_) => return finish(session.on_end(End::Error), tx).await,
+                    };
+                    let step = session.on_item(item);
+                    for bytes in step.forward {
+                        send(tx, bytes).await?;
+                    }
+                    if let Some(outcome) = step.outcome {
+                        return Ok(outcome);
+                    }
+                }
+                continue;
+            }
+        };
+        return finish(session.on_end(end), tx).await;
+    }
+}
+
+async fn finish(step: super::gemini::Step, tx: &Tx) -> Result<Outcome, Gone> {
+    for bytes in step.forward {
+        send(tx, bytes).await?;
+    }
+    Ok(step.outcome.unwrap_or(Outcome::Interrupted))
+}
+
+/// Waits `delay`, sending keep-alive comments, unless the client leaves.
+async fn wait(delay: Duration, session: &Session, tx: &Tx) -> Result<(), Gone> {
+    with_keepalives(tokio::time::sleep(delay), session, tx).await
+}
+
+/// Runs `fut` while sending `: keepalive` now and every few seconds.
+async fn with_keepalives<F: std::future::Future>(fut: F, session: &Session, tx: &Tx) -> Result<F::Output, Gone> {
+    tokio::pin!(fut);
+    send(tx, session.keepalive()).await?;
+    let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            () = tx.closed() => return Err(Gone),
+            _ = tick.tick() => send(tx, session.keepalive()).await?,
+        }
+    }
+}
+
+/// Jittered exponential backoff: `base · 2^(n-1)`, ±25 %, at most 30 s.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << n.saturating_sub(1).min(10)).min(MAX_BACKOFF);
+    let jitter: f64 = 0.75 + rand::random::<f64>() * 0.5;
+    exp.mul_f64(jitter)
+}
+
+/// `Retry-After` in seconds (HTTP dates are not used by Google's APIs).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
+}
+
+/// Code, status and message of an upstream error response (Google's JSON
+/// shape when it is one).
+async fn upstream_error(resp: http::Response<Body>) -> (u16, String, String) {
+    let code = resp.status().as_u16();
+    let fallback = match code {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        _ => "UNKNOWN",
+    };
+    let mut body = Vec::new();
+    let mut stream = resp.into_body();
+    while body.len() < 64 * 1024 {
+        match stream.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    body.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let status = v.pointer("/error/status").and_then(Value::as_str).unwrap_or(fallback).to_owned();
+    let message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("the continuation request was refused")
+        .to_owned();
+    (code, status, message)
+}
+
+/// The client's body: whatever the task sends, until it drops the sender.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_requests_are_monitored() {
+        let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+        let post = http::Method::POST;
+        assert!(applies(&post, "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", body).is_some());
+        assert!(applies(&post, "/v1beta/models/m:streamGenerateContent?key=k&alt=sse", body).is_some());
+        assert!(applies(&post, "/v1beta/models/m:streamGenerateContent", body).is_none(), "JSON array stream");
+        assert!(applies(&post, "/v1beta/models/m:generateContent?alt=sse", body).is_none());
+        assert!(applies(&http::Method::GET, "/v1beta/models/m:streamGenerateContent?alt=sse", body).is_none());
+        assert!(applies(&post, "/v1beta/models/m:streamGenerateContent?alt=sse", b"not json").is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        assert!(backoff(base, 1) <= Duration::from_millis(125));
+        assert!(backoff(base, 4) >= Duration::from_millis(600));
+        assert!(backoff(base, 30) <= MAX_BACKOFF.mul_f64(1.25));
+    }
+}
