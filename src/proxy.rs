@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::body::{Body, empty, full};
 use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
 use crate::error::{Error, error_body};
+use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, filter_response_headers};
 use crate::policy::redirect::{RouteBase, rewrite_location};
@@ -173,7 +174,11 @@ impl App {
         let (parts, body) = req.into_parts();
         let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
         let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes).await.map_err(plain)?;
-        let gemini = if monitored { gemini_stream::applies(&parts.method, &path, &body) } else { None };
+        let gemini = if monitored {
+            gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
+        } else {
+            None
+        };
         let req = UpstreamRequest { method: parts.method, origin, path, headers, body, check };
         self.send(req, force_fetch, Some((redirect, public)), gemini, info).await
     }
@@ -183,7 +188,7 @@ impl App {
         req: UpstreamRequest,
         force_fetch: bool,
         redirect: Option<(Redirect, Option<String>)>,
-        gemini: Option<serde_json::Value>,
+        gemini: Option<(serde_json::Value, KeepAlive)>,
         info: &mut LogInfo,
     ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
         match self.transports.send(&req, force_fetch).await {
@@ -196,7 +201,7 @@ impl App {
                 }
                 parts.headers.insert("x-veilgate-transport", HeaderValue::from_static(served.transport.as_str()));
                 let body = match gemini {
-                    Some(original) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
+                    Some((original, keepalive)) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
                         // The monitor rewrites the stream: no length can hold.
                         parts.headers.remove(header::CONTENT_LENGTH);
                         let monitored = Monitored {
@@ -207,6 +212,7 @@ impl App {
                             gemini: Arc::clone(&self.gemini),
                             response_timeout: self.config.upstream.response_timeout,
                             stats: Arc::new(|_| {}),
+                            keepalive,
                         };
                         gemini_stream::spawn(body, monitored)
                     }

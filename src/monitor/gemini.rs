@@ -24,6 +24,30 @@ pub enum Outcome {
     Interrupted,
 }
 
+/// How to keep a waiting client's connection alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// `: keepalive` SSE comments (spec §5).
+    Comment,
+    /// An event with one empty text part, for Google's own SDKs, whose SSE
+    /// readers take every non-`data:` line for JSON and fail on comments.
+    EmptyText,
+}
+
+impl KeepAlive {
+    /// Comments, unless the client is a google-genai SDK (it says so in
+    /// `x-goog-api-client` or `user-agent`).
+    pub fn for_client(headers: &http::HeaderMap) -> KeepAlive {
+        let says_genai =
+            |name: &str| headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("genai")));
+        if says_genai("x-goog-api-client") || says_genai("user-agent") {
+            KeepAlive::EmptyText
+        } else {
+            KeepAlive::Comment
+        }
+    }
+}
+
 /// Why the upstream body ended without a finish reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -413,10 +437,15 @@ impl Session {
         Bytes::from(format!("event: error{eol}data: {data}{eol}{eol}"))
     }
 
-    /// A comment that keeps the client's connection alive while waiting.
-    pub fn keepalive(&self) -> Bytes {
+    /// What keeps the client's connection alive while waiting.
+    pub fn keepalive(&self, style: KeepAlive) -> Bytes {
         let eol = self.eol;
-        Bytes::from(format!(": keepalive{eol}{eol}"))
+        match style {
+            KeepAlive::Comment => Bytes::from(format!(": keepalive{eol}{eol}")),
+            KeepAlive::EmptyText => Bytes::from(format!(
+                "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"\"}}],\"role\":\"model\"}},\"index\":0}}]}}{eol}{eol}"
+            )),
+        }
     }
 }
 
@@ -635,6 +664,20 @@ mod tests {
         assert_eq!(overlap("天空是蓝色的因为瑞利散射", "因为瑞利散射所以"), 0, "6 chars");
         assert_eq!(overlap("天空是蓝色的，因为瑞利散射", "蓝色的，因为瑞利散射。"), 10);
         assert_eq!(overlap("", "anything at all"), 0);
+    }
+
+    #[test]
+    fn keepalive_styles() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(KeepAlive::for_client(&h), KeepAlive::Comment);
+        h.insert("x-goog-api-client", http::HeaderValue::from_static("google-genai-sdk/1.50.0 gl-python/3.11.7"));
+        assert_eq!(KeepAlive::for_client(&h), KeepAlive::EmptyText);
+        let s = Session::new(true);
+        assert_eq!(&s.keepalive(KeepAlive::Comment)[..], b": keepalive\r\n\r\n");
+        let ev = s.keepalive(KeepAlive::EmptyText);
+        let json: Value =
+            serde_json::from_str(std::str::from_utf8(&ev).unwrap().trim().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(json["candidates"][0]["content"]["parts"][0]["text"], "");
     }
 
     #[test]

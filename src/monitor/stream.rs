@@ -23,7 +23,7 @@ use crate::config::GeminiConfig;
 use crate::upstream::UpstreamRequest;
 use crate::upstream::choose::Transports;
 
-use super::gemini::{End, Outcome, Session, last_user_text};
+use super::gemini::{End, KeepAlive, Outcome, Session, last_user_text};
 use super::prompts;
 use super::sse::{MAX_EVENT_BYTES, SseParser};
 
@@ -43,6 +43,7 @@ pub struct Monitored {
     /// Before the first `data:` event (a model may think silently).
     pub response_timeout: Duration,
     pub stats: Arc<dyn Fn(&'static str) + Send + Sync>,
+    pub keepalive: KeepAlive,
 }
 
 /// True for `POST …:streamGenerateContent?…alt=sse…` with a JSON body that
@@ -120,7 +121,7 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                 send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
                 return Ok(());
             }
-            wait(delay, &session, tx).await?;
+            wait(delay, &session, m.keepalive, tx).await?;
             continuations += 1;
             (m.stats)("retry");
             let (lang, prompt) = prompts::choose(session.answer(), session.thoughts(), &last_user, &m.gemini.prompts);
@@ -133,7 +134,7 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                 body: Bytes::from(session.continuation_body(&m.original, prompt).to_string()),
                 check: m.request.check,
             };
-            let sent = with_keepalives(m.transports.send(&req, m.force_fetch), &session, tx).await?;
+            let sent = with_keepalives(m.transports.send(&req, m.force_fetch), &session, m.keepalive, tx).await?;
             match sent {
                 Ok(served) if is_event_stream(served.response.status(), served.response.headers()) => {
                     break served.response.into_body();
@@ -206,21 +207,26 @@ async fn finish(step: super::gemini::Step, tx: &Tx) -> Result<Outcome, Gone> {
 }
 
 /// Waits `delay`, sending keep-alive comments, unless the client leaves.
-async fn wait(delay: Duration, session: &Session, tx: &Tx) -> Result<(), Gone> {
-    with_keepalives(tokio::time::sleep(delay), session, tx).await
+async fn wait(delay: Duration, session: &Session, style: KeepAlive, tx: &Tx) -> Result<(), Gone> {
+    with_keepalives(tokio::time::sleep(delay), session, style, tx).await
 }
 
 /// Runs `fut` while sending `: keepalive` now and every few seconds.
-async fn with_keepalives<F: std::future::Future>(fut: F, session: &Session, tx: &Tx) -> Result<F::Output, Gone> {
+async fn with_keepalives<F: std::future::Future>(
+    fut: F,
+    session: &Session,
+    style: KeepAlive,
+    tx: &Tx,
+) -> Result<F::Output, Gone> {
     tokio::pin!(fut);
-    send(tx, session.keepalive()).await?;
+    send(tx, session.keepalive(style)).await?;
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     tick.tick().await;
     loop {
         tokio::select! {
             out = &mut fut => return Ok(out),
             () = tx.closed() => return Err(Gone),
-            _ = tick.tick() => send(tx, session.keepalive()).await?,
+            _ = tick.tick() => send(tx, session.keepalive(style)).await?,
         }
     }
 }

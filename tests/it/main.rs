@@ -4,6 +4,7 @@
 
 mod cli;
 mod fallback;
+mod gemini;
 mod policy;
 mod routing;
 mod sdk;
