@@ -344,7 +344,7 @@ pub struct Config {
 
 /// Keys parsed now whose behaviour arrives with a later release; setting one
 /// is reported by `check-config` and logged at start-up.
-const NOT_YET_ACTIVE: &[&str] = &["shutdown_grace_ms", "websocket", "tls"];
+const NOT_YET_ACTIVE: &[&str] = &["shutdown_grace_ms", "tls"];
 
 /// Built-in presets (route, display name, target); all socket-first.
 const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
@@ -954,9 +954,9 @@ mod tests {
 
     #[test]
     fn inactive_keys_are_reported() {
-        let c = load("[websocket]\nmax_message_bytes = 3\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
-        assert_eq!(c.not_yet_active, ["websocket", "tls"]);
-        assert!(c.describe().contains("not yet active in this release: websocket, tls"));
+        let c = load("shutdown_grace_ms = 5\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
+        assert_eq!(c.not_yet_active, ["shutdown_grace_ms", "tls"]);
+        assert!(c.describe().contains("not yet active in this release: shutdown_grace_ms, tls"));
         assert!(load("[gemini]\nmax_retries = 3").unwrap().not_yet_active.is_empty());
     }
 

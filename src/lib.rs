@@ -9,6 +9,7 @@
 //!    addresses a target may have (pure).
 //! 5. [`upstream`] sends it: veilgate's own HTTP/1.1 client over its own
 //!    TCP/TLS connection, and streams the response back.
+//!    WebSocket upgrades go to [`tunnel`] instead.
 //! 6. [`error`] turns anything that failed into one JSON error response.
 //!
 //! [`config`] is read once at start-up and shared read-only by all of them.
@@ -21,4 +22,5 @@ pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod tunnel;
 pub mod upstream;

@@ -23,6 +23,7 @@ use crate::policy::headers::{RequestPolicy, filter_response_headers};
 use crate::policy::redirect::{RouteBase, rewrite_location};
 use crate::policy::target::Origin;
 use crate::route::{Route, RouteContext, RouteInput, route, upstream_path};
+use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Attempt, Transports};
 use crate::upstream::connect::TargetCheck;
 use crate::upstream::fetch::{FetchSettings, FetchTransport};
@@ -166,9 +167,20 @@ impl App {
             }
         };
 
-        if is_websocket_upgrade(req.headers()) {
+        if tunnel::is_upgrade(req.headers()) {
             info.kind = "tunnel";
-            return Err(plain(Error::NotImplemented("WebSocket tunnels are not available in this release")));
+            info.transport = Some("socket");
+            let headers =
+                RequestPolicy { websocket: true, ..self.policy(user_agent.as_ref()) }.request_headers(req.headers());
+            let settings = TunnelSettings {
+                max_message_bytes: self.config.websocket_max_message_bytes,
+                idle_timeout: self.config.upstream.idle_timeout,
+                handshake_timeout: self.config.upstream.response_timeout,
+            };
+            let socket = &self.transports.socket;
+            return tunnel::open(req, origin, path, headers, check, socket, settings)
+                .await
+                .map_err(|e| plain(Error::Upstream(e)));
         }
 
         let (parts, body) = req.into_parts();
@@ -368,13 +380,6 @@ fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cor
             }
         }
     }
-}
-
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
 }
 
 /// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or

@@ -189,7 +189,7 @@ impl SocketTransport {
                 }
             }
         }
-        let conn = self.open(&req.origin, req.check).await?;
+        let conn = self.connect(&req.origin, req.check).await?;
         match self.exchange(conn, false, req, &head, &key).await {
             Ok(resp) => Ok(resp),
             Err(ExchangeError::Failed(e)) => Err(e),
@@ -255,8 +255,9 @@ impl SocketTransport {
         Ok(resp)
     }
 
-    /// A new connection to `origin`, TLS-wrapped for https.
-    async fn open(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
+    /// A new connection to `origin`, TLS-wrapped for https (ALPN `http/1.1`),
+    /// never pooled: for requests and for WebSocket tunnels.
+    pub async fn connect(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
         let (tcp, _peer) = self.connector.connect(origin, &Egress::Direct, check).await?;
         match origin.scheme {
             Scheme::Http => Ok(Conn::Plain(tcp)),

@@ -43,13 +43,17 @@ async fn check_config_names_the_offending_key() {
 async fn check_config_masks_secrets_and_reports_inactive_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.toml");
-    std::fs::write(&path, "auth_token = \"secret_token_abcdefgh\"\n[websocket]\nmax_message_bytes = 1024\n").unwrap();
+    std::fs::write(
+        &path,
+        "auth_token = \"secret_token_abcdefgh\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+    )
+    .unwrap();
     let out = veilgate(dir.path()).arg("check-config").env("VEILGATE_CONFIG", &path).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("secret_token_abcdefgh"));
     assert!(stdout.contains("auth_token = \"***\""));
-    assert!(stdout.contains("not yet active") && stdout.contains("websocket"), "{stdout}");
+    assert!(stdout.contains("not yet active") && stdout.contains("tls"), "{stdout}");
     assert!(stdout.contains("presets.openai"));
 }
 

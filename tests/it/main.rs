@@ -11,3 +11,4 @@ mod sdk;
 #[allow(dead_code)] // helpers shared by tests that not every build uses
 mod support;
 mod transport;
+mod tunnel;

@@ -212,19 +212,3 @@ async fn http2_clients_are_served() {
     assert_eq!(seen.header("x-stainless-os"), None);
     assert_eq!(seen.header("host"), Some(origin.addr.to_string()));
 }
-
-#[tokio::test]
-async fn websocket_upgrade_is_refused_until_tunnels_exist() {
-    let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
-    let reply = send(
-        vg.addr,
-        "GET",
-        "/openai/v1/realtime",
-        &[("upgrade", "websocket"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
-        b"",
-    )
-    .await;
-    reply.assert_proxy_error(501);
-    assert!(origin.requests().is_empty());
-}

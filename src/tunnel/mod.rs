@@ -1,0 +1,225 @@
+//! WebSocket tunnels (spec §6): the client's HTTP/1.1 upgrade is accepted
+//! only after veilgate's own handshake with the upstream succeeded — over a
+//! connection from the same connector and TLS as the socket transport,
+//! carrying only the policy's headers plus `sec-websocket-protocol` — then
+//! messages are relayed both ways with per-hop ping/pong, close frames
+//! passed on, an idle timeout, and backpressure (one message in flight per
+//! direction, so a slow reader slows the sender instead of growing memory).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::body::{Body, empty};
+use crate::error::error_response;
+use crate::policy::target::{Origin, Scheme};
+use crate::upstream::connect::TargetCheck;
+use crate::upstream::{SocketTransport, UpstreamError};
+
+/// Tunnels open now (for `/metrics`).
+pub static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
+
+/// What a tunnel needs besides the request.
+pub struct TunnelSettings {
+    pub max_message_bytes: usize,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// True for a client asking to upgrade to WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token))))
+    };
+    has(header::UPGRADE, "websocket")
+}
+
+/// Handshakes with the upstream, then answers the client's upgrade (101
+/// and a relay task) or passes the upstream's refusal on as JSON.
+pub async fn open(
+    mut req: Request<Incoming>,
+    origin: Origin,
+    path: String,
+    headers: HeaderMap,
+    check: TargetCheck,
+    socket: &SocketTransport,
+    settings: TunnelSettings,
+) -> Result<Response<Body>, UpstreamError> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Ok(refusal(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs sec-websocket-key"));
+    };
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Ok(refusal(StatusCode::BAD_REQUEST, "only WebSocket version 13 is supported"));
+    }
+    let host = origin.host.to_string();
+    let scheme = match origin.scheme {
+        Scheme::Http => "ws",
+        Scheme::Https => "wss",
+    };
+    let uri = format!("{scheme}://{}{path}", origin.host_header());
+    let mut upstream_req = match uri.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(_) => return Ok(refusal(StatusCode::BAD_REQUEST, "the tunnel target is not a valid URL")),
+    };
+    for (name, value) in &headers {
+        upstream_req.headers_mut().append(name, value.clone());
+    }
+
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(settings.max_message_bytes))
+        .max_frame_size(Some(settings.max_message_bytes));
+    let conn = socket.connect(&origin, check).await?;
+    let handshake = tokio_tungstenite::client_async_with_config(upstream_req, conn, Some(config));
+    let (upstream, upstream_resp) = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
+        Err(_) => {
+            return Err(UpstreamError::HeadTimeout { host, secs: settings.handshake_timeout.as_secs() });
+        }
+        Ok(Err(WsError::Http(resp))) => {
+            let status = resp.status();
+            let message = format!("the upstream refused the WebSocket handshake with {status}");
+            return Ok(refusal(status, &message));
+        }
+        Ok(Err(e)) => return Err(UpstreamError::Fetch { host, reason: format!("WebSocket handshake: {e}") }),
+        Ok(Ok(pair)) => pair,
+    };
+
+    let chosen = upstream_resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+        relay(client, upstream, settings.idle_timeout).await;
+        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
+    });
+
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = chosen {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    h.insert("x-veilgate-transport", HeaderValue::from_static("socket"));
+    Ok(resp)
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response<Body> {
+    error_response(status, message, &[])
+}
+
+/// Milliseconds since `start`, for the shared last-activity clock.
+fn since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Relays until either side closes, errs, or the tunnel is idle.
+async fn relay<C, U>(client: WebSocketStream<C>, upstream: WebSocketStream<U>, idle: Duration)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut upstream_tx, mut upstream_rx) = upstream.split();
+    let idle_ms = idle.as_millis() as u64;
+    let watchdog = async {
+        loop {
+            let quiet = since(start).saturating_sub(last.load(Ordering::Relaxed));
+            if quiet >= idle_ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+        }
+    };
+    let (client_end, upstream_end) = tokio::select! {
+        end = forward(&mut client_rx, &mut upstream_tx, &last, start) => (end, Ended::Relayed),
+        end = forward(&mut upstream_rx, &mut client_tx, &last, start) => (Ended::Relayed, end),
+        () = watchdog => (Ended::Idle, Ended::Idle),
+    };
+    // Tell a side that sent too much, or that idled, why it is closed.
+    if let Some(msg) = closing_reason(client_end) {
+        let _ = client_tx.send(msg).await;
+    }
+    if let Some(msg) = closing_reason(upstream_end) {
+        let _ = upstream_tx.send(msg).await;
+    }
+    let _ = client_tx.close().await;
+    let _ = upstream_tx.close().await;
+}
+
+/// How a direction of the relay ended, seen from the side that was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// A close frame (or the end of the stream) was passed on.
+    Relayed,
+    /// The side sent a message over `max_message_bytes`.
+    TooBig,
+    Idle,
+}
+
+fn closing_reason(end: Ended) -> Option<Message> {
+    let (code, reason) = match end {
+        Ended::TooBig => (CloseCode::Size, "message too big"),
+        Ended::Idle => (CloseCode::Away, "idle timeout"),
+        Ended::Relayed => return None,
+    };
+    Some(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+}
+
+/// Forwards one direction: data messages and close frames; pings and
+/// pongs stay on their hop (tungstenite answers pings itself).
+async fn forward<R, W>(rx: &mut R, tx: &mut W, last: &AtomicU64, start: Instant) -> Ended
+where
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    W: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    while let Some(msg) = rx.next().await {
+        last.store(since(start), Ordering::Relaxed);
+        let msg = match msg {
+            Ok(m) => m,
+            Err(WsError::Capacity(_)) => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "peer sent too much".into() };
+                let _ = tx.send(Message::Close(Some(frame))).await;
+                return Ended::TooBig;
+            }
+            Err(_) => break,
+        };
+        match msg {
+            Message::Text(_) | Message::Binary(_) => {
+                if tx.send(msg).await.is_err() {
+                    return Ended::Relayed;
+                }
+            }
+            Message::Close(frame) => {
+                let _ = tx.send(Message::Close(frame)).await;
+                return Ended::Relayed;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+    // The other side vanished without a close frame: close this side.
+    let frame = CloseFrame { code: CloseCode::Away, reason: "peer went away".into() };
+    let _ = tx.send(Message::Close(Some(frame))).await;
+    Ended::Relayed
+}
