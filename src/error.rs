@@ -26,6 +26,8 @@ pub enum Error {
     ForeignHost,
     #[error("request body larger than limits.max_body_bytes ({limit} bytes)")]
     BodyTooLarge { limit: u64 },
+    #[error("request head larger than limits.max_header_bytes ({limit} bytes)")]
+    HeadTooLarge { limit: usize },
     #[error("request body could not be read: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -40,6 +42,7 @@ impl Error {
             Error::Route(e) => e.status(),
             Error::ForeignHost => StatusCode::FORBIDDEN,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
             Error::Upstream(e) => e.status(),
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

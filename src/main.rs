@@ -82,10 +82,22 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
+/// Logs go to stderr. Third-party crates are capped at `info` whatever
+/// `RUST_LOG` says: at debug and trace some of them print request heads,
+/// which hold keys. veilgate's own lines never carry a header value, a
+/// path, a query or a body.
 fn init_logging(config: &Config) {
     let default = if config.debug { "veilgate=debug,info" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    for target in ["hyper", "hyper_util", "h2", "reqwest", "rustls", "tungstenite", "tokio_tungstenite", "hickory"] {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -109,6 +109,10 @@ impl App {
         info: &mut LogInfo,
     ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
         let plain = |e: Error| (e, Vec::new());
+        let limit = self.config.limits.max_header_bytes;
+        if head_size(&req) > limit {
+            return Err(plain(Error::HeadTooLarge { limit }));
+        }
         if self.listen.ip().is_loopback() && !self.is_allowed_host(&req) {
             return Err(plain(Error::ForeignHost));
         }
@@ -380,6 +384,13 @@ fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cor
             }
         }
     }
+}
+
+/// The size of the request head as it was sent over HTTP/1.1: request
+/// line and `name: value\r\n` per header.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4) + 2
 }
 
 /// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or

@@ -56,11 +56,13 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes);
+            // Room above the limit so that veilgate, not hyper, answers an
+            // oversized head (with JSON); hyper's plain 431 only past twice it.
+            .max_buf_size(limits.max_header_bytes.saturating_mul(2));
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
         let permits = Arc::new(Semaphore::new(limits.max_connections));
 
         tokio::pin!(shutdown);

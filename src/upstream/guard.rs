@@ -38,7 +38,9 @@ pub struct Guarded<B> {
 
 impl<B> Guarded<B> {
     pub fn new(inner: B, idle: Duration) -> Guarded<B> {
-        Guarded { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), unflushed: false, held: None, done: false }
+        // `unflushed` starts true: the response head itself is still to be
+        // written, and a client should see it before the abort.
+        Guarded { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), unflushed: true, held: None, done: false }
     }
 
     fn fail(&mut self, cx: &mut Context<'_>, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

@@ -5,6 +5,7 @@
 mod cli;
 mod fallback;
 mod gemini;
+mod hardening;
 mod policy;
 mod routing;
 mod sdk;

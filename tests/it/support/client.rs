@@ -78,9 +78,11 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8], head_request: bool) -> Rep
 pub fn parse_reply(raw: &[u8], head_request: bool) -> Reply {
     let mut buf = BytesMut::from(raw);
     let head = loop {
-        let head = parse_head(&mut buf, 1 << 20).expect("valid head").expect("complete head");
-        if !head.is_interim() {
-            break head;
+        match parse_head(&mut buf, 1 << 20).expect("valid head") {
+            Some(head) if head.is_interim() => continue,
+            Some(head) => break head,
+            // The connection closed before a response: an aborted exchange.
+            None => return Reply { status: 0, headers: http::HeaderMap::new(), body: Vec::new(), complete: false },
         }
     };
     let method = if head_request { http::Method::HEAD } else { http::Method::GET };
