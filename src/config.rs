@@ -344,7 +344,7 @@ pub struct Config {
 
 /// Keys parsed now whose behaviour arrives with a later release; setting one
 /// is reported by `check-config` and logged at start-up.
-const NOT_YET_ACTIVE: &[&str] = &["shutdown_grace_ms", "tls"];
+const NOT_YET_ACTIVE: &[&str] = &[];
 
 /// Built-in presets (route, display name, target); all socket-first.
 const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
@@ -953,11 +953,11 @@ mod tests {
     }
 
     #[test]
-    fn inactive_keys_are_reported() {
-        let c = load("shutdown_grace_ms = 5\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"").unwrap();
-        assert_eq!(c.not_yet_active, ["shutdown_grace_ms", "tls"]);
-        assert!(c.describe().contains("not yet active in this release: shutdown_grace_ms, tls"));
-        assert!(load("[gemini]\nmax_retries = 3").unwrap().not_yet_active.is_empty());
+    fn every_key_is_active_now() {
+        let c = load("shutdown_grace_ms = 5\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n[gemini]\nmax_retries = 3")
+            .unwrap();
+        assert!(c.not_yet_active.is_empty());
+        assert!(!c.describe().contains("not yet active"));
     }
 
     #[test]

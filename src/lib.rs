@@ -17,6 +17,7 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod monitor;
 pub mod policy;
 pub mod proxy;

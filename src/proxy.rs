@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::body::{Body, empty, full};
 use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
 use crate::error::{Error, error_body};
+use crate::metrics::{Access, Metrics, Recorded};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, filter_response_headers};
@@ -37,6 +38,7 @@ pub struct App {
     pub listen: SocketAddr,
     pub transports: Arc<Transports>,
     gemini: Arc<GeminiConfig>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the log line says about a request (never its path: it may hold the
@@ -77,7 +79,7 @@ impl App {
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
         let gemini = Arc::new(config.gemini.clone());
-        Ok(App { config, token, listen, transports: Arc::new(transports), gemini })
+        Ok(App { config, token, listen, transports: Arc::new(transports), gemini, metrics: Arc::new(Metrics::new()) })
     }
 
     /// Handles one request; never fails (errors become responses).
@@ -91,16 +93,15 @@ impl App {
             Err((e, attempts)) => e.to_response(&attempts),
         };
         apply_cors(resp.headers_mut(), request_origin.as_ref(), &self.config.cors);
-        tracing::info!(
-            method = %method,
-            route = info.kind,
-            preset = info.preset.as_deref().unwrap_or("-"),
-            transport = info.transport.unwrap_or("-"),
-            status = resp.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        resp
+        let access = Access {
+            method,
+            kind: info.kind,
+            preset: info.preset,
+            transport: info.transport,
+            status: resp.status().as_u16(),
+            started,
+        };
+        resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)).boxed_unsync())
     }
 
     async fn dispatch(
@@ -207,8 +208,13 @@ impl App {
         gemini: Option<(serde_json::Value, KeepAlive)>,
         info: &mut LogInfo,
     ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
+        let asked = Instant::now();
         match self.transports.send(&req, force_fetch).await {
             Ok(served) => {
+                self.metrics.upstream_head(asked.elapsed().as_secs_f64());
+                if let Some(reason) = served.fallback {
+                    self.metrics.fallback(reason);
+                }
                 info.transport = Some(served.transport.as_str());
                 let (mut parts, body) = served.response.into_parts();
                 filter_response_headers(&mut parts.headers);
@@ -227,7 +233,10 @@ impl App {
                             force_fetch,
                             gemini: Arc::clone(&self.gemini),
                             response_timeout: self.config.upstream.response_timeout,
-                            stats: Arc::new(|_| {}),
+                            stats: {
+                                let metrics = Arc::clone(&self.metrics);
+                                Arc::new(move |outcome| metrics.continuation(outcome))
+                            },
                             keepalive,
                         };
                         gemini_stream::spawn(body, monitored)
@@ -249,7 +258,8 @@ impl App {
             Some(v) => v.to_str().ok()?.to_owned(),
             None => req.uri().authority()?.as_str().to_owned(),
         };
-        Some(format!("http://{host}"))
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{host}"))
     }
 
     fn policy<'a>(&'a self, preset_user_agent: Option<&'a crate::policy::headers::UserAgent>) -> RequestPolicy<'a> {
@@ -309,11 +319,11 @@ impl App {
         if !self.token.matches(presented) {
             return Err(Error::Route(crate::route::RouteError::Unauthorized));
         }
-        let mut resp = Response::new(full(
-            "# HELP veilgate_up 1 while veilgate is serving.\n# TYPE veilgate_up gauge\nveilgate_up 1\n",
-        ));
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        let mut resp = Response::new(full(self.metrics.render(self.transports.socket.pool().idle_count())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
         Ok(resp)
     }
 }

@@ -40,7 +40,7 @@ async fn check_config_names_the_offending_key() {
 }
 
 #[tokio::test]
-async fn check_config_masks_secrets_and_reports_inactive_keys() {
+async fn check_config_masks_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.toml");
     std::fs::write(
@@ -53,7 +53,6 @@ async fn check_config_masks_secrets_and_reports_inactive_keys() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("secret_token_abcdefgh"));
     assert!(stdout.contains("auth_token = \"***\""));
-    assert!(stdout.contains("not yet active") && stdout.contains("tls"), "{stdout}");
     assert!(stdout.contains("presets.openai"));
 }
 

@@ -1,0 +1,216 @@
+//! Prometheus metrics (spec §7) and the per-request access record: one log
+//! line and the request counters, written when the response body is done
+//! (so a stream's line carries its real duration and size).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::body::{Body, BoxError};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// All of veilgate's metrics, one set per server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    upstream_seconds: Histogram,
+    first_byte_seconds: Histogram,
+    fallbacks: Family<Labels, Counter>,
+    continuations: Family<Labels, Counter>,
+    tunnels_open: Gauge,
+    pool_connections: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let first_byte_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let fallbacks = Family::<Labels, Counter>::default();
+        let continuations = Family::<Labels, Counter>::default();
+        let tunnels_open = Gauge::default();
+        let pool_connections = Gauge::default();
+        registry.register(
+            "veilgate_requests",
+            "Requests answered, by route, transport and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "veilgate_upstream_seconds",
+            "Time until the upstream's response head",
+            upstream_seconds.clone(),
+        );
+        registry.register(
+            "veilgate_first_byte_seconds",
+            "Time until the first body byte reached the client",
+            first_byte_seconds.clone(),
+        );
+        registry.register("veilgate_fallbacks", "Requests sent through fetch, by reason", fallbacks.clone());
+        registry.register(
+            "veilgate_gemini_continuations",
+            "Gemini stream monitor events, by outcome",
+            continuations.clone(),
+        );
+        registry.register("veilgate_tunnels_open", "WebSocket tunnels open", tunnels_open.clone());
+        registry.register(
+            "veilgate_pool_connections",
+            "Idle upstream connections in the keep-alive pool",
+            pool_connections.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            first_byte_seconds,
+            fallbacks,
+            continuations,
+            tunnels_open,
+            pool_connections,
+        }
+    }
+
+    pub fn upstream_head(&self, seconds: f64) {
+        self.upstream_seconds.observe(seconds);
+    }
+
+    pub fn fallback(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn continuation(&self, outcome: &'static str) {
+        self.continuations.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
+
+    /// The Prometheus text exposition, gauges refreshed.
+    pub fn render(&self, pool_idle: usize) -> String {
+        self.tunnels_open.set(crate::tunnel::OPEN_TUNNELS.load(Ordering::Relaxed) as i64);
+        self.pool_connections.set(pool_idle as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// What the access record says about a request (never its path, query,
+/// headers or body).
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub method: http::Method,
+    pub kind: &'static str,
+    pub preset: Option<String>,
+    pub transport: Option<&'static str>,
+    pub status: u16,
+    pub started: Instant,
+}
+
+impl Access {
+    /// `preset name`, `generic`, `tunnel` or `local`, as the metric label.
+    fn route_label(&self) -> String {
+        match (self.kind, &self.preset) {
+            ("tunnel", _) => "tunnel".to_owned(),
+            ("preset", Some(p)) => p.clone(),
+            ("generic", _) => "generic".to_owned(),
+            _ => "local".to_owned(),
+        }
+    }
+}
+
+/// A response body that writes the access record when it is done.
+pub struct Recorded {
+    inner: Body,
+    access: Access,
+    metrics: Arc<Metrics>,
+    bytes: u64,
+    first_byte: bool,
+    outcome: &'static str,
+}
+
+impl Recorded {
+    pub fn wrap(inner: Body, access: Access, metrics: Arc<Metrics>) -> Recorded {
+        Recorded { inner, access, metrics, bytes: 0, first_byte: false, outcome: "incomplete" }
+    }
+}
+
+impl HttpBody for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if !self.first_byte && len > 0 {
+                        self.first_byte = true;
+                        let secs = self.access.started.elapsed().as_secs_f64();
+                        self.metrics.first_byte_seconds.observe(secs);
+                    }
+                    self.bytes += len;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.outcome = "aborted",
+            Poll::Ready(None) => self.outcome = "complete",
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let a = &self.access;
+        // An empty body that hyper never polled counts as complete.
+        let outcome =
+            if self.outcome == "incomplete" && self.inner.is_end_stream() { "complete" } else { self.outcome };
+        let class = format!("{}xx", a.status / 100);
+        self.metrics
+            .requests
+            .get_or_create(&vec![
+                ("route", a.route_label()),
+                ("transport", a.transport.unwrap_or("none").to_owned()),
+                ("status", class),
+            ])
+            .inc();
+        tracing::info!(
+            method = %a.method,
+            route = a.kind,
+            preset = a.preset.as_deref().unwrap_or("-"),
+            transport = a.transport.unwrap_or("-"),
+            status = a.status,
+            bytes = self.bytes,
+            body = outcome,
+            ms = a.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
