@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod monitor;

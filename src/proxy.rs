@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::body::{Body, empty, full};
 use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
+use crate::dashboard;
 use crate::error::{Error, error_body};
 use crate::metrics::{Access, Metrics, Recorded};
 use crate::monitor::gemini::KeepAlive;
@@ -129,7 +130,7 @@ impl App {
         let public = self.public_base(&req);
         let route_path = req.uri().path().to_owned();
         let (origin, path, user_agent, check, force_fetch, redirect, monitored) = match route {
-            Route::Dashboard => return Ok(self.dashboard()),
+            Route::Dashboard => return Ok(self.dashboard(req.headers())),
             Route::Health => return Ok(health()),
             Route::Metrics => return self.metrics(req.headers()).map_err(plain),
             Route::Test => {
@@ -289,27 +290,29 @@ impl App {
         is_loopback_host(value, &self.config.allowed_hosts)
     }
 
-    fn dashboard(&self) -> Response<Body> {
-        let mut rows = String::new();
-        for p in self.config.presets.iter().filter(|p| p.enabled) {
-            let targets: Vec<String> = p.targets.iter().map(|t| html_escape(&t.url())).collect();
-            rows.push_str(&format!(
-                "<tr><td><code>/{}</code></td><td>{}</td><td>{}</td></tr>\n",
-                html_escape(&p.route),
-                html_escape(&p.display_name),
-                targets.join("<br>")
-            ));
-        }
-        let page = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>veilgate</title>\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>\
-             <h1>veilgate {}</h1><p>Privacy proxy for LLM APIs. Point your SDK's base URL at \
-             <code>http://HOST/&lt;preset&gt;</code>.</p><table><tr><th>Route</th><th>Provider</th>\
-             <th>Target</th></tr>\n{rows}</table></body></html>\n",
-            env!("CARGO_PKG_VERSION")
+    fn dashboard(&self, headers: &HeaderMap) -> Response<Body> {
+        let challenged = self.transports.challenged_origins();
+        let page = dashboard::render(&self.config.presets, self.config.force_fetch_default, &challenged);
+        let etag = HeaderValue::from_str(&page.etag).unwrap_or(HeaderValue::from_static("\"0\""));
+        let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        let mut resp = if fresh {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r
+        } else {
+            Response::new(full(page.html))
+        };
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, etag);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'",
+            ),
         );
-        let mut resp = Response::new(full(page));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         resp
     }
 
@@ -436,10 +439,6 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<By
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
         Err(e) => Err(Error::BodyRead(e.to_string())),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The raw bytes of the 503 sent to a connection over `max_connections`

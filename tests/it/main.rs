@@ -6,6 +6,7 @@ mod cli;
 mod fallback;
 mod gemini;
 mod hardening;
+mod operate;
 mod policy;
 mod routing;
 mod sdk;

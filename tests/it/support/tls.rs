@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CA and one server identity it issued.
@@ -16,6 +17,9 @@ pub struct TestCa {
     pub ca_file: PathBuf,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: Vec<u8>,
+    /// The server certificate and key as PEM files (for veilgate's `[tls]`).
+    pub server_cert_file: PathBuf,
+    pub server_key_file: PathBuf,
 }
 
 impl TestCa {
@@ -36,12 +40,34 @@ impl TestCa {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+        let server_cert_file = dir.path().join("server.pem");
+        let server_key_file = dir.path().join("server.key");
+        std::fs::write(&server_cert_file, server_cert.pem()).expect("write cert");
+        std::fs::write(&server_key_file, server_key.serialize_pem()).expect("write key");
         TestCa {
             _dir: dir,
             ca_file,
+            server_cert_file,
+            server_key_file,
             server_chain: vec![server_cert.der().clone()],
             server_key: server_key.serialize_der(),
         }
+    }
+
+    /// A client configuration trusting only this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&self.ca_file).expect("CA file") {
+            roots.add(cert.expect("CA cert")).expect("add CA");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
     }
 
     /// `[upstream] extra_ca_file = "…"` for a veilgate config.

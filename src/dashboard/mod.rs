@@ -1,0 +1,78 @@
+//! The dashboard at `GET /`: one self-contained page (no external fonts,
+//! scripts or CDNs), rendered from memory with the presets and their
+//! transport state, served with an ETag. The server never puts the token
+//! in it; the page's URL builder runs entirely in the browser.
+
+use std::hash::{Hash, Hasher};
+
+use serde_json::json;
+
+use crate::config::Presets;
+use crate::policy::target::Origin;
+
+const PAGE: &str = include_str!("index.html");
+
+/// The rendered page and its ETag.
+pub struct Page {
+    pub html: String,
+    pub etag: String,
+}
+
+/// Renders the page for the current presets; `challenged` are the origins
+/// currently sent straight to fetch after a Cloudflare challenge.
+pub fn render(presets: &Presets, force_fetch_default: bool, challenged: &[Origin]) -> Page {
+    let list: Vec<_> = presets
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| {
+            let transport = if p.force_fetch || force_fetch_default {
+                "forced fetch"
+            } else if p.targets.iter().any(|t| challenged.contains(&t.origin)) {
+                "fetch after challenge"
+            } else {
+                "socket-first"
+            };
+            json!({
+                "route": p.route,
+                "name": p.display_name,
+                "targets": p.targets.iter().map(|t| t.url()).collect::<Vec<_>>(),
+                "transport": transport,
+            })
+        })
+        .collect();
+    // `<` escaped so no value can close the script element.
+    let data = serde_json::Value::Array(list).to_string().replace('<', "\\u003c");
+    let html = PAGE.replace("{{VERSION}}", env!("CARGO_PKG_VERSION")).replace("{{PRESETS}}", &data);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    html.hash(&mut hasher);
+    let etag = format!("\"{:016x}\"", hasher.finish());
+    Page { html, etag }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RawConfig};
+
+    #[test]
+    fn page_is_self_contained_and_lists_presets() {
+        let c = Config::from_raw(
+            RawConfig::from_toml("[presets.x]\ntargets = [\"https://x.example/</script>\"]\nforce_fetch = true")
+                .unwrap(),
+            &|_| None,
+        )
+        .unwrap();
+        let page = render(&c.presets, false, &[]);
+        assert!(page.html.contains("\"route\":\"openai\""));
+        assert!(page.html.contains("forced fetch"));
+        assert!(!page.html.contains("x.example/</script>"), "values cannot close the script");
+        for external in ["src=\"http", "href=\"http", "@import", "url(http", "//fonts."] {
+            assert!(!page.html.contains(external), "external resource: {external}");
+        }
+        let again = render(&c.presets, false, &[]);
+        assert_eq!(page.etag, again.etag);
+        let challenged = render(&c.presets, false, &[c.presets.enabled("openai").unwrap().targets[0].origin.clone()]);
+        assert!(challenged.html.contains("fetch after challenge"));
+        assert_ne!(page.etag, challenged.etag);
+    }
+}
