@@ -60,7 +60,15 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(key = %key, "configuration key is set but not yet active in this release");
     }
     let (token, token_file) = config.resolve_token(&process_env)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    // On a single core (or when pinned to one) a single-threaded runtime
+    // saves the work-stealing scheduler's cross-thread wake-ups.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    }
+    .context("starting the runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config, token.clone()).await?;
         let addr = server.local_addr();
