@@ -1,12 +1,12 @@
 //! Hostile input and faults: target safety, limits, secrets in logs, and
 //! fault injection with a file-descriptor leak check.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::binary;
 use crate::support::client::{open, send, send_raw};
 use crate::support::origin::{RawOrigin, Step, json_response};
 use crate::support::{TOKEN, Veilgate, preset_at};
@@ -116,47 +116,14 @@ async fn secrets_never_reach_the_logs() {
         .await;
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     for (format, rust_log) in [("text", "trace"), ("json", "trace"), ("text", "debug")] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("veilgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nauth_token = \"secret_token_for_logs_42\"\nlog_format = \"{format}\"\n\
-                 [upstream]\nallow_private_targets = true\nresponse_timeout_ms = 2000\n{}\
-                 [presets.dead]\ntargets = [\"http://{dead}\"]\n",
-                preset_at("openai", origin.addr)
-            ),
-        )
-        .unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_veilgate"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", rust_log)
-            .env("DEBUG_MODE", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut log = String::new();
-        let addr = loop {
-            let line =
-                tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(rest) = line.split("addr").nth(1)
-                && line.contains("listening")
-            {
-                let digits: String = rest
-                    .trim_start_matches(['=', '"', ':', ' '])
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                break digits.parse::<std::net::SocketAddr>().unwrap();
-            }
-        };
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nauth_token = \"secret_token_for_logs_42\"\nlog_format = \"{format}\"\n\
+             [upstream]\nallow_private_targets = true\nresponse_timeout_ms = 2000\n{}\
+             [presets.dead]\ntargets = [\"http://{dead}\"]\n",
+            preset_at("openai", origin.addr)
+        );
+        let running = binary::start(&config, &[("RUST_LOG", rust_log), ("DEBUG_MODE", "true")]).await;
+        let (mut child, addr, mut lines, mut log) = (running.child, running.addr, running.lines, running.log);
         let secret_headers = [
             ("authorization", "Bearer sk-SECRET-authorization"),
             ("x-api-key", "sk-ant-SECRET-x-api-key"),

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::binary;
 use crate::support::client::{End, open, send};
 use crate::support::origin::{RawOrigin, Step};
 use crate::support::tls::TestCa;
@@ -256,35 +256,12 @@ async fn sigterm_lets_a_stream_in_flight_finish() {
         steps
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("veilgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\nshutdown_grace_ms = 10000\n{}",
-            preset_at("openai", origin.addr)
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_veilgate"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
-        if line.contains("listening")
-            && let Some(rest) = line.split("addr=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\nshutdown_grace_ms = 10000\n{}",
+        preset_at("openai", origin.addr)
+    );
+    let running = binary::start(&config, &[("RUST_LOG", "info")]).await;
+    let (mut child, addr, mut lines) = (running.child, running.addr, running.lines);
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let mut stream = open(addr, "GET", "/openai/v1/stream", &[]).await;
     assert_eq!(stream.read_until(b"\n\n").await.unwrap(), b"data: 0\n\n");

@@ -2,6 +2,7 @@
 //! raw-bytes origin that records every request byte for byte, and a raw
 //! client that sends exactly the bytes a test gives it.
 
+pub mod binary;
 pub mod client;
 pub mod gemini;
 pub mod hyper_origin;

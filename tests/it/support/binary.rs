@@ -1,0 +1,55 @@
+//! The `veilgate` binary run as a user runs it: a config file, the
+//! environment, stderr captured until it says where it listens.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr};
+
+/// A running binary; killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub lines: Lines<BufReader<ChildStderr>>,
+    /// Everything logged up to the "listening" line.
+    pub log: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the binary with `config` (TOML, which should listen on port 0)
+/// and `env`, and waits for its "listening" log line (text or JSON).
+pub async fn start(config: &str, env: &[(&str, &str)]) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("veilgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_veilgate"));
+    cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn veilgate");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("veilgate starts in time")
+            .expect("read stderr")
+            .expect("veilgate exited before listening");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening")
+            && let Some(rest) = line.split("addr").nth(1)
+        {
+            let addr: String = rest
+                .trim_start_matches(['=', '"', ':', ' '])
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            break addr.parse().expect("listen address");
+        }
+    };
+    Running { child, addr, lines, log, _dir: dir }
+}
