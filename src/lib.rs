@@ -18,6 +18,7 @@ pub mod body;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod fds;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;

@@ -60,6 +60,17 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(key = %key, "configuration key is set but not yet active in this release");
     }
     let (token, token_file) = config.resolve_token(&process_env)?;
+    // Each connection may hold a downstream and an upstream socket.
+    let wanted = (config.limits.max_connections as u64).saturating_mul(2).saturating_add(256);
+    let fds = veilgate::fds::prepare(wanted);
+    tracing::debug!(?fds, "file descriptors");
+    if fds.limit_after.is_some_and(|limit| limit < wanted) {
+        tracing::warn!(
+            limit = fds.limit_after,
+            max_connections = config.limits.max_connections,
+            "the open-files limit is below two descriptors per connection; raise it (ulimit -n, LimitNOFILE=) or lower limits.max_connections"
+        );
+    }
     // On a single core (or when pinned to one) a single-threaded runtime
     // saves the work-stealing scheduler's cross-thread wake-ups.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -43,8 +43,11 @@ use self::pool::{Pool, PoolKey};
 
 /// Bodies up to this size are written in the same write as the head.
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
-/// Read buffer growth step.
+/// Read buffer growth step, and the first read size of a body.
 const READ_CHUNK: usize = 16 * 1024;
+/// A body whose reads keep filling the buffer (a bulk download) reads up
+/// to this much per syscall; one that trickles (SSE) stays at `READ_CHUNK`.
+const MAX_READ: usize = 256 * 1024;
 
 /// A failure of the socket transport, classified by when it happened: only
 /// failures before the request was completely written may be retried on
@@ -369,11 +372,15 @@ pub struct UpstreamBody {
     /// Where the connection goes back when the body ends cleanly (`None`
     /// when the upstream said `connection: close` or spoke HTTP/1.0).
     reuse: Option<(Arc<Pool>, PoolKey)>,
+    /// How much the next read asks for: doubled after a read that filled
+    /// it, halved after one that used less than a quarter.
+    read_size: usize,
 }
 
 impl UpstreamBody {
     fn new(conn: Conn, buf: BytesMut, framing: Framing, reuse: Option<(Arc<Pool>, PoolKey)>) -> UpstreamBody {
-        let mut body = UpstreamBody { conn: Some(conn), buf, decoder: BodyDecoder::new(framing), reuse };
+        let decoder = BodyDecoder::new(framing);
+        let mut body = UpstreamBody { conn: Some(conn), buf, decoder, reuse, read_size: READ_CHUNK };
         if body.decoder.is_done() {
             body.release();
         }
@@ -421,9 +428,10 @@ impl HttpBody for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return this.fail(DecodeError::Truncated.into());
             };
-            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
-                this.buf.reserve(READ_CHUNK);
+            if this.buf.capacity() - this.buf.len() < this.read_size / 4 {
+                this.buf.reserve(this.read_size);
             }
+            let offered = this.buf.capacity() - this.buf.len();
             match ready!(tokio_util::io::poll_read_buf(Pin::new(conn), cx, &mut this.buf)) {
                 Ok(0) => {
                     this.conn = None;
@@ -432,7 +440,14 @@ impl HttpBody for UpstreamBody {
                     }
                     return Poll::Ready(None);
                 }
-                Ok(_) => continue,
+                Ok(n) => {
+                    if n == offered {
+                        this.read_size = (this.read_size * 2).min(MAX_READ);
+                    } else if n < this.read_size / 4 {
+                        this.read_size = (this.read_size / 2).max(READ_CHUNK);
+                    }
+                    continue;
+                }
                 // A TLS peer that closes without close_notify surfaces as
                 // UnexpectedEof: for a close-delimited body that is a
                 // truncation, never a clean end.

@@ -274,3 +274,33 @@ async fn sigterm_lets_a_stream_in_flight_finish() {
     let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "veilgate exits 0 after a graceful shutdown: {status}");
 }
+
+/// `(soft, hard)` "Max open files" of a process.
+fn open_files_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+    let mut numbers = line.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    (numbers.next().expect("soft"), numbers.next().expect("hard"))
+}
+
+fn fd_table_size(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status.lines().find_map(|l| l.strip_prefix("FDSize:")).expect("FDSize").trim().parse().expect("number")
+}
+
+#[tokio::test]
+#[cfg(target_os = "linux")]
+async fn open_files_limit_is_raised_and_the_fd_table_grown_at_start() {
+    let (_, hard) = open_files_limit(std::process::id());
+    if hard < 2048 {
+        eprintln!("skipped: the hard open-files limit ({hard}) leaves nothing to raise");
+        return;
+    }
+    let config = "listen = \"127.0.0.1:0\"\nauth_token = \"0123456789abcdef0123\"\n[limits]\nmax_connections = 600\n";
+    let vg = binary::start_after(config, &[], Some("ulimit -S -n 512")).await;
+    let pid = vg.child.id().expect("pid");
+    assert_eq!(open_files_limit(pid), (hard, hard), "the soft limit was raised to the hard one");
+    // Two descriptors per connection plus room: the table was sized for it
+    // before the first connection, so it never grows (and stalls) later.
+    assert!(fd_table_size(pid) >= 2 * 600 + 256, "descriptor table: {}", fd_table_size(pid));
+}

@@ -21,10 +21,24 @@ pub struct Running {
 /// Starts the binary with `config` (TOML, which should listen on port 0)
 /// and `env`, and waits for its "listening" log line (text or JSON).
 pub async fn start(config: &str, env: &[(&str, &str)]) -> Running {
+    start_after(config, env, None).await
+}
+
+/// As [`start`], but the binary is exec'd by `sh` after the shell command
+/// `prelude` (e.g. `ulimit -S -n 512`) ran.
+pub async fn start_after(config: &str, env: &[(&str, &str)], prelude: Option<&str>) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("veilgate.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_veilgate"));
+    let binary = env!("CARGO_BIN_EXE_veilgate");
+    let mut cmd = match prelude {
+        None => tokio::process::Command::new(binary),
+        Some(prelude) => {
+            let mut sh = tokio::process::Command::new("sh");
+            sh.arg("-c").arg(format!("{prelude} && exec \"$0\" \"$@\"")).arg(binary);
+            sh
+        }
+    };
     cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
