@@ -271,9 +271,14 @@ async fn sse(
     rss_pid: Option<u32>,
 ) -> (SseFigures, Option<u64>) {
     let mut tasks = Vec::new();
-    for _ in 0..streams {
+    // Streams open 1 ms apart, as a busy server's clients arrive: a thousand
+    // SYNs at once would measure the listen backlog, and streams opened in
+    // the same instant would send their events in lockstep bursts.
+    let opening = Duration::from_millis(streams as u64);
+    for i in 0..streams {
         let req = format!("GET {path}?n={events}&gap_ms={gap_ms} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i as u64)).await;
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
             let started = Instant::now();
@@ -311,10 +316,12 @@ async fn sse(
             (ttfe.unwrap_or_default(), delays)
         }));
     }
-    // Memory while all streams are open: sample half-way through.
+    // Memory while all streams are open (opening takes `opening`, a stream
+    // lasts `events × gap_ms`, longer than that in both modes).
     let rss = match rss_pid {
         Some(pid) => {
-            tokio::time::sleep(Duration::from_millis(events * gap_ms / 2)).await;
+            // All streams are open: the last has just started, none ended.
+            tokio::time::sleep(opening + Duration::from_millis(2 * gap_ms)).await;
             rss_kib(pid)
         }
         None => None,

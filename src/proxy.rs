@@ -402,7 +402,11 @@ fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cor
 /// The size of the request head as it was sent over HTTP/1.1: request
 /// line and `name: value\r\n` per header.
 fn head_size(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4) + 2
 }
 
