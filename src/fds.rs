@@ -6,10 +6,10 @@
 //! `accept()` that crosses a power of two also waits for an RCU grace
 //! period before it returns. On the benchmark machine (a 2-core VM) that
 //! wait was 15–20 ms, and every connection served by that runtime thread
-//! stalled with it: the first SSE events of a hundred streams arrived
-//! 19 ms late, once, when the hundred-and-first connection opened. Grown
-//! here, while veilgate is still single-threaded, the table never has to
-//! grow under load.
+//! stalled with it: in the SSE benchmark the first events of 64 streams
+//! arrived 19 ms late, together, when a new upstream socket took
+//! descriptor 256. Grown here, while veilgate is still single-threaded,
+//! the table never has to grow under load.
 
 /// What [`prepare`] found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
