@@ -2,6 +2,7 @@
 //! line and the request counters, written when the response body is done
 //! (so a stream's line carries its real duration and size).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,11 +21,14 @@ use prometheus_client::registry::Registry;
 use crate::body::{Body, BoxError};
 
 type Labels = Vec<(&'static str, String)>;
+/// `route`, `transport`, `status`: built per request without allocating
+/// (a preset's name is moved in, the rest are static strings).
+type RequestLabels = [(&'static str, Cow<'static, str>); 3];
 
 /// All of veilgate's metrics, one set per server.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
+    requests: Family<RequestLabels, Counter>,
     upstream_seconds: Histogram,
     first_byte_seconds: Histogram,
     fallbacks: Family<Labels, Counter>,
@@ -36,7 +40,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<Labels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let first_byte_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let fallbacks = Family::<Labels, Counter>::default();
@@ -125,13 +129,14 @@ pub struct Access {
 }
 
 impl Access {
-    /// `preset name`, `generic`, `tunnel` or `local`, as the metric label.
-    fn route_label(&self) -> String {
-        match (self.kind, &self.preset) {
-            ("tunnel", _) => "tunnel".to_owned(),
-            ("preset", Some(p)) => p.clone(),
-            ("generic", _) => "generic".to_owned(),
-            _ => "local".to_owned(),
+    /// `preset name`, `generic`, `tunnel` or `local`, as the metric label
+    /// (the preset's name is taken: the record is written once).
+    fn take_route_label(&mut self) -> Cow<'static, str> {
+        match (self.kind, self.preset.take()) {
+            ("tunnel", _) => Cow::Borrowed("tunnel"),
+            ("preset", Some(p)) => Cow::Owned(p),
+            ("generic", _) => Cow::Borrowed("generic"),
+            _ => Cow::Borrowed("local"),
         }
     }
 }
@@ -188,19 +193,10 @@ impl HttpBody for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
-        let a = &self.access;
         // An empty body that hyper never polled counts as complete.
         let outcome =
             if self.outcome == "incomplete" && self.inner.is_end_stream() { "complete" } else { self.outcome };
-        let class = format!("{}xx", a.status / 100);
-        self.metrics
-            .requests
-            .get_or_create(&vec![
-                ("route", a.route_label()),
-                ("transport", a.transport.unwrap_or("none").to_owned()),
-                ("status", class),
-            ])
-            .inc();
+        let a = &self.access;
         tracing::info!(
             method = %a.method,
             route = a.kind,
@@ -212,5 +208,16 @@ impl Drop for Recorded {
             ms = a.started.elapsed().as_millis() as u64,
             "request"
         );
+        let class = match a.status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        let transport = a.transport.unwrap_or("none");
+        let route = self.access.take_route_label();
+        let labels = [("route", route), ("transport", Cow::Borrowed(transport)), ("status", Cow::Borrowed(class))];
+        self.metrics.requests.get_or_create(&labels).inc();
     }
 }

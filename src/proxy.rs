@@ -127,7 +127,7 @@ impl App {
             RouteContext { presets: &self.config.presets, token: &self.token, preset_auth: self.config.preset_auth };
         let route = route(input, cx).map_err(|e| plain(e.into()))?;
 
-        let public = self.public_base(&req);
+        let public = Self::public_host(&req);
         let route_path = req.uri().path().to_owned();
         let (origin, path, user_agent, check, force_fetch, redirect, monitored) = match route {
             Route::Dashboard => return Ok(self.dashboard(req.headers())),
@@ -205,7 +205,7 @@ impl App {
         &self,
         req: UpstreamRequest,
         force_fetch: bool,
-        redirect: Option<(Redirect, Option<String>)>,
+        redirect: Option<(Redirect, Option<HeaderValue>)>,
         gemini: Option<(serde_json::Value, KeepAlive)>,
         info: &mut LogInfo,
     ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
@@ -219,7 +219,10 @@ impl App {
                 info.transport = Some(served.transport.as_str());
                 let (mut parts, body) = served.response.into_parts();
                 filter_response_headers(&mut parts.headers);
-                if let Some((redirect, public)) = &redirect {
+                if let Some((redirect, public)) = &redirect
+                    && REDIRECT_HEADERS.iter().any(|name| parts.headers.contains_key(*name))
+                {
+                    let public = self.public_base(public.as_ref());
                     rewrite_redirects(&mut parts.headers, redirect.base(&req.origin), public.as_deref());
                 }
                 parts.headers.insert("x-veilgate-transport", HeaderValue::from_static(served.transport.as_str()));
@@ -253,12 +256,17 @@ impl App {
         }
     }
 
-    /// `http://<Host>` as the client addressed veilgate, when it said.
-    fn public_base(&self, req: &Request<Incoming>) -> Option<String> {
-        let host = match req.headers().get(header::HOST) {
-            Some(v) => v.to_str().ok()?.to_owned(),
-            None => req.uri().authority()?.as_str().to_owned(),
-        };
+    /// The host the client addressed veilgate by, when it said; turned
+    /// into `http(s)://<host>` only if a redirect needs rewriting.
+    fn public_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+        match req.headers().get(header::HOST) {
+            Some(v) => Some(v.clone()),
+            None => HeaderValue::from_str(req.uri().authority()?.as_str()).ok(),
+        }
+    }
+
+    fn public_base(&self, host: Option<&HeaderValue>) -> Option<String> {
+        let host = host?.to_str().ok()?;
         let scheme = if self.config.tls.is_some() { "https" } else { "http" };
         Some(format!("{scheme}://{host}"))
     }
@@ -346,9 +354,12 @@ impl Redirect {
     }
 }
 
+/// Response headers that may point at the upstream and are rewritten.
+const REDIRECT_HEADERS: [&str; 2] = ["location", "x-goog-upload-url"];
+
 /// Points `location` and `x-goog-upload-url` back through veilgate.
 fn rewrite_redirects(headers: &mut HeaderMap, base: RouteBase<'_>, public: Option<&str>) {
-    for name in [header::LOCATION.as_str(), "x-goog-upload-url"] {
+    for name in REDIRECT_HEADERS {
         let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };

@@ -7,6 +7,8 @@
 //! before reading again; this function also refuses a partial head that is
 //! already over the limit so a peer cannot make us buffer forever.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 
@@ -47,9 +49,15 @@ pub enum Framing {
 
 /// Parses one response head off the front of `buf`.
 pub fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<ResponseHead>, ParseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised slots: filling 128 empty headers first is a 4 KiB
+    // memset per response.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limit {
@@ -70,13 +78,25 @@ pub fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<ResponseHea
         _ => Version::HTTP_11,
     };
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ParseError::Malformed("status code"))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ParseError::Malformed("header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ParseError::Malformed("header value"))?;
+    // Values become slices of the head's own bytes (no copy per value):
+    // remember where each header sits, then take the head off the buffer.
+    let base = buf.as_ptr() as usize;
+    let at = |p: *const u8| (p as usize).wrapping_sub(base);
+    let spans: Vec<(usize, usize, usize, usize)> =
+        resp.headers.iter().map(|h| (at(h.name.as_ptr()), h.name.len(), at(h.value.as_ptr()), h.value.len())).collect();
+    let head = buf.split_to(len).freeze();
+    // Room for the headers veilgate adds (transport, CORS) without a rehash.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for &(name_at, name_len, value_at, value_len) in &spans {
+        let within = |at: usize, len: usize| at.checked_add(len).filter(|&end| end <= head.len()).map(|end| at..end);
+        let name = within(name_at, name_len)
+            .and_then(|r| HeaderName::from_bytes(&head[r]).ok())
+            .ok_or(ParseError::Malformed("header name"))?;
+        let value = within(value_at, value_len)
+            .and_then(|r| HeaderValue::from_maybe_shared(head.slice(r)).ok())
+            .ok_or(ParseError::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let _ = buf.split_to(len);
     Ok(Some(ResponseHead { status, version, headers }))
 }
 
