@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Instructions veilgate executes per proxied request, counted by callgrind.
+
+Wall-clock figures on a shared 2-core machine move by 10-20 % from run to
+run; instruction counts do not, so this is the figure to compare when
+changing the hot path. The kernel's share (syscalls, loopback) is not
+counted: this measures veilgate's own code and the crates it links.
+
+    cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH]
+
+(`--binary` compares another build, e.g. a copy of an older commit's.)
+
+veilgate runs under `valgrind --tool=callgrind`, pinned to one core like in
+`cargo bench --bench proxy`, with `RUST_LOG=warn` (no access log lines),
+in front of a small keep-alive origin in this script. It is run twice, with
+a few and with many sequential keep-alive POSTs on one connection; the
+difference divided by the difference in requests removes start-up and
+shutdown.
+"""
+
+import argparse
+import http.client
+import http.server
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "release", "veilgate")
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":'
+    b'{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}]}'
+)
+REQUEST = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+
+
+class Origin(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(ANSWER)))
+        self.end_headers()
+        self.wfile.write(ANSWER)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def count(binary, requests, origin_port, workdir):
+    port = free_port()
+    config = os.path.join(workdir, "veilgate.toml")
+    with open(config, "w") as f:
+        f.write(
+            f'listen = "127.0.0.1:{port}"\nauth_token = "bench_token_0123456789"\n'
+            f'[presets.plain]\ntargets = ["http://127.0.0.1:{origin_port}"]\n'
+        )
+    out = os.path.join(workdir, f"callgrind.{requests}")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "--config", config]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0"] + cmd
+    env = dict(os.environ, RUST_LOG="warn")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                c.request("GET", "/healthz")
+                if c.getresponse().status == 200:
+                    c.close()
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                sys.exit("veilgate did not start under valgrind")
+            time.sleep(0.1)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+        for _ in range(requests):
+            c.request("POST", "/plain/v1/chat/completions", body=REQUEST, headers=headers)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                sys.exit(f"status {r.status}")
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    with open(out) as f:
+        totals = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+    if not totals:
+        sys.exit("no callgrind totals")
+    return int(totals.group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--binary", default=BINARY)
+    args = parser.parse_args()
+    if not shutil.which("valgrind"):
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    if not os.path.exists(args.binary):
+        sys.exit("build first: cargo build --release")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as workdir:
+        few = count(args.binary, 100, server.server_address[1], workdir)
+        many = count(args.binary, 100 + args.requests, server.server_address[1], workdir)
+    server.shutdown()
+    per = (many - few) / args.requests
+    print(f"veilgate: {per:,.0f} instructions per proxied request "
+          f"(callgrind, {args.requests} keep-alive POSTs, small JSON both ways)")
+
+
+if __name__ == "__main__":
+    main()
