@@ -3,7 +3,9 @@
 //! machine are noise). Targets are printed beside the figures, never
 //! asserted.
 //!
-//! `cargo bench --bench proxy` (add `-- --quick` for a ~10-second smoke).
+//! `cargo bench --bench proxy` (add `-- --quick` for a ~10-second smoke,
+//! `-- --only http|sse|bulk` for one section; `VEILGATE_BENCH_BINARY=path`
+//! measures another build of veilgate).
 //!
 //! CPU budget: veilgate (or nginx, `worker_processes 1`) is pinned to core 0
 //! with `taskset`; this process — the load generator and the origin — to
@@ -376,7 +378,9 @@ async fn start_veilgate(dir: &Path, origin: &Origin) -> (Child, SocketAddr, Dura
     )
     .expect("config");
     let started = Instant::now();
-    let child = pinned("0", env!("CARGO_BIN_EXE_veilgate"))
+    // VEILGATE_BENCH_BINARY compares another build (e.g. an older commit's).
+    let binary = std::env::var("VEILGATE_BENCH_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_veilgate").to_owned());
+    let child = pinned("0", &binary)
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -441,17 +445,21 @@ fn us(d: Duration) -> String {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only http|sse|bulk` runs one section.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = CORES.set(std::thread::available_parallelism().map_or(1, |n| n.get()));
     // This process (load + origin) stays on core 1; veilgate/nginx get core 0.
     let _ =
         Command::new("taskset").args(["-p", "-c", "1", &std::process::id().to_string()]).stdout(Stdio::null()).status();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(run(quick));
+    rt.block_on(run(quick, only));
 }
 
-async fn run(quick: bool) {
+async fn run(quick: bool, only: Option<String>) {
+    let wants = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = start_origin(dir.path()).await;
     let (mut vg, vg_addr, startup) = start_veilgate(dir.path(), &origin).await;
@@ -472,10 +480,11 @@ async fn run(quick: bool) {
     );
     println!("{:<44} {:>16} {:>16} {:>16}   target", "", "direct", "veilgate", "nginx");
 
-    for (label, vg_path, direct_addr, direct_path, nginx_path) in [
+    let http_sections = [
         ("plain upstream", "/plain/json", origin.plain, "/json", "/plain/json"),
         ("TLS upstream", "/tls/json", origin.tls, "", "/tls/json"),
-    ] {
+    ];
+    for (label, vg_path, direct_addr, direct_path, nginx_path) in http_sections.into_iter().filter(|_| wants("http")) {
         let direct = if direct_path.is_empty() { None } else { Some(latency(direct_addr, direct_path, n).await) };
         let via = latency(vg_addr, vg_path, n).await;
         let ng = match nginx_addr {
@@ -533,61 +542,71 @@ async fn run(quick: bool) {
         );
     }
 
-    let (direct_sse, _) = sse(origin.plain, "/sse", streams, events, 20, None).await;
-    let (via_sse, rss) = sse(vg_addr, "/plain/sse", streams, events, 20, Some(vg.id())).await;
-    let nginx_sse = match nginx_addr {
-        Some(a) => Some(sse(a, "/plain/sse", streams, events, 20, None).await.0),
-        None => None,
-    };
-    let mut figures = [Some(direct_sse), Some(via_sse), nginx_sse];
-    let column = |f: &mut [Option<SseFigures>; 3], pick: &dyn Fn(&mut SseFigures) -> String| -> [String; 3] {
-        [0, 1, 2].map(|i| f[i].as_mut().map_or("-".to_owned(), pick))
-    };
-    let row = |label: &str, cells: [String; 3], target: &str| {
-        println!("{label:<44} {:>16} {:>16} {:>16}   {target}", cells[0], cells[1], cells[2]);
-    };
-    let direct_ttfe = figures[0].as_mut().map_or(Duration::ZERO, |f| pct(&mut f.ttfe, 0.99));
-    let direct_p99 = figures[0].as_mut().map_or(Duration::ZERO, |f| pct(&mut f.delay, 0.99));
-    row(&format!("SSE, {streams} streams × {events} events 20 ms apart"), Default::default(), "");
-    row(
-        "  time to first event p50/p99",
-        column(&mut figures, &|f| format!("{}/{}", us(pct(&mut f.ttfe, 0.5)), us(pct(&mut f.ttfe, 0.99)))),
-        "",
-    );
-    let added_ttfe = column(&mut figures, &|f| us(pct(&mut f.ttfe, 0.99).saturating_sub(direct_ttfe)));
-    row("  added time to first event p99", [String::new(), added_ttfe[1].clone(), added_ttfe[2].clone()], "");
-    row(
-        "  later events' delay p50/p99 (stamp → read)",
-        column(&mut figures, &|f| format!("{}/{}", us(pct(&mut f.delay, 0.5)), us(pct(&mut f.delay, 0.99)))),
-        "",
-    );
-    let added = column(&mut figures, &|f| us(pct(&mut f.delay, 0.99).saturating_sub(direct_p99)));
-    row("  added inter-event gap p99", [String::new(), added[1].clone(), added[2].clone()], "≤ 1 ms");
-    if let (Some(rss), Some(idle)) = (rss, idle_rss) {
-        let per = (rss.saturating_sub(idle) as f64) / streams as f64;
-        row("  veilgate RSS per open stream", [String::new(), format!("{per:.1} KiB"), "-".to_owned()], "≤ 32 KiB");
+    if wants("sse") {
+        let (direct_sse, _) = sse(origin.plain, "/sse", streams, events, 20, None).await;
+        let (via_sse, rss) = sse(vg_addr, "/plain/sse", streams, events, 20, Some(vg.id())).await;
+        let nginx_sse = match nginx_addr {
+            Some(a) => Some(sse(a, "/plain/sse", streams, events, 20, None).await.0),
+            None => None,
+        };
+        let mut figures = [Some(direct_sse), Some(via_sse), nginx_sse];
+        let column = |f: &mut [Option<SseFigures>; 3], pick: &dyn Fn(&mut SseFigures) -> String| -> [String; 3] {
+            [0, 1, 2].map(|i| f[i].as_mut().map_or("-".to_owned(), pick))
+        };
+        let row = |label: &str, cells: [String; 3], target: &str| {
+            println!("{label:<44} {:>16} {:>16} {:>16}   {target}", cells[0], cells[1], cells[2]);
+        };
+        let direct_ttfe = figures[0].as_mut().map_or(Duration::ZERO, |f| pct(&mut f.ttfe, 0.99));
+        let direct_p99 = figures[0].as_mut().map_or(Duration::ZERO, |f| pct(&mut f.delay, 0.99));
+        row(&format!("SSE, {streams} streams × {events} events 20 ms apart"), Default::default(), "");
+        row(
+            "  time to first event p50/p99",
+            column(&mut figures, &|f| format!("{}/{}", us(pct(&mut f.ttfe, 0.5)), us(pct(&mut f.ttfe, 0.99)))),
+            "",
+        );
+        let added_ttfe = column(&mut figures, &|f| us(pct(&mut f.ttfe, 0.99).saturating_sub(direct_ttfe)));
+        row("  added time to first event p99", [String::new(), added_ttfe[1].clone(), added_ttfe[2].clone()], "");
+        row(
+            "  later events' delay p50/p99 (stamp → read)",
+            column(&mut figures, &|f| format!("{}/{}", us(pct(&mut f.delay, 0.5)), us(pct(&mut f.delay, 0.99)))),
+            "",
+        );
+        let added = column(&mut figures, &|f| us(pct(&mut f.delay, 0.99).saturating_sub(direct_p99)));
+        row("  added inter-event gap p99", [String::new(), added[1].clone(), added[2].clone()], "≤ 1 ms");
+        if let (Some(rss), Some(idle)) = (rss, idle_rss) {
+            let per = (rss.saturating_sub(idle) as f64) / streams as f64;
+            row("  veilgate RSS per open stream", [String::new(), format!("{per:.1} KiB"), "-".to_owned()], "≤ 32 KiB");
+        }
     }
 
-    let d_bulk = bulk(origin.plain, "/bulk", bulk_bytes).await;
-    let v_bulk = bulk(vg_addr, "/plain/bulk", bulk_bytes).await;
-    let n_bulk = match nginx_addr {
-        Some(a) => Some(bulk(a, "/plain/bulk", bulk_bytes).await),
-        None => None,
-    };
-    println!(
-        "{:<44} {:>16} {:>16} {:>16}",
-        format!("bulk {} MiB response", bulk_bytes >> 20),
-        format!("{:.0} MB/s", d_bulk / 1e6),
-        format!("{:.0} MB/s", v_bulk / 1e6),
-        n_bulk.map_or("-".to_owned(), |n| format!("{:.0} MB/s", n / 1e6)),
-    );
-    println!(
-        "{:<44} {:>16} {:>16} {:>16}   ≥ 80 % of direct",
-        "  share of direct",
-        "",
-        format!("{:.0} %", v_bulk / d_bulk * 100.0),
-        n_bulk.map_or("-".to_owned(), |n| format!("{:.0} %", n / d_bulk * 100.0)),
-    );
+    if wants("bulk") {
+        // Bulk moves by ±30 % between single runs here: turns and medians too.
+        let (mut d_runs, mut v_runs, mut n_runs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            d_runs.push(bulk(origin.plain, "/bulk", bulk_bytes).await);
+            v_runs.push(bulk(vg_addr, "/plain/bulk", bulk_bytes).await);
+            if let Some(a) = nginx_addr {
+                n_runs.push(bulk(a, "/plain/bulk", bulk_bytes).await);
+            }
+        }
+        let d_bulk = median(&mut d_runs).unwrap_or(f64::NAN);
+        let v_bulk = median(&mut v_runs).unwrap_or(0.0);
+        let n_bulk = median(&mut n_runs);
+        println!(
+            "{:<44} {:>16} {:>16} {:>16}",
+            format!("bulk {} MiB response", bulk_bytes >> 20),
+            format!("{:.0} MB/s", d_bulk / 1e6),
+            format!("{:.0} MB/s", v_bulk / 1e6),
+            n_bulk.map_or("-".to_owned(), |n| format!("{:.0} MB/s", n / 1e6)),
+        );
+        println!(
+            "{:<44} {:>16} {:>16} {:>16}   ≥ 80 % of direct",
+            "  share of direct",
+            "",
+            format!("{:.0} %", v_bulk / d_bulk * 100.0),
+            n_bulk.map_or("-".to_owned(), |n| format!("{:.0} %", n / d_bulk * 100.0)),
+        );
+    }
     println!(
         "{:<44} {:>16} {:>16}",
         "idle RSS / start-up time",

@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 
 /// Most headers a response head may carry.
@@ -78,13 +78,18 @@ pub fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<ResponseHea
         _ => Version::HTTP_11,
     };
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ParseError::Malformed("status code"))?;
-    // Values become slices of the head's own bytes (no copy per value):
-    // remember where each header sits, then take the head off the buffer.
+    // Values become slices of one copy of the head (no allocation per
+    // value): remember where each header sits, then take the head off.
     let base = buf.as_ptr() as usize;
     let at = |p: *const u8| (p as usize).wrapping_sub(base);
     let spans: Vec<(usize, usize, usize, usize)> =
         resp.headers.iter().map(|h| (at(h.name.as_ptr()), h.name.len(), at(h.value.as_ptr()), h.value.len())).collect();
-    let head = buf.split_to(len).freeze();
+    // The head gets its own copy: slicing values out of the read buffer
+    // would keep that buffer shared for as long as the headers live, and
+    // every later reserve of the body's reads would then allocate anew
+    // (bulk bodies measured 45–56 % of direct that way, 65 % with this).
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
     // Room for the headers veilgate adds (transport, CORS) without a rehash.
     let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     for &(name_at, name_len, value_at, value_len) in &spans {
