@@ -447,7 +447,7 @@ fn us(d: Duration) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only http|sse|bulk` runs one section.
+    // `--only http,sse` runs those sections (http, sse, bulk).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = CORES.set(std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -459,7 +459,7 @@ fn main() {
 }
 
 async fn run(quick: bool, only: Option<String>) {
-    let wants = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    let wants = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == section));
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = start_origin(dir.path()).await;
     let (mut vg, vg_addr, startup) = start_veilgate(dir.path(), &origin).await;
