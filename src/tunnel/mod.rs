@@ -3,8 +3,12 @@
 //! connection from the same connector and TLS as the socket transport,
 //! carrying only the policy's headers plus `sec-websocket-protocol` — then
 //! messages are relayed both ways with per-hop ping/pong, close frames
-//! passed on, an idle timeout, and backpressure (one message in flight per
-//! direction, so a slow reader slows the sender instead of growing memory).
+//! passed on, an idle timeout, and backpressure: one message in flight per
+//! direction, so a slow reader slows the sender instead of growing memory,
+//! and a bounded write buffer per hop, so pongs owed to a peer that floods
+//! pings and never reads replace each other instead of piling up. Once
+//! either side ends, the other is given [`CLOSE_GRACE`] to take the close
+//! frame; a peer that does not read is then simply dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,6 +31,9 @@ use crate::error::error_response;
 use crate::policy::target::{Origin, Scheme};
 use crate::upstream::connect::TargetCheck;
 use crate::upstream::{SocketTransport, UpstreamError};
+
+/// How long a closing tunnel waits for a peer to take its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Tunnels open now (for `/metrics`).
 pub static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
@@ -80,9 +87,7 @@ pub async fn open(
         upstream_req.headers_mut().append(name, value.clone());
     }
 
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(settings.max_message_bytes))
-        .max_frame_size(Some(settings.max_message_bytes));
+    let config = ws_config(settings.max_message_bytes);
     let conn = socket.connect(&origin, check).await?;
     let handshake = tokio_tungstenite::client_async_with_config(upstream_req, conn, Some(config));
     let (upstream, upstream_resp) = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
@@ -123,6 +128,21 @@ pub async fn open(
     Ok(resp)
 }
 
+/// Limits of both hops. The write buffer holds at most one message plus
+/// room for control frames: tungstenite queues the pong for every ping it
+/// reads, and without a bound a peer that floods pings and never reads
+/// would grow it forever; with it, a pong that does not fit replaces the
+/// pending one (the RFC 6455 §5.5.3 rule that only the latest ping need be
+/// answered).
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    let defaults = WebSocketConfig::default();
+    let max_write = max_message_bytes.saturating_add(defaults.write_buffer_size).saturating_add(64 * 1024);
+    defaults
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .max_write_buffer_size(max_write)
+}
+
 fn refusal(status: StatusCode, message: &str) -> Response<Body> {
     error_response(status, message, &[])
 }
@@ -152,43 +172,73 @@ where
             tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
         }
     };
-    let (client_end, upstream_end) = tokio::select! {
-        end = forward(&mut client_rx, &mut upstream_tx, &last, start) => (end, Ended::Relayed),
-        end = forward(&mut upstream_rx, &mut client_tx, &last, start) => (Ended::Relayed, end),
-        () = watchdog => (Ended::Idle, Ended::Idle),
+    let (to_client, to_upstream) = tokio::select! {
+        end = forward(&mut client_rx, &mut upstream_tx, &last, start) => (end.to_read_side(), end.to_other_side()),
+        end = forward(&mut upstream_rx, &mut client_tx, &last, start) => (end.to_other_side(), end.to_read_side()),
+        () = watchdog => (Ended::Idle.to_read_side(), Ended::Idle.to_other_side()),
     };
-    // Tell a side that sent too much, or that idled, why it is closed.
-    if let Some(msg) = closing_reason(client_end) {
-        let _ = client_tx.send(msg).await;
+    // Tell each side why it is closed, but never wait on a peer that does
+    // not read: after the grace the sockets are dropped.
+    let client_close = finish(&mut client_tx, to_client);
+    let upstream_close = finish(&mut upstream_tx, to_upstream);
+    let _ = tokio::time::timeout(CLOSE_GRACE, futures_util::future::join(client_close, upstream_close)).await;
+}
+
+/// Sends `frame` (if any) and completes the close handshake of one side.
+async fn finish<W>(tx: &mut W, frame: Option<Message>)
+where
+    W: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    if let Some(frame) = frame {
+        let _ = tx.send(frame).await;
     }
-    if let Some(msg) = closing_reason(upstream_end) {
-        let _ = upstream_tx.send(msg).await;
-    }
-    let _ = client_tx.close().await;
-    let _ = upstream_tx.close().await;
+    let _ = tx.close().await;
 }
 
 /// How a direction of the relay ended, seen from the side that was read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Ended {
-    /// A close frame (or the end of the stream) was passed on.
-    Relayed,
+    /// The side sent a close frame: it goes to the other side as it came.
+    Closed(Option<CloseFrame>),
+    /// The side vanished without a close frame (EOF or a broken stream).
+    Vanished,
     /// The side sent a message over `max_message_bytes`.
     TooBig,
+    /// The other side would not take a message (its stream broke).
+    Blocked,
     Idle,
 }
 
-fn closing_reason(end: Ended) -> Option<Message> {
-    let (code, reason) = match end {
-        Ended::TooBig => (CloseCode::Size, "message too big"),
-        Ended::Idle => (CloseCode::Away, "idle timeout"),
-        Ended::Relayed => return None,
-    };
+impl Ended {
+    /// The close frame for the side that was read (beyond the reply to its
+    /// own close frame, which tungstenite queues by itself).
+    fn to_read_side(&self) -> Option<Message> {
+        match self {
+            Ended::Closed(_) | Ended::Vanished => None,
+            Ended::TooBig => close(CloseCode::Size, "message too big"),
+            Ended::Blocked => close(CloseCode::Away, "peer went away"),
+            Ended::Idle => close(CloseCode::Away, "idle timeout"),
+        }
+    }
+
+    /// The close frame for the other side: the read side's own, as it came.
+    fn to_other_side(&self) -> Option<Message> {
+        match self {
+            Ended::Closed(frame) => Some(Message::Close(frame.clone())),
+            Ended::Vanished | Ended::TooBig => close(CloseCode::Away, "peer went away"),
+            Ended::Blocked => None,
+            Ended::Idle => close(CloseCode::Away, "idle timeout"),
+        }
+    }
+}
+
+fn close(code: CloseCode, reason: &'static str) -> Option<Message> {
     Some(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
 }
 
-/// Forwards one direction: data messages and close frames; pings and
-/// pongs stay on their hop (tungstenite answers pings itself).
+/// Forwards one direction: data messages; pings and pongs stay on their
+/// hop (tungstenite answers pings itself). Returns at the first close
+/// frame, error, or end of stream; the caller sends the close frames.
 async fn forward<R, W>(rx: &mut R, tx: &mut W, last: &AtomicU64, start: Instant) -> Ended
 where
     R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
@@ -196,30 +246,17 @@ where
 {
     while let Some(msg) = rx.next().await {
         last.store(since(start), Ordering::Relaxed);
-        let msg = match msg {
-            Ok(m) => m,
-            Err(WsError::Capacity(_)) => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "peer sent too much".into() };
-                let _ = tx.send(Message::Close(Some(frame))).await;
-                return Ended::TooBig;
-            }
-            Err(_) => break,
-        };
         match msg {
-            Message::Text(_) | Message::Binary(_) => {
+            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                 if tx.send(msg).await.is_err() {
-                    return Ended::Relayed;
+                    return Ended::Blocked;
                 }
             }
-            Message::Close(frame) => {
-                let _ = tx.send(Message::Close(frame)).await;
-                return Ended::Relayed;
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Ok(Message::Close(frame)) => return Ended::Closed(frame),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Err(WsError::Capacity(_)) => return Ended::TooBig,
+            Err(_) => break,
         }
     }
-    // The other side vanished without a close frame: close this side.
-    let frame = CloseFrame { code: CloseCode::Away, reason: "peer went away".into() };
-    let _ = tx.send(Message::Close(Some(frame))).await;
-    Ended::Relayed
+    Ended::Vanished
 }

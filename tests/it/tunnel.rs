@@ -257,3 +257,95 @@ async fn plain_http_to_a_tunnel_route_still_works() {
     .await;
     r.assert_proxy_error(400); // no sec-websocket-key
 }
+
+/// `VmRSS` or `VmHWM` (peak) of a process, in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status.lines().find(|l| l.starts_with(field)).expect("memory line");
+    line.split_whitespace().nth(1).expect("number").parse().expect("KiB")
+}
+
+/// The binary with a `/openai` preset at `origin` and small messages, so
+/// that what a tunnel may queue (one message plus room) stays small.
+async fn tunnel_binary(origin: &WsOrigin, extra: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\n[websocket]\nmax_message_bytes = 65536\n{extra}\n{}",
+        preset_at("openai", origin.addr)
+    );
+    let running = crate::support::binary::start(&config, &[]).await;
+    let (child, addr, mut lines) = (running.child, running.addr, running.lines);
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn connect_to(addr: std::net::SocketAddr, path: &str) -> Client {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp).await.unwrap();
+    ws
+}
+
+const FLOOD_BYTES: usize = 32 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_client_flooding_pings_without_reading_does_not_grow_memory() {
+    let origin = WsOrigin::start(Behavior::Echo, None).await;
+    let (child, addr) = tunnel_binary(&origin, "").await;
+    let pid = child.id().unwrap();
+    let mut ws = connect_to(addr, "/openai/ws").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    let before = memory_kib(pid, "VmRSS");
+    tokio::time::timeout(Duration::from_secs(120), crate::support::ws_origin::flood_pings(&mut ws, FLOOD_BYTES))
+        .await
+        .expect("veilgate keeps reading the flood")
+        .unwrap();
+    ws.send(Message::text("done")).await.unwrap();
+    // Everything before `done` was read by veilgate once its echo is back.
+    assert_eq!(next_data(&mut ws).await, Message::text("done"));
+    let peak = memory_kib(pid, "VmHWM");
+    eprintln!("client ping flood: RSS before {before} KiB, peak {peak} KiB");
+    assert!(
+        peak < before + 12 * 1024,
+        "{} MiB of pings grew veilgate from {before} KiB to a peak of {peak} KiB",
+        FLOOD_BYTES >> 20
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_flooding_pings_without_reading_does_not_grow_memory() {
+    let origin = WsOrigin::start(Behavior::FloodPingsAfterFirst(FLOOD_BYTES), None).await;
+    let (child, addr) = tunnel_binary(&origin, "").await;
+    let pid = child.id().unwrap();
+    let mut ws = connect_to(addr, "/openai/ws").await;
+    let before = memory_kib(pid, "VmRSS");
+    ws.send(Message::text("go")).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(120), next_data(&mut ws)).await.expect("done in time");
+    assert_eq!(done, Message::text("done"));
+    let peak = memory_kib(pid, "VmHWM");
+    eprintln!("upstream ping flood: RSS before {before} KiB, peak {peak} KiB");
+    assert!(peak < before + 12 * 1024, "grew from {before} KiB to a peak of {peak} KiB");
+}
+
+#[tokio::test]
+async fn a_tunnel_ends_when_the_client_leaves_and_the_upstream_stopped_reading() {
+    let origin = WsOrigin::start(Behavior::StallAfterFirst, None).await;
+    let (_child, addr) = tunnel_binary(&origin, "[upstream]\nidle_timeout_ms = 300").await;
+    let ws = connect_to(addr, "/openai/ws").await;
+    let (mut tx, rx) = ws.split();
+    tx.send(Message::text("first")).await.unwrap();
+    // Fill every buffer on the way to the stalled origin, then leave.
+    let chunk = Message::binary(vec![7u8; 60_000]);
+    while tokio::time::timeout(Duration::from_millis(500), tx.send(chunk.clone())).await.is_ok() {}
+    drop((tx, rx));
+    let open =
+        |text: &str| text.lines().find_map(|l| l.strip_prefix("veilgate_tunnels_open ")).map(|v| v.trim().to_owned());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = send(addr, "GET", "/metrics", &[("authorization", &format!("Bearer {TOKEN}"))], b"").await;
+        if open(&metrics.text()).as_deref() == Some("0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the tunnel is still open 10 s after the client left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

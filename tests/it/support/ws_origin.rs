@@ -25,6 +25,11 @@ pub enum Behavior {
     CloseAfterFirst(u16, &'static str),
     /// After the first message, drop the TCP connection.
     VanishAfterFirst,
+    /// After the first message, send this many bytes of pings, then the
+    /// text `done`, and never read again (pongs pile up towards it).
+    FloodPingsAfterFirst(usize),
+    /// After the first message, keep the connection open and never read.
+    StallAfterFirst,
 }
 
 #[derive(Default)]
@@ -118,6 +123,12 @@ where
                     // Read on until veilgate answers the close.
                 }
                 Behavior::VanishAfterFirst => return,
+                Behavior::FloodPingsAfterFirst(bytes) => {
+                    let _ = flood_pings(&mut ws, bytes).await;
+                    let _ = ws.send(Message::text("done")).await;
+                    std::future::pending::<()>().await;
+                }
+                Behavior::StallAfterFirst => std::future::pending::<()>().await,
                 Behavior::Refuse(_) => return,
             },
             Message::Close(frame) => {
@@ -127,4 +138,19 @@ where
             _ => {}
         }
     }
+}
+
+/// Sends `bytes` worth of 125-byte pings without reading anything.
+pub async fn flood_pings<S>(ws: &mut S, bytes: usize) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let payload = bytes::Bytes::from(vec![b'p'; 125]);
+    for i in 0..bytes / 127 {
+        ws.feed(Message::Ping(payload.clone())).await?;
+        if i % 256 == 255 {
+            ws.flush().await?;
+        }
+    }
+    ws.flush().await
 }
