@@ -31,6 +31,11 @@ pub struct TargetCheck {
 }
 
 impl TargetCheck {
+    /// True when the check refuses anything (private targets are not allowed).
+    pub fn is_strict(&self) -> bool {
+        !self.allow_private
+    }
+
     /// True when an address of a resolved name may be connected to (the
     /// port is not known yet: only the IP of the own listen address counts).
     pub fn permits_ip(&self, ip: IpAddr) -> bool {

@@ -175,7 +175,7 @@ impl SocketTransport {
     /// request gets EOF without a single byte — the request goes once more
     /// on a fresh connection. Nothing else is ever sent twice.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
-        let key = PoolKey { origin: req.origin.clone(), egress: Egress::Direct };
+        let key = PoolKey { origin: req.origin.clone(), egress: Egress::Direct, checked: req.check.is_strict() };
         let mut head = BytesMut::new();
         encode::encode_head(&req.method, &req.path, &req.origin.host_header(), &req.headers, req.body.len(), &mut head);
         if req.body.len() <= COALESCE_BODY_BYTES {

@@ -1,4 +1,5 @@
-//! The keep-alive pool of the socket transport, keyed by origin and egress.
+//! The keep-alive pool of the socket transport, keyed by origin, egress and
+//! whether the connection passed the target check.
 //!
 //! A connection goes back only after its response body was read to the end
 //! with nothing extra behind it, never after `connection: close` or an
@@ -23,11 +24,16 @@ use super::connect::Egress;
 /// Idle connections kept per key at most; more are closed.
 const MAX_IDLE_PER_KEY: usize = 64;
 
-/// What a pooled connection is shared for.
+/// What a pooled connection is shared for. A connection opened without
+/// the target check (an operator's preset target) never serves a request
+/// that must pass it: the check ran on the address when the connection was
+/// opened, so reusing an unchecked one would skip it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub origin: Origin,
     pub egress: Egress,
+    /// True when the address passed the target check on connect.
+    pub checked: bool,
 }
 
 struct Idle {
@@ -146,6 +152,7 @@ mod tests {
         PoolKey {
             origin: Origin { scheme: Scheme::Http, host: Host::Name("localhost".into()), port },
             egress: Egress::Direct,
+            checked: false,
         }
     }
 

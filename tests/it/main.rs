@@ -6,6 +6,7 @@ mod cli;
 mod fallback;
 mod gemini;
 mod hardening;
+mod hostile;
 mod operate;
 mod policy;
 mod routing;
