@@ -81,6 +81,8 @@ struct RawLimits {
     max_header_bytes: Option<u64>,
     max_response_head_bytes: Option<u64>,
     max_connections: Option<u64>,
+    max_streams_per_connection: Option<u64>,
+    max_upstream_connections: Option<u64>,
     header_read_timeout_ms: Option<u64>,
 }
 
@@ -287,6 +289,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_response_head_bytes: usize,
     pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per downstream connection.
+    pub max_streams_per_connection: u32,
+    /// Upstream sockets open at once, over every transport and tunnel.
+    pub max_upstream_connections: usize,
     pub header_read_timeout: Duration,
 }
 
@@ -502,6 +508,16 @@ impl Config {
                 positive(l.max_connections, 10_000, "limits.max_connections")?,
                 "limits.max_connections",
             )?,
+            max_streams_per_connection: u32::try_from(positive(
+                l.max_streams_per_connection,
+                100,
+                "limits.max_streams_per_connection",
+            )?)
+            .map_err(|_| ConfigError("limits.max_streams_per_connection is too large".into()))?,
+            max_upstream_connections: usize_of(
+                positive(l.max_upstream_connections, 10_000, "limits.max_upstream_connections")?,
+                "limits.max_upstream_connections",
+            )?,
             header_read_timeout: ms(l.header_read_timeout_ms, 30_000, "limits.header_read_timeout_ms")?,
         };
 
@@ -665,6 +681,8 @@ impl Config {
         line("limits.max_body_bytes", self.limits.max_body_bytes.to_string());
         line("limits.max_header_bytes", self.limits.max_header_bytes.to_string());
         line("limits.max_connections", self.limits.max_connections.to_string());
+        line("limits.max_streams_per_connection", self.limits.max_streams_per_connection.to_string());
+        line("limits.max_upstream_connections", self.limits.max_upstream_connections.to_string());
         line("limits.header_read_timeout_ms", self.limits.header_read_timeout.as_millis().to_string());
         line(
             "headers.user_agent",

@@ -28,6 +28,8 @@ pub enum Error {
     BodyTooLarge { limit: u64 },
     #[error("request head larger than limits.max_header_bytes ({limit} bytes)")]
     HeadTooLarge { limit: usize },
+    #[error("the request body sent nothing for limits.header_read_timeout_ms ({ms} ms)")]
+    BodyTimeout { ms: u64 },
     #[error("request body could not be read: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -43,6 +45,7 @@ impl Error {
             Error::ForeignHost => StatusCode::FORBIDDEN,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
             Error::Upstream(e) => e.status(),
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -63,6 +66,7 @@ fn status_name(status: StatusCode) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         405 => "UNIMPLEMENTED",
+        408 => "DEADLINE_EXCEEDED",
         409 => "ABORTED",
         413 | 431 => "OUT_OF_RANGE",
         429 => "RESOURCE_EXHAUSTED",
@@ -94,6 +98,21 @@ pub fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> 
         error["transports"] = serde_json::Value::Object(map);
     }
     json!({ "error": error }).to_string()
+}
+
+/// The bytes of a veilgate error as a whole HTTP/1.1 response that closes
+/// the connection: for refusals made before (or instead of) hyper's
+/// response machinery — over capacity, a head hyper could not parse.
+pub fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
+    let body = error_body(status, message, &[]);
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-proxy-error: true\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Builds a veilgate error response.

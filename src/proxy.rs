@@ -5,19 +5,20 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{Body, empty, full};
 use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
 use crate::dashboard;
-use crate::error::{Error, error_body};
+use crate::error::{Error, raw_error_response};
 use crate::metrics::{Access, Metrics, Recorded};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
@@ -191,7 +192,9 @@ impl App {
 
         let (parts, body) = req.into_parts();
         let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
-        let body = read_body(body, &parts.headers, self.config.limits.max_body_bytes).await.map_err(plain)?;
+        let limits = &self.config.limits;
+        let body =
+            read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await.map_err(plain)?;
         let gemini = if monitored {
             gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
         } else {
@@ -441,31 +444,50 @@ fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
 }
 
 /// Reads the request body up to `limit` bytes (413 above it, at once when
-/// `content-length` already says so).
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, Error> {
+/// `content-length` already says so); a body that sends nothing for
+/// `quiet` is cut with 408.
+async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: Duration) -> Result<Bytes, Error> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
-        Err(e) => Err(Error::BodyRead(e.to_string())),
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
     }
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut len: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(quiet, body.frame()).await {
+            Err(_) => return Err(Error::BodyTimeout { ms: quiet.as_millis() as u64 }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(Error::BodyRead(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len() as u64;
+        if len > limit {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        // One chunk (the usual case for a small JSON body) is kept as is.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(f) => {
+                rest.reserve(f.len() + data.len());
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// The raw bytes of the 503 sent to a connection over `max_connections`
 /// (written before any HTTP parsing, then the connection is closed).
 pub fn over_capacity_response() -> Vec<u8> {
-    let body = error_body(StatusCode::SERVICE_UNAVAILABLE, "too many connections (limits.max_connections)", &[]);
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-proxy-error: true\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    raw_error_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections (limits.max_connections)")
 }
 
 #[cfg(test)]

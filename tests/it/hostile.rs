@@ -1,7 +1,13 @@
 //! Hostile input, round 2: each test here failed before its fix.
 
-use crate::support::client::send;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::{parse_reply, send, send_raw};
 use crate::support::origin::RawOrigin;
+use crate::support::tls::TestCa;
 use crate::support::{TOKEN, Veilgate, preset_at};
 
 #[tokio::test]
@@ -15,4 +21,120 @@ async fn a_connection_pooled_for_a_preset_never_serves_a_checked_generic_request
     let generic = send(vg.addr, "GET", &format!("/{TOKEN}/http/{}/v1/models", origin.addr), &[], b"").await;
     generic.assert_proxy_error(403);
     assert_eq!(origin.requests().len(), 1, "the generic request reached the private origin");
+}
+
+/// Waits until the server closes `stream` (EOF or reset) and returns what
+/// it sent before; panics when it is still open after 10 s.
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection is still open 10 s later");
+    got
+}
+
+const QUICK: &str = "[limits]\nheader_read_timeout_ms = 300\n";
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
+    let vg = Veilgate::start(QUICK).await;
+    let mut silent = TcpStream::connect(vg.addr).await.unwrap();
+    closed_by_server(&mut silent).await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_idle_after_its_response_is_closed() {
+    let vg = Veilgate::start(QUICK).await;
+    let mut s = TcpStream::connect(vg.addr).await.unwrap();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", vg.addr).as_bytes()).await.unwrap();
+    let got = closed_by_server(&mut s).await;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_is_cut_with_408() {
+    let origin = RawOrigin::json("{}").await;
+    let vg = Veilgate::start(&format!("{QUICK}{}", preset_at("openai", origin.addr))).await;
+    let mut s = TcpStream::connect(vg.addr).await.unwrap();
+    let head = format!("POST /openai/v1/chat HTTP/1.1\r\nhost: {}\r\ncontent-length: 100\r\n\r\n{{\"a\":", vg.addr);
+    s.write_all(head.as_bytes()).await.unwrap();
+    let got = closed_by_server(&mut s).await;
+    let reply = parse_reply(&got, false);
+    reply.assert_proxy_error(408);
+    assert!(origin.requests().is_empty(), "a cut request reached the upstream");
+}
+
+fn tls_config(ca: &TestCa) -> String {
+    format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", ca.server_cert_file, ca.server_key_file)
+}
+
+async fn tls_client(
+    ca: &TestCa,
+    addr: std::net::SocketAddr,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[alpn]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_tls_connection_and_an_idle_http2_connection_are_closed() {
+    let ca = TestCa::new();
+    let vg = Veilgate::start(&format!("{QUICK}{}", tls_config(&ca))).await;
+    // TLS handshake, then nothing.
+    let mut tls = tls_client(&ca, vg.addr, b"http/1.1").await;
+    closed_by_server(&mut tls).await;
+    // An HTTP/2 connection that opens no stream: GOAWAY, then the end.
+    let tls = tls_client(&ca, vg.addr, b"h2").await;
+    let (_sender, conn): (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, _) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open 10 s later");
+}
+
+#[tokio::test]
+async fn the_tls_listener_over_capacity_answers_inside_tls() {
+    let ca = TestCa::new();
+    let vg = Veilgate::start(&format!("[limits]\nmax_connections = 1\n{}", tls_config(&ca))).await;
+    let mut first = tls_client(&ca, vg.addr, b"http/1.1").await;
+    first
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: localhost:{}\r\n\r\n", vg.addr.port()).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut second = tls_client(&ca, vg.addr, b"http/1.1").await;
+    let got = closed_by_server(&mut second).await;
+    parse_reply(&got, false).assert_proxy_error(503);
+}
+
+#[tokio::test]
+async fn a_head_far_over_the_limit_and_garbage_get_json_errors() {
+    let vg = Veilgate::start("").await;
+    let big = "a".repeat(200_000);
+    let huge = send(vg.addr, "GET", "/healthz", &[("x-big", &big)], b"").await;
+    huge.assert_proxy_error(431);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nbad header\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let reply = send_raw(vg.addr, garbage, false).await;
+        reply.assert_proxy_error(400);
+    }
+    // The server is still there.
+    assert_eq!(send(vg.addr, "GET", "/healthz", &[], b"").await.status, 200);
 }

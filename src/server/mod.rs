@@ -1,0 +1,269 @@
+//! The accept loop: one task per downstream connection, served by hyper
+//! (HTTP/1.1 and HTTP/2, upgrades allowed; over TLS when `[tls]` is set),
+//! with the limits of `[limits]` as SPEC §1 defines them — connections,
+//! HTTP/2 streams per connection, head size, and `header_read_timeout_ms`
+//! from accept (through TLS) and from the end of each response ([`idle`]) —
+//! hyper's own refusals answered as JSON ([`rescue`]), and graceful
+//! shutdown.
+
+mod idle;
+mod rescue;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use self::idle::{IdleClock, Tracked};
+use self::rescue::Rescued;
+use crate::config::{Config, ConfigError, TlsConfig, Token};
+use crate::proxy::{App, over_capacity_response};
+
+/// How long an idle connection that was sent GOAWAY (or told to close)
+/// may take to finish before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A bound, not yet serving, veilgate.
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Binds `config.listen` (port 0 picks a free port: see [`Server::local_addr`]).
+    pub async fn bind(config: Config, token: Token) -> Result<Server, StartError> {
+        let addr = config.listen;
+        let tls = config.tls.as_ref().map(acceptor).transpose()?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listen = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let app = Arc::new(App::new(config, token, listen)?);
+        Ok(Server { app, listener, tls })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.app.listen
+    }
+
+    /// True when the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// requests and streams in flight finish for up to `shutdown_grace_ms`,
+    /// and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let limits = &self.app.config.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // Room above the limit so that veilgate, not hyper, answers an
+            // oversized head; past it hyper refuses, and [`rescue`] turns
+            // that refusal into the same JSON.
+            .max_buf_size(limits.max_header_bytes.saturating_mul(2));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+        let builder = Arc::new(builder);
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let (stop, stopping) = watch::channel(false);
+        let tracker = TaskTracker::new();
+
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, _peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little
+                    // instead of spinning, keep serving what is open.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let accepted_at = Instant::now();
+            let timeout = limits.header_read_timeout;
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                tokio::spawn(reject(stream, self.tls.clone(), timeout));
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Downstream {
+                app: Arc::clone(&self.app),
+                builder: Arc::clone(&builder),
+                stopping: stopping.clone(),
+                clock: IdleClock::new(accepted_at),
+                timeout,
+                _permit: permit,
+            };
+            match &self.tls {
+                None => {
+                    tracker.spawn(conn.serve(stream));
+                }
+                Some(acceptor) => {
+                    let accept = acceptor.accept(stream);
+                    // The head timeout runs through the handshake.
+                    tracker.spawn(async move {
+                        match tokio::time::timeout_at(accepted_at + timeout, accept).await {
+                            Ok(Ok(tls)) => conn.serve(tls).await,
+                            _ => tracing::debug!("TLS handshake with a client failed or timed out"),
+                        }
+                    });
+                }
+            }
+        }
+        drop(self.listener);
+        let _ = stop.send(true);
+        tracker.close();
+        let grace = self.app.config.shutdown_grace;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: waiting for requests in flight");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// One accepted downstream connection and what serving it needs.
+struct Downstream {
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stopping: watch::Receiver<bool>,
+    clock: Arc<IdleClock>,
+    /// `header_read_timeout_ms`.
+    timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Downstream {
+    /// Serves the connection until it ends, stays idle past the head
+    /// timeout (closed; GOAWAY on HTTP/2), or shutdown drains it.
+    async fn serve<S>(mut self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (app, clock) = (Arc::clone(&self.app), Arc::clone(&self.clock));
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            let busy = clock.busy();
+            async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Tracked { inner, _busy: busy })) }
+        });
+        let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), self.app.config.limits.max_header_bytes));
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let idle = self.clock.expired(self.timeout);
+        tokio::pin!(idle);
+        let mut draining = false;
+        let mut hard_stop: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stopping.changed(), if !draining => {
+                    if changed.is_err() || *self.stopping.borrow() {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                () = &mut idle, if hard_stop.is_none() => {
+                    tracing::debug!("no request head within header_read_timeout_ms; closing the connection");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                    hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                }
+                () = sleep_until_some(hard_stop) => return,
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The TLS acceptor of `[tls]` (HTTP/2 and HTTP/1.1 by ALPN).
+fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError(format!("tls.cert_file {}: {e}", tls.cert_file.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError(format!("tls.cert_file {}: no certificate found", tls.cert_file.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| ConfigError(format!("tls.key_file {}: {e}", tls.key_file.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError(format!("tls: the certificate and key do not fit together: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Over `max_connections`: a 503 for the new connection, the others
+/// unharmed. On the TLS listener the answer goes inside TLS, after a
+/// handshake bounded by the head timeout; an HTTP/2 client (which would not
+/// read an HTTP/1.1 answer) gets a clean close instead.
+async fn reject(stream: TcpStream, tls: Option<TlsAcceptor>, timeout: Duration) {
+    let refusal = async {
+        match tls {
+            None => refuse(stream, true).await,
+            Some(acceptor) => {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    let speaks_h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+                    refuse(stream, speaks_h1).await;
+                }
+            }
+        }
+    };
+    // A client that neither handshakes nor reads is dropped.
+    let _ = tokio::time::timeout(timeout, refusal).await;
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, answer: bool) {
+    if answer {
+        let _ = stream.write_all(&over_capacity_response()).await;
+    }
+    let _ = stream.shutdown().await;
+}
