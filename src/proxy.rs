@@ -65,6 +65,7 @@ impl App {
                 idle_timeout: u.idle_timeout,
                 pool_idle_timeout: u.pool_idle_timeout,
                 max_response_head_bytes: config.limits.max_response_head_bytes,
+                max_connections: config.limits.max_upstream_connections,
             },
             socket_tls,
         );
@@ -77,6 +78,7 @@ impl App {
             },
             &fetch_tls,
             listen,
+            Arc::clone(socket.pool()),
         )
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);

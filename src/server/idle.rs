@@ -9,14 +9,10 @@
 //! closes a connection that stayed idle for the whole timeout (GOAWAY on
 //! HTTP/2).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 /// Requests in flight on one connection, and since when it has had none.
@@ -80,33 +76,6 @@ impl Drop for Busy {
         let now = clock.origin.elapsed().as_millis() as u64;
         clock.idle_since_ms.fetch_max(now, Ordering::AcqRel);
         clock.busy.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its connection busy until it is dropped
-/// (after its last frame was sent, or when the client went away).
-pub(crate) struct Tracked<B> {
-    pub(crate) inner: B,
-    pub(crate) _busy: Busy,
-}
-
-impl<B> HttpBody for Tracked<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use self::idle::{IdleClock, Tracked};
+use self::idle::IdleClock;
 use self::rescue::Rescued;
+use crate::body::Holding;
 use crate::config::{Config, ConfigError, TlsConfig, Token};
 use crate::proxy::{App, over_capacity_response};
 
@@ -177,7 +178,7 @@ impl Downstream {
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
             let busy = clock.busy();
-            async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Tracked { inner, _busy: busy })) }
+            async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Holding { inner, guard: busy })) }
         });
         let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), self.app.config.limits.max_header_bytes));
         let conn = self.builder.serve_connection_with_upgrades(io, service);

@@ -15,11 +15,12 @@ use http::{HeaderMap, Method, Response};
 use http_body_util::BodyExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::body::Body;
+use crate::body::{Body, Holding};
 use crate::policy::target::Host;
 
 use super::connect::TargetCheck;
 use super::guard::Guarded;
+use super::pool::Pool;
 use super::{UpstreamError, UpstreamRequest};
 
 /// Timeouts of the fetch transport (no whole-request timeout: a long SSE
@@ -37,6 +38,8 @@ pub struct FetchSettings {
 /// private targets).
 #[derive(Clone)]
 pub struct FetchTransport {
+    /// The socket transport's pool: fetch requests take upstream slots too.
+    pool: Arc<Pool>,
     checked: reqwest::Client,
     trusted: reqwest::Client,
     own: SocketAddr,
@@ -77,6 +80,7 @@ impl FetchTransport {
         settings: FetchSettings,
         tls: &rustls::ClientConfig,
         own: SocketAddr,
+        pool: Arc<Pool>,
     ) -> Result<FetchTransport, reqwest::Error> {
         let build = |checked: bool| {
             let mut b = reqwest::Client::builder()
@@ -93,7 +97,7 @@ impl FetchTransport {
             }
             b.build()
         };
-        Ok(FetchTransport { checked: build(true)?, trusted: build(false)?, own, settings })
+        Ok(FetchTransport { pool, checked: build(true)?, trusted: build(false)?, own, settings })
     }
 
     /// Sends `req`; the response body streams as it arrives.
@@ -122,6 +126,9 @@ impl FetchTransport {
             *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
         }
 
+        // Held until the body is dropped: over HTTP/1.1 each request in
+        // flight holds a socket of reqwest's (over HTTP/2 this overcounts).
+        let slot = self.pool.slot().await?;
         let sent = tokio::time::timeout(self.settings.response_timeout, client.execute(request)).await;
         let resp = match sent {
             Err(_) => {
@@ -131,7 +138,8 @@ impl FetchTransport {
             Ok(Ok(resp)) => resp,
         };
         let resp: Response<reqwest::Body> = resp.into();
-        Ok(resp.map(|body| Guarded::new(body, self.settings.idle_timeout).boxed_unsync()))
+        let idle = self.settings.idle_timeout;
+        Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), guard: slot }.boxed_unsync()))
     }
 }
 

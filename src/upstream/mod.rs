@@ -39,7 +39,7 @@ use self::chunked::{BodyDecoder, DecodeError};
 use self::connect::{Connector, Egress, TargetCheck};
 use self::guard::Guarded;
 use self::parse::{Framing, ParseError, ResponseHead, parse_head};
-use self::pool::{Pool, PoolKey};
+use self::pool::{Pool, PoolKey, Slot, SlotLimit};
 
 /// Bodies up to this size are written in the same write as the head.
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
@@ -74,6 +74,8 @@ pub enum UpstreamError {
     Read { host: String, reason: String },
     #[error("{host}: {source}")]
     Parse { host: String, source: ParseError },
+    #[error("all {limit} upstream connections are busy (limits.max_upstream_connections)")]
+    Saturated { limit: usize },
     #[error("fetch from {host} failed: {reason}")]
     Fetch { host: String, reason: String },
 }
@@ -83,6 +85,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Forbidden { .. } => StatusCode::FORBIDDEN,
             UpstreamError::HeadTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Saturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -131,6 +134,8 @@ pub struct SocketSettings {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub max_response_head_bytes: usize,
+    /// Upstream sockets open at once (`limits.max_upstream_connections`).
+    pub max_connections: usize,
 }
 
 /// The socket transport.
@@ -153,7 +158,8 @@ enum ExchangeError {
 impl SocketTransport {
     /// Must be called inside a Tokio runtime (the pool's reaper is spawned).
     pub fn new(settings: SocketSettings, tls: Arc<rustls::ClientConfig>) -> SocketTransport {
-        let pool = Pool::new(settings.pool_idle_timeout);
+        let limit = SlotLimit { max: settings.max_connections, wait: settings.connect_timeout };
+        let pool = Pool::new(settings.pool_idle_timeout, limit);
         pool.spawn_reaper();
         SocketTransport {
             connector: Connector { connect_timeout: settings.connect_timeout },
@@ -163,8 +169,8 @@ impl SocketTransport {
         }
     }
 
-    /// The keep-alive pool (for metrics and tests).
-    pub fn pool(&self) -> &Pool {
+    /// The keep-alive pool (for metrics and tests) and upstream slots.
+    pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
 
@@ -261,9 +267,10 @@ impl SocketTransport {
     /// A new connection to `origin`, TLS-wrapped for https (ALPN `http/1.1`),
     /// never pooled: for requests and for WebSocket tunnels.
     pub async fn connect(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
+        let slot = self.pool.slot().await?;
         let (tcp, _peer) = self.connector.connect(origin, &Egress::Direct, check).await?;
         match origin.scheme {
-            Scheme::Http => Ok(Conn::Plain(tcp)),
+            Scheme::Http => Ok(Conn::new(Stream::Plain(tcp), Some(slot))),
             Scheme::Https => {
                 let host = origin.host.to_string();
                 let name = tls::server_name(&origin.host)
@@ -273,7 +280,7 @@ impl SocketTransport {
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout { host: host.clone() })?
                     .map_err(|e| UpstreamError::Tls { host, reason: e.to_string() })?;
-                Ok(Conn::Tls(Box::new(stream)))
+                Ok(Conn::new(Stream::Tls(Box::new(stream)), Some(slot)))
             }
         }
     }
@@ -322,40 +329,61 @@ async fn read_head(conn: &mut Conn, buf: &mut BytesMut, limit: usize) -> Result<
     }
 }
 
-/// An upstream connection, plain or TLS.
-pub enum Conn {
+/// An upstream socket, plain or TLS.
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// An upstream connection: its stream and the slot it holds (released with
+/// it; see [`pool::Slot`]).
+pub struct Conn {
+    stream: Stream,
+    _slot: Option<Slot>,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: Stream, slot: Option<Slot>) -> Conn {
+        Conn { stream, _slot: slot }
+    }
+
+    /// The TCP socket under any TLS layer.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

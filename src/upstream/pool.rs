@@ -7,6 +7,14 @@
 //! skipped when it sat idle longer than `pool_idle_timeout_ms` or when a
 //! non-blocking read shows the upstream closed it (or sent something
 //! unasked) meanwhile.
+//!
+//! The pool also hands out the [`Slot`]s that bound upstream sockets as a
+//! whole (`limits.max_upstream_connections`): every open upstream socket —
+//! in use, idle in the pool, a tunnel's, or a fetch request's — holds one.
+//! When none is free, an idle pooled connection is closed to make room; a
+//! connection that finishes while requests wait for a slot is closed, not
+//! pooled, so the waiters get its slot; a request waits at most
+//! `connect_timeout_ms`.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,12 +22,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::policy::target::Origin;
 
-use super::Conn;
 use super::connect::Egress;
+use super::{Conn, UpstreamError};
 
 /// Idle connections kept per key at most; more are closed.
 const MAX_IDLE_PER_KEY: usize = 64;
@@ -41,19 +50,84 @@ struct Idle {
     since: Instant,
 }
 
+/// The right to hold one upstream socket open; dropped with the socket.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// How many upstream sockets may be open, and how long to wait for one.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotLimit {
+    pub max: usize,
+    pub wait: Duration,
+}
+
 /// The pool. Cheap to share (`Arc`); the lock is held only to push or pop.
 pub struct Pool {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     idle_timeout: Duration,
     count: AtomicUsize,
+    slots: Arc<Semaphore>,
+    limit: SlotLimit,
 }
 
 impl Pool {
     /// A pool whose idle connections expire after `idle_timeout`. Call
     /// [`Pool::spawn_reaper`] inside a runtime to close expired ones even
     /// when no request asks for their key again.
-    pub fn new(idle_timeout: Duration) -> Arc<Pool> {
-        Arc::new(Pool { idle: Mutex::new(HashMap::new()), idle_timeout, count: AtomicUsize::new(0) })
+    pub fn new(idle_timeout: Duration, limit: SlotLimit) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+            count: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(limit.max)),
+            limit,
+        })
+    }
+
+    /// A slot for a new upstream socket: at once if one is free, else by
+    /// closing the oldest idle connection, else the first to come free
+    /// within the wait; past it, [`UpstreamError::Saturated`] (503).
+    pub async fn slot(&self) -> Result<Slot, UpstreamError> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(Slot(permit));
+        }
+        if self.close_oldest_idle()
+            && let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned()
+        {
+            return Ok(Slot(permit));
+        }
+        match tokio::time::timeout(self.limit.wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            _ => Err(UpstreamError::Saturated { limit: self.limit.max }),
+        }
+    }
+
+    /// True when every slot is taken (requests may be waiting for one).
+    fn is_saturated(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    /// Closes the idle connection that waited longest; false if none.
+    fn close_oldest_idle(&self) -> bool {
+        let closed = {
+            let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let oldest = map
+                .iter()
+                .filter_map(|(key, list)| list.first().map(|idle| (idle.since, key.clone())))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, key)| key);
+            let Some(key) = oldest else { return false };
+            let list = map.get_mut(&key);
+            let closed = list.map(|l| l.remove(0));
+            if map.get(&key).is_some_and(Vec::is_empty) {
+                map.remove(&key);
+            }
+            closed
+        };
+        if closed.is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        closed.is_some()
     }
 
     /// Idle connections held now.
@@ -82,8 +156,13 @@ impl Pool {
         }
     }
 
-    /// Returns a connection whose last response was read completely.
+    /// Returns a connection whose last response was read completely. While
+    /// every slot is taken the connection is closed instead, so that a
+    /// request waiting for a slot gets this one.
     pub fn checkin(&self, key: PoolKey, conn: Conn) {
+        if self.is_saturated() {
+            return;
+        }
         let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_KEY {
@@ -130,10 +209,7 @@ impl Pool {
 /// reactor has not reported yet) that finds EOF, an error or unasked bytes
 /// means the connection cannot carry a request.
 fn is_still_open(conn: &Conn) -> bool {
-    let tcp = match conn {
-        Conn::Plain(s) => s,
-        Conn::Tls(s) => s.get_ref().0,
-    };
+    let tcp = conn.tcp();
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     match socket2::SockRef::from(tcp).peek(&mut byte) {
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
@@ -145,8 +221,11 @@ fn is_still_open(conn: &Conn) -> bool {
 mod tests {
     use super::*;
     use crate::policy::target::{Host, Scheme};
+    use crate::upstream::Stream;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
+
+    const LIMIT: SlotLimit = SlotLimit { max: 4, wait: Duration::from_secs(1) };
 
     fn key(port: u16) -> PoolKey {
         PoolKey {
@@ -159,13 +238,13 @@ mod tests {
     async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Conn::Plain(client), server)
+        (Conn::new(Stream::Plain(client), None), server)
     }
 
     #[tokio::test(start_paused = true)]
     async fn expired_connections_are_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(Duration::from_secs(20));
+        let pool = Pool::new(Duration::from_secs(20), LIMIT);
         let (conn, _server) = pair(&listener).await;
         pool.checkin(key(1), conn);
         assert_eq!(pool.idle_count(), 1);
@@ -180,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn closed_or_chatty_connections_are_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(Duration::from_secs(20));
+        let pool = Pool::new(Duration::from_secs(20), LIMIT);
         let (conn, server) = pair(&listener).await;
         pool.checkin(key(1), conn);
         drop(server); // FIN
@@ -195,7 +274,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn purge_closes_expired_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Pool::new(Duration::from_secs(1));
+        let pool = Pool::new(Duration::from_secs(1), LIMIT);
         let (conn, _server) = pair(&listener).await;
         pool.checkin(key(1), conn);
         pool.purge_expired();

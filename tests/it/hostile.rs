@@ -1,12 +1,14 @@
 //! Hostile input, round 2: each test here failed before its fix.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::support::client::{parse_reply, send, send_raw};
-use crate::support::origin::RawOrigin;
+use crate::support::origin::{RawOrigin, Step, json_response};
 use crate::support::tls::TestCa;
 use crate::support::{TOKEN, Veilgate, preset_at};
 
@@ -137,4 +139,53 @@ async fn a_head_far_over_the_limit_and_garbage_get_json_errors() {
     }
     // The server is still there.
     assert_eq!(send(vg.addr, "GET", "/healthz", &[], b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn http2_streams_per_connection_are_limited() {
+    let vg = Veilgate::start("[limits]\nmax_streams_per_connection = 10").await;
+    let tcp = TcpStream::connect(vg.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/healthz", vg.addr)).body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // By the first response the server's SETTINGS have arrived.
+    assert_eq!(client.current_max_send_streams(), 10);
+}
+
+#[tokio::test]
+async fn upstream_sockets_are_bounded_as_a_whole() {
+    let origin =
+        RawOrigin::scripted(|_| vec![Step::Sleep(Duration::from_millis(200)), Step::Write(json_response("{}"))]).await;
+    let vg =
+        Veilgate::start(&format!("[limits]\nmax_upstream_connections = 3\n{}", preset_at("openai", origin.addr))).await;
+    let requests = (0..10).map(|_| send(vg.addr, "GET", "/openai/v1/models", &[], b""));
+    for reply in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert!(origin.peak_connections() <= 3, "{} upstream connections at once", origin.peak_connections());
+}
+
+#[tokio::test]
+async fn a_request_that_finds_no_upstream_slot_in_time_gets_503() {
+    let release = Arc::new(Semaphore::new(0));
+    let gate = Arc::clone(&release);
+    let origin =
+        RawOrigin::scripted(move |_| vec![Step::Wait(Arc::clone(&gate)), Step::Write(json_response("{}"))]).await;
+    let config = format!(
+        "[upstream]\nconnect_timeout_ms = 200\n[limits]\nmax_upstream_connections = 1\n{}",
+        preset_at("openai", origin.addr)
+    );
+    let vg = Veilgate::start(&config).await;
+    let first = tokio::spawn(send(vg.addr, "GET", "/openai/v1/a", &[], b""));
+    while origin.requests().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let second = send(vg.addr, "GET", "/openai/v1/b", &[], b"").await;
+    let v = second.assert_proxy_error(503);
+    assert!(v["error"]["message"].as_str().unwrap().contains("max_upstream_connections"));
+    release.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
 }

@@ -89,6 +89,8 @@ pub struct RawOrigin {
     pub addr: SocketAddr,
     captured: Arc<Mutex<Vec<Captured>>>,
     connections: Arc<Mutex<usize>>,
+    /// Connections open now, and the most ever open at once.
+    open: Arc<Mutex<(usize, usize)>>,
 }
 
 impl RawOrigin {
@@ -121,7 +123,8 @@ impl RawOrigin {
         let addr = listener.local_addr().expect("origin addr");
         let captured = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
-        let (cap, conns) = (Arc::clone(&captured), Arc::clone(&connections));
+        let open = Arc::new(Mutex::new((0, 0)));
+        let (cap, conns, opened) = (Arc::clone(&captured), Arc::clone(&connections), Arc::clone(&open));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let id = {
@@ -130,7 +133,14 @@ impl RawOrigin {
                     *n - 1
                 };
                 let (cap, script, tls) = (Arc::clone(&cap), Arc::clone(&script), tls.clone());
+                {
+                    let mut o = opened.lock().unwrap();
+                    o.0 += 1;
+                    o.1 = o.1.max(o.0);
+                }
+                let opened = Arc::clone(&opened);
                 tokio::spawn(async move {
+                    let _closed = Closed(opened);
                     match tls {
                         None => serve_connection(stream, id, None, cap, script).await,
                         Some(config) => {
@@ -147,7 +157,12 @@ impl RawOrigin {
                 });
             }
         });
-        RawOrigin { addr, captured, connections }
+        RawOrigin { addr, captured, connections, open }
+    }
+
+    /// The most connections that were ever open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.open.lock().unwrap().1
     }
 
     pub fn requests(&self) -> Vec<Captured> {
@@ -164,6 +179,15 @@ impl RawOrigin {
     /// Connections accepted so far.
     pub fn connection_count(&self) -> usize {
         *self.connections.lock().unwrap()
+    }
+}
+
+/// Counts a connection as closed when its task ends.
+struct Closed(Arc<Mutex<(usize, usize)>>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().0 -= 1;
     }
 }
 
