@@ -70,6 +70,16 @@ const FINAL_REASONS: &[&str] = &[
 
 /// Characters of a continuation's first text held back to find the seam.
 const SEAM_WINDOW: usize = 256;
+/// Raw bytes the seam window may hold, whatever the events carry: past it
+/// the window closes (events without text would otherwise pile up).
+const SEAM_HOLD_BYTES: usize = 64 * 1024;
+/// The most text (UTF-8 bytes, thoughts and answer together, plus signed
+/// parts) carried into a continuation (SPEC §5); past it an interruption
+/// ends the stream with the error event instead.
+pub const MAX_CARRY_BYTES: usize = 1024 * 1024;
+/// Characters of each kind's sent text kept for the seam, whatever the
+/// length of the answer.
+const TAIL_CHARS: usize = 4096;
 /// The shortest repeat that counts as an overlap at the seam.
 const MIN_OVERLAP: usize = 8;
 
@@ -108,6 +118,8 @@ struct Window {
     kind: Option<Kind>,
     chars: usize,
     held: Vec<Pending>,
+    /// Raw bytes of `held`.
+    held_bytes: usize,
 }
 
 /// What to do after one item.
@@ -126,11 +138,20 @@ pub struct Session {
     eol: &'static str,
     /// Attempts started (1 = the original request).
     attempt: u32,
-    /// Text forwarded to the client so far, by kind (signed parts excluded).
+    /// Text forwarded to the client so far, by kind (signed parts
+    /// excluded), while it fits [`MAX_CARRY_BYTES`] with `signed`.
     answer: String,
     thoughts: String,
     /// Parts carrying a `thoughtSignature`, as they came.
     signed: Vec<Value>,
+    /// Bytes of `answer`, `thoughts` and `signed` together.
+    carried: usize,
+    /// More was forwarded than a continuation may carry: the texts above
+    /// stopped growing.
+    carry_exceeded: bool,
+    /// The end of each kind's forwarded text, for the seam.
+    answer_tail: Tail,
+    thoughts_tail: Tail,
     /// Answer text or a function call has been seen (forwarded or held).
     has_answer_or_call: bool,
     /// Usage of finished attempts, summed.
@@ -151,6 +172,10 @@ impl Session {
             answer: String::new(),
             thoughts: String::new(),
             signed: Vec::new(),
+            carried: 0,
+            carry_exceeded: false,
+            answer_tail: Tail::default(),
+            thoughts_tail: Tail::default(),
             has_answer_or_call: false,
             prior_usage: BTreeMap::new(),
             last_usage: None,
@@ -191,6 +216,12 @@ impl Session {
 
     pub fn thoughts(&self) -> &str {
         &self.thoughts
+    }
+
+    /// True once the stream forwarded more text than a continuation may
+    /// carry ([`MAX_CARRY_BYTES`]): an interruption cannot be continued.
+    pub fn carry_exceeded(&self) -> bool {
+        self.carry_exceeded
     }
 
     /// Handles one item of the upstream stream.
@@ -297,10 +328,15 @@ impl Session {
         step
     }
 
+    /// Holds `p` in an open seam window, else forwards it. An event with
+    /// no text while nothing is held needs no seam and goes on at once;
+    /// the window closes once it holds [`SEAM_HOLD_BYTES`].
     fn forward_or_hold(&mut self, p: Pending, step: &mut Step, ends_window: bool) {
-        if self.window.open {
+        let nothing_to_cut = self.window.held.is_empty() && self.window.kind.is_none();
+        if self.window.open && !(nothing_to_cut && !ends_window) {
+            self.window.held_bytes += p.raw.len();
             self.window.held.push(p);
-            if ends_window {
+            if ends_window || self.window.held_bytes >= SEAM_HOLD_BYTES {
                 self.close_window(step);
             }
             return;
@@ -317,8 +353,8 @@ impl Session {
         let mut held = std::mem::take(&mut self.window.held);
         if let Some(kind) = self.window.kind {
             let sent = match kind {
-                Kind::Answer => &self.answer,
-                Kind::Thought => &self.thoughts,
+                Kind::Answer => &self.answer_tail.0,
+                Kind::Thought => &self.thoughts_tail.0,
             };
             let new_text: String = held.iter().filter_map(|p| p.value.as_ref()).flat_map(|v| texts(v, kind)).collect();
             let cut = overlap(sent, &new_text);
@@ -367,17 +403,30 @@ impl Session {
         let Some(parts) = v.pointer("/candidates/0/content/parts").and_then(Value::as_array) else { return };
         for part in parts {
             if part.get("thoughtSignature").is_some() {
-                self.signed.push(part.clone());
+                let size = part.to_string().len();
+                if self.carry(size) {
+                    self.signed.push(part.clone());
+                }
                 continue;
             }
             if let Some(text) = part.get("text").and_then(Value::as_str) {
-                if is_thought(part) {
-                    self.thoughts.push_str(text);
-                } else {
-                    self.answer.push_str(text);
+                let thought = is_thought(part);
+                if thought { &mut self.thoughts_tail } else { &mut self.answer_tail }.push(text);
+                if self.carry(text.len()) {
+                    if thought { &mut self.thoughts } else { &mut self.answer }.push_str(text);
                 }
             }
         }
+    }
+
+    /// Counts `bytes` more towards what a continuation carries; false (and
+    /// from then on) once that is over [`MAX_CARRY_BYTES`].
+    fn carry(&mut self, bytes: usize) -> bool {
+        self.carried = self.carried.saturating_add(bytes);
+        if self.carried > MAX_CARRY_BYTES {
+            self.carry_exceeded = true;
+        }
+        !self.carry_exceeded
     }
 
     fn sum_usage_into(&self, v: &mut Value) {
@@ -445,6 +494,25 @@ impl Session {
             KeepAlive::EmptyText => Bytes::from(format!(
                 "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"\"}}],\"role\":\"model\"}},\"index\":0}}]}}{eol}{eol}"
             )),
+        }
+    }
+}
+
+/// The last [`TAIL_CHARS`] or more characters of a text that grows at the
+/// end (trimmed in steps, so each character is moved about once).
+#[derive(Debug, Default)]
+struct Tail(String);
+
+impl Tail {
+    fn push(&mut self, text: &str) {
+        self.0.push_str(text);
+        let limit = TAIL_CHARS * 4; // bytes: up to 4 per character
+        if self.0.len() > 2 * limit {
+            let mut cut = self.0.len() - limit;
+            while !self.0.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.0.drain(..cut);
         }
     }
 }
@@ -614,6 +682,45 @@ mod tests {
         let v: Value = serde_json::from_str(text.trim().rsplit("data: ").next().unwrap()).unwrap();
         assert_eq!(v["usageMetadata"]["promptTokenCount"], 18, "summed over both attempts");
         assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+    }
+
+    #[test]
+    fn the_seam_window_never_holds_events_without_bound() {
+        let mut s = Session::new(true);
+        s.begin_attempt();
+        s.on_item(part_event(json!([{ "text": "An answer that was cut" }]), None));
+        s.on_end(End::Eof);
+        s.begin_attempt();
+        // Events without text before any text: nothing to cut, forwarded.
+        let filler = json!({ "usageMetadata": { "promptTokenCount": 1 }, "pad": "x".repeat(1000) });
+        assert_eq!(s.on_item(ev(filler.clone())).forward.len(), 1);
+        // After a short text, events without text are held only up to the cap.
+        assert!(s.on_item(part_event(json!([{ "text": "ab" }]), None)).forward.is_empty());
+        let mut forwarded = 0;
+        for _ in 0..1000 {
+            forwarded += s.on_item(ev(filler.clone())).forward.len();
+        }
+        assert!(forwarded >= 900, "only {forwarded} of 1000 events went on; the rest were held");
+        assert!(s.window.held_bytes < SEAM_HOLD_BYTES + 2048);
+    }
+
+    #[test]
+    fn a_long_answer_is_carried_only_up_to_the_limit() {
+        let mut s = Session::new(true);
+        s.begin_attempt();
+        let chunk = "word ".repeat(200); // 1000 bytes
+        for _ in 0..3000 {
+            s.on_item(part_event(json!([{ "text": chunk }]), None));
+        }
+        assert!(s.carry_exceeded(), "3 MB forwarded is more than a continuation carries");
+        assert!(s.answer().len() <= MAX_CARRY_BYTES, "kept {} bytes", s.answer().len());
+        assert!(s.answer_tail.0.len() <= 2 * 4 * TAIL_CHARS);
+        // The seam still works against the tail.
+        s.on_end(End::Eof);
+        s.begin_attempt();
+        let step = s.on_item(part_event(json!([{ "text": "word word word more" }]), Some("STOP")));
+        let text = forwarded_text(&[step]);
+        assert!(text.contains("\"text\":\"more\""), "the seam was cut against the tail: {text}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::config::GeminiConfig;
 use crate::upstream::UpstreamRequest;
 use crate::upstream::choose::Transports;
 
-use super::gemini::{End, KeepAlive, Outcome, Session, last_user_text};
+use super::gemini::{End, KeepAlive, MAX_CARRY_BYTES, Outcome, Session, last_user_text};
 use super::prompts;
 use super::sse::{MAX_EVENT_BYTES, SseParser};
 
@@ -107,6 +107,15 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
             }
             Outcome::Final => {
                 (m.stats)("final");
+                return Ok(());
+            }
+            Outcome::Interrupted if session.carry_exceeded() => {
+                (m.stats)("too_long");
+                let message = format!(
+                    "the answer was cut off after more than {} MiB of text, more than a continuation may carry",
+                    MAX_CARRY_BYTES >> 20
+                );
+                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
                 return Ok(());
             }
             Outcome::Interrupted => {}

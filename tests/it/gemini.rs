@@ -334,3 +334,19 @@ async fn google_genai_sdk_streams_a_continued_answer() {
     assert!(first.target().ends_with(":streamGenerateContent?alt=sse"), "{}", first.target());
     assert!(first.header("x-goog-api-client").is_none(), "SDK fingerprint stripped");
 }
+
+#[tokio::test]
+async fn an_answer_too_long_to_carry_ends_with_the_error_event_instead_of_a_continuation() {
+    let chunk = "lorem ipsum ".repeat(500); // 6 KB per event
+    let mut plays: Vec<Play> = (0..200).map(|_| answer(&chunk)).collect(); // 1.2 MB
+    plays.push(Play::Eof);
+    let origin = gemini_origin(vec![plays, vec![finish("never asked for", "STOP")]]).await;
+    let vg = Veilgate::start(&config(&origin, "")).await;
+    let (status, got, end) = stream(&vg, "Write a long text").await;
+    assert_eq!((status, end), (200, End::Clean));
+    assert_eq!(got.text(false).len(), 200 * chunk.len(), "everything received was forwarded");
+    assert_eq!(origin.requests().len(), 1, "no continuation of more than 1 MiB was sent");
+    assert_eq!(got.errors.len(), 1);
+    assert_eq!(got.errors[0]["error"]["code"], 504);
+    assert!(got.finish_reasons().is_empty(), "a cut stream never looks finished");
+}
