@@ -333,7 +333,7 @@ impl Session {
     /// the window closes once it holds [`SEAM_HOLD_BYTES`].
     fn forward_or_hold(&mut self, p: Pending, step: &mut Step, ends_window: bool) {
         let nothing_to_cut = self.window.held.is_empty() && self.window.kind.is_none();
-        if self.window.open && !(nothing_to_cut && !ends_window) {
+        if self.window.open && (ends_window || !nothing_to_cut) {
             self.window.held_bytes += p.raw.len();
             self.window.held.push(p);
             if ends_window || self.window.held_bytes >= SEAM_HOLD_BYTES {
