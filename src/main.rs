@@ -101,26 +101,28 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Logs go to stderr. Third-party crates are capped at `info` whatever
-/// `RUST_LOG` says: at debug and trace some of them print request heads,
-/// which hold keys. veilgate's own lines never carry a header value, a
-/// path, a query or a body.
+/// Logs go to stderr, filtered by `RUST_LOG` — and then capped: events of
+/// any target outside veilgate itself are dropped above `info`, whatever
+/// `RUST_LOG` says and however specific its directive
+/// (`tungstenite::handshake=trace` included). At debug and trace some
+/// dependencies print request heads, which hold keys. veilgate's own lines
+/// never carry a header value, a path, a query or a body.
 fn init_logging(config: &Config) {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
+
     let default = if config.debug { "veilgate=debug,info" } else { "info" };
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    for target in ["hyper", "hyper_util", "h2", "reqwest", "rustls", "tungstenite", "tokio_tungstenite", "hickory"] {
-        if let Ok(directive) = format!("{target}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let user = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let cap = Targets::new().with_default(LevelFilter::INFO).with_target("veilgate", LevelFilter::TRACE);
+    let filter = user.and(cap);
+    let ansi = std::io::stderr().is_terminal();
+    let layer = match config.log_format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
 }
 
 async fn shutdown_signal() {

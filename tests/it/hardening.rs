@@ -115,7 +115,13 @@ async fn secrets_never_reach_the_logs() {
         )
         .await;
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    for (format, rust_log) in [("text", "trace"), ("json", "trace"), ("text", "debug")] {
+    // Module-level directives are more specific than any cap by crate
+    // name: one for every dependency that can log a head.
+    let modules = "info,tungstenite::handshake::client=trace,tungstenite::protocol=trace,tokio_tungstenite=trace,\
+                   hyper::proto::h1::role=trace,hyper::proto::h1::io=trace,h2::codec::framed_read=trace,\
+                   h2::frame::headers=trace,hyper_util::client::legacy::pool=trace,reqwest::connect=trace,\
+                   reqwest::async_impl::client=trace,rustls::client::hs=trace";
+    for (format, rust_log) in [("text", "trace"), ("json", "trace"), ("text", "debug"), ("text", modules)] {
         let config = format!(
             "listen = \"127.0.0.1:0\"\nauth_token = \"secret_token_for_logs_42\"\nlog_format = \"{format}\"\n\
              [upstream]\nallow_private_targets = true\nresponse_timeout_ms = 2000\n{}\
