@@ -75,6 +75,7 @@ impl App {
                 response_timeout: u.response_timeout,
                 idle_timeout: u.idle_timeout,
                 pool_idle_timeout: u.pool_idle_timeout,
+                max_response_head_bytes: config.limits.max_response_head_bytes,
             },
             &fetch_tls,
             listen,

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -20,6 +20,7 @@ use crate::policy::target::Host;
 
 use super::connect::TargetCheck;
 use super::guard::Guarded;
+use super::parse::{ParseError, ResponseHead};
 use super::pool::Pool;
 use super::{UpstreamError, UpstreamRequest};
 
@@ -31,6 +32,7 @@ pub struct FetchSettings {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    pub max_response_head_bytes: usize,
 }
 
 /// The fetch transport: one client that refuses non-global addresses and
@@ -138,6 +140,25 @@ impl FetchTransport {
             Ok(Ok(resp)) => resp,
         };
         let resp: Response<reqwest::Body> = resp.into();
+        // What the socket transport refuses, this one refuses too: hyper's
+        // client is lenient (it reads past CL+TE, passes `chunked, identity`,
+        // takes heads far over our limit, hands on a 101).
+        let (parts, body) = resp.into_parts();
+        let head = ResponseHead { status: parts.status, version: parts.version, headers: parts.headers };
+        let limit = self.settings.max_response_head_bytes;
+        if head.wire_len() > limit {
+            return Err(UpstreamError::Parse { host, source: ParseError::HeadTooLarge { limit } });
+        }
+        if head.version < Version::HTTP_2 {
+            head.framing(&req.method).map_err(|source| UpstreamError::Parse { host: host.clone(), source })?;
+        } else if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UpstreamError::Parse { host, source: ParseError::Framing("101 over HTTP/2") });
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        *resp.extensions_mut() = parts.extensions;
         let idle = self.settings.idle_timeout;
         Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), guard: slot }.boxed_unsync()))
     }

@@ -114,9 +114,14 @@ impl ResponseHead {
 
     /// How the body is framed (RFC 9112 §6.3), refusing conflicts: both
     /// `content-length` and `transfer-encoding`, differing lengths, or a
-    /// transfer coding whose last element is not `chunked`.
+    /// transfer coding whose last element is not `chunked` — and a `101`,
+    /// which no request of the transports asks for (tunnels handshake
+    /// through tungstenite).
     pub fn framing(&self, method: &Method) -> Result<Framing, ParseError> {
         let s = self.status;
+        if s == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ParseError::Framing("101 Switching Protocols to a request that asked for no upgrade"));
+        }
         if method == Method::HEAD
             || s.is_informational()
             || s == StatusCode::NO_CONTENT
@@ -153,6 +158,14 @@ impl ResponseHead {
             Some(n) => Framing::Length(n),
             None => Framing::Close,
         })
+    }
+
+    /// The size of this head as HTTP/1.1 would carry it: status line and
+    /// `name: value\r\n` per header (for heads another parser read).
+    pub fn wire_len(&self) -> usize {
+        let reason = self.status.canonical_reason().map_or(0, str::len);
+        let line = "HTTP/1.1 200 \r\n".len() + reason;
+        self.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4) + 2
     }
 
     /// True when the server keeps the connection open after this response.

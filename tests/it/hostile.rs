@@ -189,3 +189,37 @@ async fn a_request_that_finds_no_upstream_slot_in_time_gets_503() {
     release.add_permits(1);
     assert_eq!(first.await.unwrap().status, 200);
 }
+
+/// Responses the socket transport refuses as an upstream error (502).
+fn refused_responses() -> Vec<(&'static str, Vec<u8>)> {
+    let big = format!("x-big: {}\r\n", "b".repeat(100_000));
+    vec![
+        (
+            "CL and TE",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        ("chunked, identity", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, identity\r\n\r\nhello".to_vec()),
+        ("head over the limit", format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{big}\r\nok").into_bytes()),
+        (
+            "unrequested 101",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n".to_vec(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn both_transports_refuse_bad_framing_big_heads_and_an_unrequested_101() {
+    for (what, bytes) in refused_responses() {
+        let origin = RawOrigin::scripted(move |_| vec![Step::Write(bytes.clone()), Step::Close]).await;
+        for (transport, config) in [
+            ("socket", preset_at("openai", origin.addr)),
+            ("fetch", format!("force_fetch_default = true\n{}", preset_at("openai", origin.addr))),
+        ] {
+            let vg = Veilgate::start(&config).await;
+            let reply = send(vg.addr, "GET", "/openai/v1/models", &[], b"").await;
+            assert_eq!(reply.status, 502, "{transport} passed on {what}: {}", reply.text());
+            reply.assert_proxy_error(502);
+        }
+    }
+}
