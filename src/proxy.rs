@@ -3,7 +3,7 @@
 //! a transport, and shapes the response for the client (policy-filtered
 //! headers, CORS, `x-veilgate-transport`). One log line per request.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -428,22 +428,50 @@ fn head_size(req: &Request<Incoming>) -> usize {
 }
 
 /// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or
-/// an `allowed_hosts` entry (with or without the port).
+/// an `allowed_hosts` entry (with or without the port) — and only when the
+/// value is exactly an authority (see [`split_authority`]).
 fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
     let value = value.to_ascii_lowercase();
-    let host = if value.starts_with('[') {
-        value.split_inclusive(']').next().unwrap_or(&value)
-    } else {
-        match value.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => &value,
-        }
-    };
+    let Some((host, _port)) = split_authority(&value) else { return false };
     host == "localhost"
         || host.ends_with(".localhost")
         || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
         || host == "[::1]"
         || allowed.iter().any(|a| a == host || *a == value)
+}
+
+/// Splits a `Host` value into host and port when it is exactly an
+/// authority: a DNS name (letters, digits, `-`, `_`, `.`), a dotted-quad
+/// IPv4 or a bracketed IPv6 literal, then optionally `:` and a port of
+/// 1–65535 — nothing else (`[::1]evil.example` is not one).
+fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = if value.starts_with('[') {
+        let end = value.find(']')? + 1;
+        value[1..end - 1].parse::<Ipv6Addr>().ok()?;
+        value.split_at(end)
+    } else {
+        match value.find(':') {
+            Some(i) => value.split_at(i),
+            None => (value, ""),
+        }
+    };
+    let port = match rest {
+        "" => None,
+        _ => {
+            let digits = rest.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok().filter(|&p| p != 0)?)
+        }
+    };
+    let is_name = |h: &str| {
+        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if !host.starts_with('[') && !is_name(host) {
+        return None;
+    }
+    Some((host, port))
 }
 
 /// Reads the request body up to `limit` bytes (413 above it, at once when
@@ -522,6 +550,17 @@ mod tests {
             "box:9001",
             "10.0.0.1",
             "",
+            "[::1]evil.example",
+            "[::1]:8080evil",
+            "[::1]:",
+            "[::1",
+            "localhost:",
+            "localhost:8080:8080",
+            "localhost:99999",
+            "localhost:0",
+            "local host",
+            "localhost/x",
+            "127.0.0.1@evil.example",
         ] {
             assert!(!is_loopback_host(bad, &allowed), "{bad}");
         }

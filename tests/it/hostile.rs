@@ -223,3 +223,13 @@ async fn both_transports_refuse_bad_framing_big_heads_and_an_unrequested_101() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_host_that_is_not_exactly_an_authority_is_refused() {
+    let vg = Veilgate::start("").await;
+    for host in ["[::1]evil.example", "[::1]:80evil", "localhost:80:80", "127.0.0.1@evil.example"] {
+        let reply = send(vg.addr, "GET", "/healthz", &[("host", host)], b"").await;
+        assert_eq!(reply.status, 403, "{host}: {}", reply.text());
+    }
+    assert_eq!(send(vg.addr, "GET", "/healthz", &[("host", "[::1]:8080")], b"").await.status, 200);
+}
