@@ -465,9 +465,8 @@ fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
             Some(digits.parse::<u16>().ok().filter(|&p| p != 0)?)
         }
     };
-    let is_name = |h: &str| {
-        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    };
+    let is_name =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !host.starts_with('[') && !is_name(host) {
         return None;
     }

@@ -33,7 +33,7 @@ pub enum Route {
 }
 
 /// Why a request was refused before it could reach any upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("the path holds only the token; add a preset name or /<scheme>/<host>/<path>")]
     TokenOnly,
@@ -49,17 +49,83 @@ pub enum RouteError {
     Unauthorized,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// The first segment is neither a token nor an enabled preset.
+    #[error("no preset named \"{name}\"{}", hint(suggestion.as_deref()))]
+    NoPreset { name: String, suggestion: Option<String> },
+}
+
+fn hint(suggestion: Option<&str>) -> String {
+    match suggestion {
+        Some("v1") => "; a route starts with a preset, e.g. /openai/v1/…".to_owned(),
+        Some(name) => format!("; did you mean /{name}?"),
+        None => String::new(),
+    }
 }
 
 impl RouteError {
-    pub fn status(self) -> http::StatusCode {
+    pub fn status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             RouteError::Unauthorized => S::UNAUTHORIZED,
             RouteError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            RouteError::NoPreset { .. } => S::NOT_FOUND,
             _ => S::BAD_REQUEST,
         }
     }
+}
+
+/// Providers known by another name than their preset's.
+const OTHER_NAMES: &[(&str, &str)] =
+    &[("anthropic", "claude"), ("google", "gemini"), ("x", "xai"), ("grok", "xai"), ("chatgpt", "openai")];
+
+/// The longest segment quoted back in a 404.
+const MAX_QUOTED: usize = 64;
+
+/// The 404 for a first segment that names nothing (SPEC §2, step 10).
+fn no_preset(name: &str, presets: &Presets) -> RouteError {
+    let lower = name.to_ascii_lowercase();
+    let known = |p: &str| presets.enabled(p).map(|p| p.route.clone());
+    let suggestion = if lower == "v1" {
+        Some("v1".to_owned())
+    } else {
+        OTHER_NAMES.iter().find(|(other, _)| *other == lower).and_then(|(_, preset)| known(preset)).or_else(|| {
+            presets
+                .iter()
+                .filter(|p| p.enabled)
+                .map(|p| (edit_distance(&lower, &p.route), &p.route))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, route)| route.clone())
+        })
+    };
+    let mut quoted: String = name.chars().take(MAX_QUOTED).collect();
+    if quoted.len() < name.len() {
+        quoted.push('…');
+    }
+    RouteError::NoPreset { name: quoted, suggestion }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// True when a segment has the shape of a token (16–128 of `[A-Za-z0-9_-]`):
+/// such a segment gets 401, never a 404 that would tell a wrong token from
+/// a wrong name.
+fn is_token_shaped(segment: &str) -> bool {
+    (16..=128).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The parts of a request that routing reads.
@@ -133,7 +199,13 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         });
     }
     if !authenticated {
-        return Err(RouteError::Unauthorized);
+        // A scheme asks for generic mode, which needs the token: 401 says
+        // so better than "no preset named https".
+        let sent_token = input.header_token.is_some() || path_token;
+        if sent_token || is_token_shaped(name) || Scheme::from_segment(name).is_some() {
+            return Err(RouteError::Unauthorized);
+        }
+        return Err(no_preset(name, cx.presets));
     }
 
     let scheme = Scheme::from_segment(name).ok_or(RouteError::UnknownScheme)?;
@@ -277,10 +349,58 @@ mod tests {
             ("/https/api.example.com/x".into(), None, RouteError::Unauthorized),
             ("/tok_wrongwrongwrong0/https/api.example.com/x".into(), None, RouteError::Unauthorized),
             ("/https/api.example.com/x".into(), Some("tok_wrongwrongwrong0"), RouteError::Unauthorized),
-            ("/nothing".into(), None, RouteError::Unauthorized),
+            ("/nothing".into(), None, RouteError::NoPreset { name: "nothing".into(), suggestion: None }),
         ];
         for (target, header, want) in cases {
             assert_eq!(dest(&c, &target, header), Err(want), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_get_404_with_the_closest_preset_and_tokens_get_401() {
+        let c = config("");
+        let no = |name: &str, suggestion: Option<&str>| {
+            Err(RouteError::NoPreset { name: name.into(), suggestion: suggestion.map(str::to_owned) })
+        };
+        let cases: Vec<(&str, Option<&str>, Result<String, RouteError>)> = vec![
+            ("/opnai/v1/chat", None, no("opnai", Some("openai"))),
+            ("/OpenAi/v1/chat", None, no("OpenAi", Some("openai"))),
+            ("/anthropic/v1/messages", None, no("anthropic", Some("claude"))),
+            ("/google/v1beta/models", None, no("google", Some("gemini"))),
+            ("/grok/v1/chat", None, no("grok", Some("xai"))),
+            ("/x/v1/chat", None, no("x", Some("xai"))),
+            ("/groqq/v1", None, no("groqq", Some("groq"))),
+            ("/favicon.ico", None, no("favicon.ico", None)),
+            ("/v1/chat/completions", None, no("v1", Some("v1"))),
+            // token-shaped, a token sent, or generic mode asked for: 401
+            ("/tok_wrongwrongwrong0/v1", None, Err(RouteError::Unauthorized)),
+            ("/opnai/v1", Some("tok_wrongwrongwrong0"), Err(RouteError::Unauthorized)),
+            ("/https/api.example.com/x", None, Err(RouteError::Unauthorized)),
+            ("/WSS/api.example.com/x", None, Err(RouteError::Unauthorized)),
+        ];
+        for (target, header, want) in cases {
+            assert_eq!(dest(&c, target, header), want, "{target}");
+        }
+        let long = "n".repeat(100);
+        match dest(&c, &format!("/{long}.x"), None) {
+            Err(RouteError::NoPreset { name, .. }) => assert_eq!(name.chars().count(), MAX_QUOTED + 1),
+            other => panic!("{other:?}"),
+        }
+        let message = no_preset("anthropic", &c.presets).to_string();
+        assert_eq!(message, "no preset named \"anthropic\"; did you mean /claude?");
+    }
+
+    #[test]
+    fn edit_distances() {
+        for (a, b, d) in [
+            ("", "", 0),
+            ("openai", "openai", 0),
+            ("opnai", "openai", 1),
+            ("groq", "grok", 1),
+            ("x", "xai", 2),
+            ("kitten", "sitting", 3),
+        ] {
+            assert_eq!(edit_distance(a, b), d, "{a} {b}");
         }
     }
 
@@ -290,7 +410,8 @@ mod tests {
         assert_eq!(dest(&c, "/openai/v1", None), Err(RouteError::Unauthorized));
         assert!(dest(&c, &format!("/{TOKEN}/openai/v1"), None).is_ok());
         assert!(dest(&c, "/openai/v1", Some(TOKEN)).is_ok());
-        assert_eq!(dest(&c, "/claude/v1", None), Err(RouteError::Unauthorized));
+        let gone = RouteError::NoPreset { name: "claude".into(), suggestion: None };
+        assert_eq!(dest(&c, "/claude/v1", None), Err(gone), "a disabled preset does not exist");
         // a disabled preset name is an unknown scheme once authenticated
         assert_eq!(dest(&c, &format!("/{TOKEN}/claude/v1"), None), Err(RouteError::UnknownScheme));
         match run(&c, Method::GET, &format!("/{TOKEN}/openai/v1"), None).unwrap() {

@@ -233,3 +233,13 @@ async fn a_host_that_is_not_exactly_an_authority_is_refused() {
     }
     assert_eq!(send(vg.addr, "GET", "/healthz", &[("host", "[::1]:8080")], b"").await.status, 200);
 }
+
+#[tokio::test]
+async fn first_contact_gets_404_naming_the_closest_preset() {
+    let vg = Veilgate::start("").await;
+    let r = send(vg.addr, "POST", "/anthropic/v1/messages", &[], b"{}").await;
+    let v = r.assert_proxy_error(404);
+    assert_eq!(v["error"]["message"], "no preset named \"anthropic\"; did you mean /claude?");
+    send(vg.addr, "GET", "/favicon.ico", &[], b"").await.assert_proxy_error(404);
+    send(vg.addr, "GET", "/wrong_token_0123456789/https/h.example/x", &[], b"").await.assert_proxy_error(401);
+}

@@ -61,7 +61,8 @@ async fn refusals_are_json_and_never_reach_the_upstream() {
         (format!("/{t}/http/127.0.0.1:/x"), 400, "empty port"),
         ("/wrong_token_0123456789/http/127.0.0.1/x".to_owned(), 401, "wrong token"),
         (format!("/http/{o}/x"), 401, "no token"),
-        ("/nonexistent/v1".to_owned(), 401, "unknown preset"),
+        ("/nonexistent/v1".to_owned(), 404, "unknown preset"),
+        ("/wrong_token_0123456789/v1".to_owned(), 401, "token-shaped segment"),
     ];
     for (target, status, what) in &cases {
         let reply = send(vg.addr, "GET", target, &[], b"").await;
