@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
@@ -32,21 +32,34 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 
 /// The TOML file as written. Every field is optional; defaults are applied
 /// in [`Config::from_raw`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     auth_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     preset_auth: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     danger_public_presets: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     allowed_hosts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     aggressive_fallback: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     force_fetch_default: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     default_dst_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     debug: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cors_allow_origins: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     upstream: RawUpstream,
@@ -60,69 +73,97 @@ pub struct RawConfig {
     gemini: RawGemini,
     #[serde(default)]
     websocket: RawWebsocket,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<RawTls>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
+    #[serde(skip_serializing_if = "Option::is_none")]
     extra_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     connect_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     response_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     idle_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pool_idle_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     allow_private_targets: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_header_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_response_head_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_streams_per_connection: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_upstream_connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     header_read_timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeaders {
+    #[serde(skip_serializing_if = "Option::is_none")]
     allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawPreset {
+    #[serde(skip_serializing_if = "Option::is_none")]
     targets: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     force_fetch: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     monitor: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGemini {
+    #[serde(skip_serializing_if = "Option::is_none")]
     enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     idle_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     swallow_thoughts_after_retry: Option<bool>,
     #[serde(default)]
     prompts: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawWebsocket {
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_message_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert_file: PathBuf,
@@ -403,6 +444,23 @@ fn env_bool(env: Env<'_>, name: &str) -> Result<Option<bool>, ConfigError> {
     }
 }
 
+/// `listen`: an address (`127.0.0.1:8080`, `[::1]:8080`) or a host name
+/// and port (`localhost:9000`, resolved once, IPv4 first).
+fn listen_addr(value: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let bad = || ConfigError(format!("listen: \"{value}\" is not an address such as 127.0.0.1:8080 or localhost:8080"));
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map_err(|_| bad())?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(bad)
+}
+
 fn ms(value: Option<u64>, default: u64, key: &str) -> Result<Duration, ConfigError> {
     match value.unwrap_or(default) {
         0 => err(format!("{key} must be at least 1")),
@@ -431,9 +489,7 @@ impl Config {
     pub fn from_raw(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         let not_yet_active = raw.inactive_keys_set(env);
 
-        let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen: SocketAddr =
-            listen.parse().map_err(|_| ConfigError("listen: expected an address such as 127.0.0.1:8080".into()))?;
+        let listen = listen_addr(raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
 
         let auth_token = match (env("AUTH_TOKEN"), &raw.auth_token) {
             (Some(t), _) => Some(Token::parse(&t, "environment variable AUTH_TOKEN")?),
@@ -595,13 +651,13 @@ impl Config {
     }
 
     /// Loads the file (if any), applies the environment and `--listen`.
-    pub fn load(path: Option<&Path>, listen: Option<SocketAddr>, env: Env<'_>) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, listen: Option<&str>, env: Env<'_>) -> Result<Config, ConfigError> {
         let mut raw = match path {
             Some(p) => RawConfig::from_file(p)?,
             None => RawConfig::default(),
         };
         if let Some(l) = listen {
-            raw.listen = Some(l.to_string());
+            raw.listen = Some(l.to_owned());
         }
         Config::from_raw(raw, env)
     }
@@ -646,68 +702,122 @@ impl Config {
         Ok((token, Some(path)))
     }
 
-    /// The effective configuration as TOML-like text, secrets masked.
-    pub fn describe(&self) -> String {
-        let mut s = String::new();
-        let mut line = |k: &str, v: String| {
-            s.push_str(k);
-            s.push_str(" = ");
-            s.push_str(&v);
-            s.push('\n');
-        };
-        line("listen", format!("\"{}\"", self.listen));
-        line(
-            "auth_token",
-            if self.auth_token.is_some() { "\"***\"".into() } else { "(generated into data_dir)".into() },
-        );
-        line("preset_auth", self.preset_auth.to_string());
-        line("danger_public_presets", self.danger_public_presets.to_string());
-        line("allowed_hosts", format!("{:?}", self.allowed_hosts));
-        line("aggressive_fallback", self.aggressive_fallback.to_string());
-        line("force_fetch_default", self.force_fetch_default.to_string());
-        line("default_dst_url", format!("\"{}{}\"", self.default_dst.0, self.default_dst.1));
-        line("debug", self.debug.to_string());
-        line("log_format", format!("{:?}", self.log_format).to_lowercase());
-        line(
-            "cors_allow_origins",
-            match &self.cors {
-                Cors::Any => "[\"*\"]".into(),
-                Cors::List(l) => format!("{l:?}"),
-            },
-        );
-        line("upstream.connect_timeout_ms", self.upstream.connect_timeout.as_millis().to_string());
-        line("upstream.response_timeout_ms", self.upstream.response_timeout.as_millis().to_string());
-        line("upstream.allow_private_targets", self.upstream.allow_private_targets.to_string());
-        line("limits.max_body_bytes", self.limits.max_body_bytes.to_string());
-        line("limits.max_header_bytes", self.limits.max_header_bytes.to_string());
-        line("limits.max_connections", self.limits.max_connections.to_string());
-        line("limits.max_streams_per_connection", self.limits.max_streams_per_connection.to_string());
-        line("limits.max_upstream_connections", self.limits.max_upstream_connections.to_string());
-        line("limits.header_read_timeout_ms", self.limits.header_read_timeout.as_millis().to_string());
-        line(
-            "headers.user_agent",
-            match &self.headers.user_agent {
-                UserAgent::Strip => "\"strip\"".into(),
-                UserAgent::Pass => "\"pass\"".into(),
-                UserAgent::Literal(v) => format!("{v:?}"),
-            },
-        );
-        for p in self.presets.iter() {
-            let targets: Vec<String> = p.targets.iter().map(Target::url).collect();
-            line(
-                &format!("presets.{}", p.route),
-                format!(
-                    "{{ targets = {targets:?}, enabled = {}, force_fetch = {}, monitor = \"{}\" }}",
-                    p.enabled,
-                    p.force_fetch || self.force_fetch_default,
-                    if p.monitor == Monitor::Gemini { "gemini" } else { "none" },
-                ),
-            );
+    /// The effective configuration as TOML that veilgate would accept
+    /// (`check-config`): every key with the value in force — file,
+    /// environment and defaults applied — and secrets masked. It is built as
+    /// a [`RawConfig`] with every field filled, so a key added to the file
+    /// format cannot be left out here without the compiler noticing.
+    pub fn describe(&self, env: Env<'_>) -> String {
+        let mut out =
+            String::from("# veilgate: the effective configuration (file, environment, defaults); secrets masked\n");
+        if self.auth_token.is_none() {
+            out.push_str("# auth_token is not set: one is generated once and kept in <data_dir>/token\n");
         }
         if !self.not_yet_active.is_empty() {
-            s.push_str(&format!("# set but not yet active in this release: {}\n", self.not_yet_active.join(", ")));
+            out.push_str(&format!("# set but not yet active in this release: {}\n", self.not_yet_active.join(", ")));
         }
-        s
+        match toml::to_string(&self.effective_raw(env)) {
+            Ok(text) => out.push_str(&text),
+            Err(e) => out.push_str(&format!("# the configuration could not be printed: {e}\n")),
+        }
+        out
+    }
+
+    /// This configuration as the file that would give it.
+    fn effective_raw(&self, env: Env<'_>) -> RawConfig {
+        let ms = |d: Duration| Some(d.as_millis() as u64);
+        let agent = |ua: &UserAgent| match ua {
+            UserAgent::Strip => "strip".to_owned(),
+            UserAgent::Pass => "pass".to_owned(),
+            UserAgent::Literal(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        };
+        let presets = self
+            .presets
+            .iter()
+            .map(|p| {
+                let raw = RawPreset {
+                    targets: Some(p.targets.iter().map(Target::url).collect()),
+                    force_fetch: Some(p.force_fetch || self.force_fetch_default),
+                    name: Some(p.display_name.clone()),
+                    user_agent: Some(agent(p.user_agent.as_ref().unwrap_or(&self.headers.user_agent))),
+                    enabled: Some(p.enabled),
+                    monitor: Some(match p.monitor {
+                        Monitor::Gemini => "gemini".to_owned(),
+                        Monitor::None => "none".to_owned(),
+                    }),
+                };
+                (p.route.clone(), raw)
+            })
+            .collect();
+        let g = &self.gemini;
+        let mut prompts: BTreeMap<String, String> =
+            crate::monitor::prompts::BUILTIN.iter().map(|(lang, p)| ((*lang).to_owned(), (*p).to_owned())).collect();
+        prompts.extend(g.prompts.clone());
+        RawConfig {
+            listen: Some(self.listen.to_string()),
+            auth_token: self.auth_token.as_ref().map(|_| "***".to_owned()),
+            data_dir: self.token_path(env).and_then(|t| t.parent().map(Path::to_path_buf)),
+            preset_auth: Some(self.preset_auth),
+            danger_public_presets: Some(self.danger_public_presets),
+            allowed_hosts: Some(self.allowed_hosts.clone()),
+            aggressive_fallback: Some(self.aggressive_fallback),
+            force_fetch_default: Some(self.force_fetch_default),
+            default_dst_url: Some(format!("{}{}", self.default_dst.0, self.default_dst.1)),
+            debug: Some(self.debug),
+            log_format: Some(
+                match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+                .to_owned(),
+            ),
+            cors_allow_origins: Some(match &self.cors {
+                Cors::Any => vec!["*".to_owned()],
+                Cors::List(list) => list.clone(),
+            }),
+            shutdown_grace_ms: ms(self.shutdown_grace),
+            upstream: RawUpstream {
+                extra_ca_file: self.upstream.extra_ca_file.clone(),
+                connect_timeout_ms: ms(self.upstream.connect_timeout),
+                response_timeout_ms: ms(self.upstream.response_timeout),
+                idle_timeout_ms: ms(self.upstream.idle_timeout),
+                pool_idle_timeout_ms: ms(self.upstream.pool_idle_timeout),
+                allow_private_targets: Some(self.upstream.allow_private_targets),
+            },
+            limits: RawLimits {
+                max_body_bytes: Some(self.limits.max_body_bytes),
+                max_header_bytes: Some(self.limits.max_header_bytes as u64),
+                max_response_head_bytes: Some(self.limits.max_response_head_bytes as u64),
+                max_connections: Some(self.limits.max_connections as u64),
+                max_streams_per_connection: Some(u64::from(self.limits.max_streams_per_connection)),
+                max_upstream_connections: Some(self.limits.max_upstream_connections as u64),
+                header_read_timeout_ms: ms(self.limits.header_read_timeout),
+            },
+            headers: RawHeaders {
+                allow: Some(
+                    self.headers
+                        .allow
+                        .iter()
+                        .map(|a| match a {
+                            ExtraAllow::Name(n) => n.as_str().to_owned(),
+                            ExtraAllow::Prefix(p) => format!("{p}*"),
+                        })
+                        .collect(),
+                ),
+                user_agent: Some(agent(&self.headers.user_agent)),
+            },
+            presets,
+            gemini: RawGemini {
+                enabled: Some(g.enabled),
+                max_retries: Some(g.max_retries),
+                retry_delay_ms: ms(g.retry_delay),
+                idle_timeout_ms: ms(g.idle_timeout),
+                swallow_thoughts_after_retry: Some(g.swallow_thoughts_after_retry),
+                prompts,
+            },
+            websocket: RawWebsocket { max_message_bytes: Some(self.websocket_max_message_bytes as u64) },
+            tls: self.tls.as_ref().map(|t| RawTls { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
+        }
     }
 }
 
@@ -975,13 +1085,55 @@ mod tests {
         let c = load("shutdown_grace_ms = 5\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n[gemini]\nmax_retries = 3")
             .unwrap();
         assert!(c.not_yet_active.is_empty());
-        assert!(!c.describe().contains("not yet active"));
+        assert!(!c.describe(&no_env).contains("not yet active"));
+    }
+
+    #[test]
+    fn describe_prints_every_key_as_toml_that_loads_to_the_same_config() {
+        let c = load(
+            "data_dir = \"/var/lib/vg\"\n[headers]\nallow = [\"x-mine\", \"x-team-*\"]\nuser_agent = \"strip\"\n\
+             [presets.openai]\nuser_agent = \"pass\"\n[gemini.prompts]\nde = \"Weiter!\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"",
+        )
+        .unwrap();
+        let text = c.describe(&no_env);
+        let table: toml::Table = toml::from_str(&text).expect("valid TOML");
+        for key in [
+            "listen",
+            "data_dir",
+            "cors_allow_origins",
+            "shutdown_grace_ms",
+            "upstream",
+            "limits",
+            "headers",
+            "presets",
+            "gemini",
+            "websocket",
+            "tls",
+        ] {
+            assert!(table.contains_key(key), "{key} missing from:\n{text}");
+        }
+        for (section, key) in [
+            ("upstream", "pool_idle_timeout_ms"),
+            ("upstream", "idle_timeout_ms"),
+            ("limits", "max_upstream_connections"),
+            ("limits", "header_read_timeout_ms"),
+            ("headers", "allow"),
+            ("gemini", "swallow_thoughts_after_retry"),
+            ("websocket", "max_message_bytes"),
+        ] {
+            assert!(table[section].get(key).is_some(), "{section}.{key} missing");
+        }
+        assert_eq!(table["presets"]["openai"]["user_agent"].as_str(), Some("pass"));
+        assert_eq!(table["presets"]["claude"]["user_agent"].as_str(), Some("strip"), "the effective one");
+        assert_eq!(table["gemini"]["prompts"]["de"].as_str(), Some("Weiter!"));
+        let again = Config::from_raw(RawConfig::from_toml(&text).unwrap(), &no_env).unwrap();
+        assert_eq!(again.describe(&no_env), text, "printing is a fixed point");
     }
 
     #[test]
     fn describe_masks_the_token() {
         let c = load("auth_token = \"super_secret_token_value\"").unwrap();
-        let text = c.describe();
+        let text = c.describe(&no_env);
         assert!(!text.contains("super_secret_token_value"));
         assert!(text.contains("auth_token = \"***\""));
         assert_eq!(format!("{:?}", c.auth_token), "Some(Token(***))");

@@ -1,7 +1,6 @@
 //! The `veilgate` binary: command line → configuration → server.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,9 +17,10 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "VEILGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on (overrides the config file).
+    /// Address to listen on, e.g. 127.0.0.1:8080 or localhost:9000
+    /// (overrides the config file).
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -33,7 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), cli.listen, &process_env) {
+    let config = match Config::load(cli.config.as_deref(), cli.listen.as_deref(), &process_env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("veilgate: {e}");
@@ -41,7 +41,12 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", config.describe());
+        // What the server would refuse at start, check-config refuses too.
+        if let Err(e) = veilgate::server::check_files(&config) {
+            eprintln!("veilgate: {e}");
+            return ExitCode::from(1);
+        }
+        print!("{}", config.describe(&process_env));
         return ExitCode::SUCCESS;
     }
     match run(config) {
@@ -60,15 +65,17 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(key = %key, "configuration key is set but not yet active in this release");
     }
     let (token, token_file) = config.resolve_token(&process_env)?;
-    // Each connection may hold a downstream and an upstream socket.
-    let wanted = (config.limits.max_connections as u64).saturating_mul(2).saturating_add(256);
-    let fds = veilgate::fds::prepare(wanted);
+    // Every downstream connection and every upstream socket holds a
+    // descriptor; both are bounded. The table gets some room above that.
+    let sockets = (config.limits.max_connections as u64).saturating_add(config.limits.max_upstream_connections as u64);
+    let fds = veilgate::fds::prepare(sockets.saturating_add(256));
     tracing::debug!(?fds, "file descriptors");
-    if fds.limit_after.is_some_and(|limit| limit < wanted) {
+    if let Some(limit) = fds.limit_after.filter(|&limit| limit < sockets) {
         tracing::warn!(
-            limit = fds.limit_after,
-            max_connections = config.limits.max_connections,
-            "the open-files limit is below two descriptors per connection; raise it (ulimit -n, LimitNOFILE=) or lower limits.max_connections"
+            limit,
+            needed = sockets,
+            "the open-files limit is below limits.max_connections + limits.max_upstream_connections; \
+             raise it (ulimit -n, LimitNOFILE=) or lower those limits"
         );
     }
     // On a single core (or when pinned to one) a single-threaded runtime

@@ -43,8 +43,8 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
 }
 
 /// A bound, not yet serving, veilgate.
@@ -59,8 +59,8 @@ impl Server {
     pub async fn bind(config: Config, token: Token) -> Result<Server, StartError> {
         let addr = config.listen;
         let tls = config.tls.as_ref().map(acceptor).transpose()?;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let listen = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Bind { addr, error })?;
+        let listen = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
         let app = Arc::new(App::new(config, token, listen)?);
         Ok(Server { app, listener, tls })
     }
@@ -219,6 +219,17 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Loads every file the configuration names — the TLS certificate and
+/// key, the extra CA file — as start-up would, without binding anything
+/// (`check-config` fails on what the server would refuse).
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    if let Some(tls) = &config.tls {
+        acceptor(tls)?;
+    }
+    crate::upstream::tls::root_store(config.upstream.extra_ca_file.as_deref())?;
+    Ok(())
 }
 
 /// The TLS acceptor of `[tls]` (HTTP/2 and HTTP/1.1 by ALPN).
