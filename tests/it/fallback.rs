@@ -299,7 +299,7 @@ async fn anthropic_python_sdk_through_a_force_fetch_preset() {
     let target = format!("http://{}", origin.addr);
     let vg = Veilgate::start(&fetch_preset("claude", &target)).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_messages.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::sdk::python())
         .arg(script)
         .arg(format!("{}/claude", vg.url()))
         .output()

@@ -321,7 +321,7 @@ async fn google_genai_sdk_streams_a_continued_answer() {
     .await;
     let vg = Veilgate::start(&config(&origin, "")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/genai_stream.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::sdk::python())
         .arg(script)
         .arg(format!("{}/gemini", vg.url()))
         .output()

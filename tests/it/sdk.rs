@@ -5,18 +5,27 @@ use std::process::Stdio;
 use crate::support::origin::{RawOrigin, json_response};
 use crate::support::{Veilgate, preset_at};
 
-/// True when `python3` can import `module`. Locally a missing SDK skips the
-/// test with a note; in CI (where `.ci/run` installs it) it is a failure.
+/// The Python that runs the SDK scripts: `VEILGATE_PYTHON` (`.ci/run`
+/// points it at the virtual environment it installs the SDKs into), else
+/// `python3` from `PATH`.
+pub(crate) fn python() -> std::ffi::OsString {
+    std::env::var_os("VEILGATE_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
+/// True when [`python`] can import `module`. Locally a missing SDK skips
+/// the test with a note; when `VEILGATE_REQUIRE_SDKS` is set (`.ci/run`
+/// sets it) or under `CI`, it is a failure.
 pub(crate) fn python_has(module: &str) -> bool {
-    let ok = std::process::Command::new("python3")
+    let ok = std::process::Command::new(python())
         .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "python3 cannot import {module}; .ci/run must install it");
-        eprintln!("skipping: python3 cannot import {module} (pip install {module})");
+        let required = std::env::var_os("VEILGATE_REQUIRE_SDKS").is_some() || std::env::var_os("CI").is_some();
+        assert!(!required, "{:?} cannot import {module}; .ci/run must install it", python());
+        eprintln!("skipping: {:?} cannot import {module} (pip install {module})", python());
     }
     ok
 }
@@ -31,7 +40,7 @@ async fn openai_python_sdk_through_a_preset() {
     let origin = RawOrigin::start(|_| json_response(COMPLETION)).await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_chat.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::sdk::python())
         .arg(script)
         .arg(format!("{}/openai/v1", vg.url()))
         .output()

@@ -233,7 +233,7 @@ async fn python_websockets_client_through_a_tunnel() {
     let origin = WsOrigin::start(Behavior::Echo, None).await;
     let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/websockets_echo.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::sdk::python())
         .arg(script)
         .arg(format!("ws://{}/openai/v1/realtime?model=m", vg.addr))
         .output()
