@@ -236,11 +236,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which origins get CORS access.
+/// Which web origins get CORS access (may read veilgate's responses from
+/// a page in the user's browser).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cors {
+    /// `["*"]`: every page on the web.
     Any,
-    List(Vec<String>),
+    /// Exact origins, plus pages served from this machine (`http(s)://`
+    /// localhost, `127.0.0.0/8`, `[::1]`, any port) when `loopback` — the
+    /// default, `["loopback"]`.
+    List { loopback: bool, origins: Vec<String> },
 }
 
 /// What watches a preset's responses.
@@ -522,7 +527,7 @@ impl Config {
             _ => return err("log_format must be \"text\" or \"json\""),
         };
         let cors = match raw.cors_allow_origins {
-            None => Cors::Any,
+            None => Cors::List { loopback: true, origins: Vec::new() },
             Some(list) if list.iter().any(|o| o == "*") => {
                 if list.len() > 1 {
                     return err("cors_allow_origins: \"*\" cannot be combined with other origins");
@@ -530,12 +535,16 @@ impl Config {
                 Cors::Any
             }
             Some(list) => {
-                for o in &list {
+                let loopback = list.iter().any(|o| o == "loopback");
+                let origins: Vec<String> = list.into_iter().filter(|o| o != "loopback").collect();
+                for o in &origins {
                     if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
-                        return err("cors_allow_origins: each origin must look like https://host[:port]");
+                        return err(
+                            "cors_allow_origins: each entry must be \"loopback\" or look like https://host[:port]",
+                        );
                     }
                 }
-                Cors::List(list)
+                Cors::List { loopback, origins }
             }
         };
         let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
@@ -773,7 +782,11 @@ impl Config {
             ),
             cors_allow_origins: Some(match &self.cors {
                 Cors::Any => vec!["*".to_owned()],
-                Cors::List(list) => list.clone(),
+                Cors::List { loopback, origins } => {
+                    let mut list: Vec<String> = loopback.then(|| "loopback".to_owned()).into_iter().collect();
+                    list.extend(origins.iter().cloned());
+                    list
+                }
             }),
             shutdown_grace_ms: ms(self.shutdown_grace),
             upstream: RawUpstream {

@@ -404,10 +404,11 @@ fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cor
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
             headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
         }
-        Cors::List(list) => {
+        Cors::List { loopback, origins } => {
             headers.append(header::VARY, HeaderValue::from_static("origin"));
             if let Some(origin) = request_origin
-                && list.iter().any(|o| o.as_bytes() == origin.as_bytes())
+                && (origins.iter().any(|o| o.as_bytes() == origin.as_bytes())
+                    || (*loopback && is_loopback_origin(origin.as_bytes())))
             {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
                 headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
@@ -438,6 +439,14 @@ fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
         || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
         || host == "[::1]"
         || allowed.iter().any(|a| a == host || *a == value)
+}
+
+/// True for an `Origin` of a page served from this machine:
+/// `http(s)://` and a loopback authority (see [`is_loopback_host`]).
+fn is_loopback_origin(origin: &[u8]) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else { return false };
+    let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    rest.is_some_and(|authority| is_loopback_host(authority, &[]))
 }
 
 /// Splits a `Host` value into host and port when it is exactly an
@@ -523,6 +532,16 @@ pub fn over_capacity_response() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_origins() {
+        for ok in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:8080", "http://chat.localhost"] {
+            assert!(is_loopback_origin(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["null", "https://evil.example", "http://localhost.evil.example", "file://", "localhost:3000"] {
+            assert!(!is_loopback_origin(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn loopback_hosts() {

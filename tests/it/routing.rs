@@ -126,7 +126,7 @@ async fn local_endpoints() {
 #[tokio::test]
 async fn preflight_is_answered_locally() {
     let origin = RawOrigin::json("{}").await;
-    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
+    let vg = Veilgate::start(&format!("cors_allow_origins = [\"*\"]\n{}", preset_at("openai", origin.addr))).await;
     let reply = send(
         vg.addr,
         "OPTIONS",
@@ -144,6 +144,24 @@ async fn preflight_is_answered_locally() {
     assert_eq!(reply.header("access-control-allow-headers"), Some("authorization, content-type"));
     assert!(reply.header("access-control-allow-methods").unwrap().contains("POST"));
     assert!(origin.requests().is_empty(), "OPTIONS is never forwarded");
+}
+
+#[tokio::test]
+async fn by_default_only_pages_served_from_this_machine_get_cors() {
+    let origin = RawOrigin::json("{}").await;
+    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
+    let addr = vg.addr;
+    let preflight = move |from: &'static str| async move {
+        let headers = [("origin", from), ("access-control-request-method", "POST")];
+        send(addr, "OPTIONS", "/openai/v1/chat/completions", &headers, b"").await
+    };
+    assert_eq!(preflight("https://evil.example").await.header("access-control-allow-origin"), None);
+    assert_eq!(preflight("null").await.header("access-control-allow-origin"), None);
+    let local = preflight("http://localhost:3000").await;
+    assert_eq!(local.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    assert_eq!(local.header("vary"), Some("origin"));
+    let read = send(vg.addr, "GET", "/openai/x", &[("origin", "https://evil.example")], b"").await;
+    assert_eq!(read.header("access-control-allow-origin"), None, "a web page cannot read the answer");
 }
 
 #[tokio::test]
