@@ -22,7 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -31,6 +32,14 @@ use crate::error::error_response;
 use crate::policy::target::{Origin, Scheme};
 use crate::upstream::connect::TargetCheck;
 use crate::upstream::{SocketTransport, UpstreamError};
+
+/// Messages longer than this are sent on as frames of this size (RFC 6455
+/// §5.4 lets an intermediary refragment when no extension is in use), so a
+/// hop never needs to buffer a whole message to send it.
+const FRAME_BYTES: usize = 64 * 1024;
+/// What a hop may buffer for writing: a few frames, control frames
+/// included. A pong that does not fit replaces the pending one.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
 /// How long a closing tunnel waits for a peer to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -128,19 +137,40 @@ pub async fn open(
     Ok(resp)
 }
 
-/// Limits of both hops. The write buffer holds at most one message plus
-/// room for control frames: tungstenite queues the pong for every ping it
-/// reads, and without a bound a peer that floods pings and never reads
-/// would grow it forever; with it, a pong that does not fit replaces the
-/// pending one (the RFC 6455 §5.5.3 rule that only the latest ping need be
-/// answered).
+/// Limits of both hops. The write buffer is bounded ([`MAX_WRITE_BUFFER`]):
+/// tungstenite queues the pong for every ping it reads, and without a bound
+/// a peer that floods pings and never reads would grow it forever; with it,
+/// a pong that does not fit replaces the pending one (RFC 6455 §5.5.3: only
+/// the latest ping need be answered). Long messages go out in frames of
+/// [`FRAME_BYTES`] so that they always fit.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
-    let defaults = WebSocketConfig::default();
-    let max_write = max_message_bytes.saturating_add(defaults.write_buffer_size).saturating_add(64 * 1024);
-    defaults
+    WebSocketConfig::default()
+        .write_buffer_size(FRAME_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
-        .max_write_buffer_size(max_write)
+}
+
+/// Sends a data message, as frames of at most [`FRAME_BYTES`] when longer;
+/// each frame is flushed before the next (one in flight per direction).
+async fn send_message<W>(tx: &mut W, msg: Message) -> Result<(), WsError>
+where
+    W: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let kind = match &msg {
+        Message::Text(t) if t.len() > FRAME_BYTES => OpData::Text,
+        Message::Binary(b) if b.len() > FRAME_BYTES => OpData::Binary,
+        _ => return tx.send(msg).await,
+    };
+    let data = msg.into_data();
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + FRAME_BYTES).min(data.len());
+        let opcode = if at == 0 { OpCode::Data(kind) } else { OpCode::Data(OpData::Continue) };
+        tx.send(Message::Frame(Frame::message(data.slice(at..end), opcode, end == data.len()))).await?;
+        at = end;
+    }
+    Ok(())
 }
 
 fn refusal(status: StatusCode, message: &str) -> Response<Body> {
@@ -248,7 +278,7 @@ where
         last.store(since(start), Ordering::Relaxed);
         match msg {
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                if tx.send(msg).await.is_err() {
+                if send_message(tx, msg).await.is_err() {
                     return Ended::Blocked;
                 }
             }

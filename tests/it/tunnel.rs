@@ -49,6 +49,10 @@ async fn echo_text_and_a_mebibyte_of_binary() {
     let blob: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     ws.send(Message::binary(blob.clone())).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::binary(blob));
+    // Sent on in 64 KiB frames: characters split across frames arrive whole.
+    let text = "é世🌍".repeat(30_000);
+    ws.send(Message::text(text.clone())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text(text));
     let hs = &origin.handshakes()[0];
     assert_eq!(hs.uri().path_and_query().unwrap().as_str(), "/v1/realtime?model=gpt-realtime");
 }
