@@ -8,27 +8,27 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
 /// Errors carried by response bodies (an upstream cut short, an idle timeout).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body: in memory, or streamed from an upstream.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body held in memory.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// No body.
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A body that keeps `guard` alive until the body is dropped: after its last
 /// frame was sent, or when the client went away (a busy mark, an upstream
 /// slot).
-pub struct Holding<B, G> {
+pub(crate) struct Holding<B, G> {
     pub inner: B,
-    pub guard: G,
+    pub _guard: G,
 }
 
 impl<B, G> HttpBody for Holding<B, G>

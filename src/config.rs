@@ -390,13 +390,7 @@ pub struct Config {
     pub gemini: GeminiConfig,
     pub websocket_max_message_bytes: usize,
     pub tls: Option<TlsConfig>,
-    /// Keys that were set but whose behaviour is not built yet.
-    pub not_yet_active: Vec<String>,
 }
-
-/// Keys parsed now whose behaviour arrives with a later release; setting one
-/// is reported by `check-config` and logged at start-up.
-const NOT_YET_ACTIVE: &[&str] = &[];
 
 /// Built-in presets (route, display name, target); all socket-first.
 const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
@@ -492,8 +486,6 @@ impl Config {
 
     /// Applies the environment and validates.
     pub fn from_raw(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
-        let not_yet_active = raw.inactive_keys_set(env);
-
         let listen = listen_addr(raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
 
         let auth_token = match (env("AUTH_TOKEN"), &raw.auth_token) {
@@ -653,7 +645,6 @@ impl Config {
             gemini,
             websocket_max_message_bytes,
             tls,
-            not_yet_active,
         };
         config.check_exposure()?;
         Ok(config)
@@ -721,9 +712,6 @@ impl Config {
             String::from("# veilgate: the effective configuration (file, environment, defaults); secrets masked\n");
         if self.auth_token.is_none() {
             out.push_str("# auth_token is not set: one is generated once and kept in <data_dir>/token\n");
-        }
-        if !self.not_yet_active.is_empty() {
-            out.push_str(&format!("# set but not yet active in this release: {}\n", self.not_yet_active.join(", ")));
         }
         match toml::to_string(&self.effective_raw(env)) {
             Ok(text) => out.push_str(&text),
@@ -831,43 +819,6 @@ impl Config {
             websocket: RawWebsocket { max_message_bytes: Some(self.websocket_max_message_bytes as u64) },
             tls: self.tls.as_ref().map(|t| RawTls { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
         }
-    }
-}
-
-impl RawConfig {
-    /// Which [`NOT_YET_ACTIVE`] keys this file or the environment sets.
-    fn inactive_keys_set(&self, env: Env<'_>) -> Vec<String> {
-        let mut set = Vec::new();
-        let mut note = |cond: bool, key: &str| {
-            if cond && NOT_YET_ACTIVE.contains(&key) {
-                set.push(key.to_owned());
-            }
-        };
-        note(self.aggressive_fallback.is_some() || env("AGGRESSIVE_FALLBACK").is_some(), "aggressive_fallback");
-        note(self.force_fetch_default.is_some() || env("FORCE_FETCH_DEFAULT").is_some(), "force_fetch_default");
-        note(self.upstream.extra_ca_file.is_some(), "upstream.extra_ca_file");
-        note(self.upstream.idle_timeout_ms.is_some(), "upstream.idle_timeout_ms");
-        note(self.upstream.pool_idle_timeout_ms.is_some(), "upstream.pool_idle_timeout_ms");
-        note(self.limits.max_response_head_bytes.is_some(), "limits.max_response_head_bytes");
-        note(self.shutdown_grace_ms.is_some(), "shutdown_grace_ms");
-        note(self.presets.values().any(|p| p.force_fetch.is_some()), "presets.*.force_fetch");
-        note(self.presets.values().any(|p| p.monitor.is_some()), "presets.*.monitor");
-        let g = &self.gemini;
-        note(
-            g.enabled.is_some()
-                || g.max_retries.is_some()
-                || g.retry_delay_ms.is_some()
-                || g.idle_timeout_ms.is_some()
-                || g.swallow_thoughts_after_retry.is_some()
-                || !g.prompts.is_empty()
-                || ["GEMINI_SPECIAL_HANDLING_ENABLED", "GEMINI_RETRY_PROMPT_CN", "GEMINI_RETRY_PROMPT_EN"]
-                    .iter()
-                    .any(|v| env(v).is_some()),
-            "gemini",
-        );
-        note(self.websocket.max_message_bytes.is_some(), "websocket");
-        note(self.tls.is_some(), "tls");
-        set
     }
 }
 
@@ -1000,7 +951,6 @@ mod tests {
         assert_eq!(gemini.monitor, Monitor::Gemini);
         assert_eq!(c.presets.enabled("groq").unwrap().pick_target().url(), "https://api.groq.com/openai");
         assert_eq!(c.presets.enabled("openai").unwrap().monitor, Monitor::None);
-        assert!(c.not_yet_active.is_empty());
         assert_eq!(c.limits.max_body_bytes, 33_554_432);
     }
 
@@ -1091,14 +1041,6 @@ mod tests {
         let l = c.presets.enabled("local-llm").unwrap();
         assert_eq!((l.display_name.as_str(), l.pick_target().base_path.as_str()), ("Ollama", "/v1"));
         assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
-    }
-
-    #[test]
-    fn every_key_is_active_now() {
-        let c = load("shutdown_grace_ms = 5\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n[gemini]\nmax_retries = 3")
-            .unwrap();
-        assert!(c.not_yet_active.is_empty());
-        assert!(!c.describe(&no_env).contains("not yet active"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::upstream::choose::Attempt;
 
 /// An error that ends a request with a response made by veilgate.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error("Host header not allowed while listening on loopback; add it to allowed_hosts")]
@@ -34,12 +34,10 @@ pub enum Error {
     BodyRead(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("{0}")]
-    NotImplemented(&'static str),
 }
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Error::Route(e) => e.status(),
             Error::ForeignHost => StatusCode::FORBIDDEN,
@@ -48,12 +46,11 @@ impl Error {
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
             Error::Upstream(e) => e.status(),
-            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
     /// The JSON error response, with the transports' failures when known.
-    pub fn to_response(&self, transports: &[Attempt]) -> Response<Body> {
+    pub(crate) fn to_response(&self, transports: &[Attempt]) -> Response<Body> {
         error_response(self.status(), &self.to_string(), transports)
     }
 }
@@ -80,7 +77,7 @@ fn status_name(status: StatusCode) -> &'static str {
 }
 
 /// The JSON text of a veilgate error.
-pub fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> String {
+pub(crate) fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> String {
     let mut error = json!({
         "code": status.as_u16(),
         "message": message,
@@ -103,7 +100,7 @@ pub fn error_body(status: StatusCode, message: &str, transports: &[Attempt]) -> 
 /// The bytes of a veilgate error as a whole HTTP/1.1 response that closes
 /// the connection: for refusals made before (or instead of) hyper's
 /// response machinery — over capacity, a head hyper could not parse.
-pub fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
+pub(crate) fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
     let body = error_body(status, message, &[]);
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-proxy-error: true\r\ncache-control: no-store\r\n\
@@ -116,7 +113,7 @@ pub fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
 }
 
 /// Builds a veilgate error response.
-pub fn error_response(status: StatusCode, message: &str, transports: &[Attempt]) -> Response<Body> {
+pub(crate) fn error_response(status: StatusCode, message: &str, transports: &[Attempt]) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(error_body(status, message, transports))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

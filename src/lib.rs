@@ -14,16 +14,16 @@
 //!
 //! [`config`] is read once at start-up and shared read-only by all of them.
 
-pub mod body;
+pub(crate) mod body;
 pub mod config;
-pub mod dashboard;
-pub mod error;
+pub(crate) mod dashboard;
+pub(crate) mod error;
 pub mod fds;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod monitor;
 pub mod policy;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod route;
 pub mod server;
-pub mod tunnel;
+pub(crate) mod tunnel;
 pub mod upstream;

@@ -61,9 +61,6 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    for key in &config.not_yet_active {
-        tracing::warn!(key = %key, "configuration key is set but not yet active in this release");
-    }
     let (token, token_file) = config.resolve_token(&process_env)?;
     // Every downstream connection and every upstream socket holds a
     // descriptor; both are bounded. The table gets some room above that.

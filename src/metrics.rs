@@ -26,7 +26,7 @@ type Labels = Vec<(&'static str, String)>;
 type RequestLabels = [(&'static str, Cow<'static, str>); 3];
 
 /// All of veilgate's metrics, one set per server.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_seconds: Histogram,
@@ -38,7 +38,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let upstream_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -86,20 +86,20 @@ impl Metrics {
         }
     }
 
-    pub fn upstream_head(&self, seconds: f64) {
+    pub(crate) fn upstream_head(&self, seconds: f64) {
         self.upstream_seconds.observe(seconds);
     }
 
-    pub fn fallback(&self, reason: &'static str) {
+    pub(crate) fn fallback(&self, reason: &'static str) {
         self.fallbacks.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
-    pub fn continuation(&self, outcome: &'static str) {
+    pub(crate) fn continuation(&self, outcome: &'static str) {
         self.continuations.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
 
     /// The Prometheus text exposition, gauges refreshed.
-    pub fn render(&self, pool_idle: usize) -> String {
+    pub(crate) fn render(&self, pool_idle: usize) -> String {
         self.tunnels_open.set(crate::tunnel::OPEN_TUNNELS.load(Ordering::Relaxed) as i64);
         self.pool_connections.set(pool_idle as i64);
         let mut out = String::new();
@@ -119,7 +119,7 @@ impl Default for Metrics {
 /// What the access record says about a request (never its path, query,
 /// headers or body).
 #[derive(Clone, Debug)]
-pub struct Access {
+pub(crate) struct Access {
     pub method: http::Method,
     pub kind: &'static str,
     pub preset: Option<String>,
@@ -142,7 +142,7 @@ impl Access {
 }
 
 /// A response body that writes the access record when it is done.
-pub struct Recorded {
+pub(crate) struct Recorded {
     inner: Body,
     access: Access,
     metrics: Arc<Metrics>,
@@ -152,7 +152,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn wrap(inner: Body, access: Access, metrics: Arc<Metrics>) -> Recorded {
+    pub(crate) fn wrap(inner: Body, access: Access, metrics: Arc<Metrics>) -> Recorded {
         Recorded { inner, access, metrics, bytes: 0, first_byte: false, outcome: "incomplete" }
     }
 }

@@ -33,7 +33,7 @@ use crate::upstream::fetch::{FetchSettings, FetchTransport};
 use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
 
 /// Everything a request handler needs, shared by all connections.
-pub struct App {
+pub(crate) struct App {
     pub config: Config,
     pub token: Token,
     /// The address actually bound (refused as an upstream target).
@@ -53,7 +53,7 @@ struct LogInfo {
 
 impl App {
     /// Builds both transports; must run inside a Tokio runtime.
-    pub fn new(config: Config, token: Token, listen: SocketAddr) -> Result<App, ConfigError> {
+    pub(crate) fn new(config: Config, token: Token, listen: SocketAddr) -> Result<App, ConfigError> {
         let u = &config.upstream;
         let roots = tls::root_store(u.extra_ca_file.as_deref())?;
         let socket_tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
@@ -88,7 +88,7 @@ impl App {
     }
 
     /// Handles one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let request_origin = req.headers().get(header::ORIGIN).cloned();
@@ -525,7 +525,7 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: D
 
 /// The raw bytes of the 503 sent to a connection over `max_connections`
 /// (written before any HTTP parsing, then the connection is closed).
-pub fn over_capacity_response() -> Vec<u8> {
+pub(crate) fn over_capacity_response() -> Vec<u8> {
     raw_error_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections (limits.max_connections)")
 }
 

@@ -13,14 +13,14 @@ use crate::policy::target::Origin;
 const PAGE: &str = include_str!("index.html");
 
 /// The rendered page and its ETag.
-pub struct Page {
+pub(crate) struct Page {
     pub html: String,
     pub etag: String,
 }
 
 /// Renders the page for the current presets; `challenged` are the origins
 /// currently sent straight to fetch after a Cloudflare challenge.
-pub fn render(presets: &Presets, force_fetch_default: bool, challenged: &[Origin]) -> Page {
+pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &[Origin]) -> Page {
     let list: Vec<_> = presets
         .iter()
         .filter(|p| p.enabled)

@@ -200,10 +200,6 @@ impl Session {
         self.window = Window { open: self.attempt > 1, ..Window::default() };
     }
 
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
     /// True once this attempt produced a `data:` event (the idle watchdog
     /// is armed from then on).
     pub fn saw_data(&self) -> bool {

@@ -4,4 +4,4 @@
 pub mod gemini;
 pub mod prompts;
 pub mod sse;
-pub mod stream;
+pub(crate) mod stream;

@@ -33,7 +33,7 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Everything the monitor task needs.
-pub struct Monitored {
+pub(crate) struct Monitored {
     pub transports: Arc<Transports>,
     /// The original request (its body is the original JSON).
     pub request: UpstreamRequest,
@@ -48,7 +48,7 @@ pub struct Monitored {
 
 /// True for `POST …:streamGenerateContent?…alt=sse…` with a JSON body that
 /// has `contents`.
-pub fn applies(method: &http::Method, path: &str, body: &[u8]) -> Option<Value> {
+pub(crate) fn applies(method: &http::Method, path: &str, body: &[u8]) -> Option<Value> {
     if method != http::Method::POST {
         return None;
     }
@@ -62,7 +62,7 @@ pub fn applies(method: &http::Method, path: &str, body: &[u8]) -> Option<Value> 
 }
 
 /// True when the first response is an SSE stream the monitor should take.
-pub fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
+pub(crate) fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
     status == StatusCode::OK
         && headers
             .get(header::CONTENT_TYPE)
@@ -72,7 +72,7 @@ pub fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
 
 /// Starts the monitor on the first response's body; returns the body the
 /// client reads.
-pub fn spawn(first: Body, m: Monitored) -> Body {
+pub(crate) fn spawn(first: Body, m: Monitored) -> Body {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(run(first, m, tx));
     ChannelBody { rx }.boxed_unsync()

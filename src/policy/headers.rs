@@ -42,7 +42,7 @@ const ALLOWED_PREFIXES: &[&str] = &["x-goog-upload-"];
 
 /// Names an operator may not add to `[headers].allow`: framing owned by the
 /// transports, values the policy sets itself, and veilgate's own token.
-pub const NEVER_ALLOWED: &[&str] = &[
+pub(crate) const NEVER_ALLOWED: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -130,7 +130,7 @@ impl ExtraAllow {
 
 /// The request side of the policy, fixed per route.
 #[derive(Clone, Copy, Debug)]
-pub struct RequestPolicy<'a> {
+pub(crate) struct RequestPolicy<'a> {
     pub extra_allow: &'a [ExtraAllow],
     pub user_agent: &'a UserAgent,
     /// WebSocket handshakes also carry `sec-websocket-protocol`.
@@ -139,7 +139,7 @@ pub struct RequestPolicy<'a> {
 
 impl RequestPolicy<'_> {
     /// Builds the end-to-end headers of the upstream request.
-    pub fn request_headers(&self, client: &HeaderMap) -> HeaderMap {
+    pub(crate) fn request_headers(&self, client: &HeaderMap) -> HeaderMap {
         let mut out = HeaderMap::with_capacity(8);
         // Which allowlisted names the client sent (one pass over its few
         // headers), then copy those in the allowlist's fixed order.
@@ -207,7 +207,7 @@ fn copy_prefix(client: &HeaderMap, prefix: &str, out: &mut HeaderMap) {
 /// hop-by-hop headers (and those named by `connection`), `set-cookie`,
 /// `alt-svc` and `access-control-*` (veilgate sets its own CORS headers).
 /// `content-length` is kept; the server frames the body from it.
-pub fn filter_response_headers(headers: &mut HeaderMap) {
+pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
     let named_by_connection: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

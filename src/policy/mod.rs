@@ -2,6 +2,6 @@
 //! request carries ([`headers`]) and which targets may be reached ([`target`]), and
 //! how redirects are pointed back through veilgate ([`redirect`]).
 
-pub mod headers;
-pub mod redirect;
+pub(crate) mod headers;
+pub(crate) mod redirect;
 pub mod target;

@@ -8,7 +8,7 @@ use crate::policy::target::{Origin, parse_url};
 
 /// The route a response belongs to.
 #[derive(Clone, Copy, Debug)]
-pub enum RouteBase<'a> {
+pub(crate) enum RouteBase<'a> {
     /// `{prefix}{rest}` serves `target` + `base_path` + `rest`.
     Preset { target: &'a Origin, base_path: &'a str, prefix: &'a str },
     /// `{auth_prefix}/{scheme}/{host[:port]}{path}` serves any URL.
@@ -18,7 +18,7 @@ pub enum RouteBase<'a> {
 /// The rewritten value, or `None` to leave it as it is. `public` is how the
 /// client reached veilgate (`http://127.0.0.1:8080`); without it the result
 /// is an absolute path.
-pub fn rewrite_location(value: &str, base: RouteBase<'_>, public: Option<&str>) -> Option<String> {
+pub(crate) fn rewrite_location(value: &str, base: RouteBase<'_>, public: Option<&str>) -> Option<String> {
     let target = match base {
         RouteBase::Preset { target, .. } | RouteBase::Generic { target, .. } => target,
     };

@@ -55,12 +55,6 @@ pub enum Host {
     V6(Ipv6Addr),
 }
 
-impl Host {
-    pub fn is_ip(&self) -> bool {
-        !matches!(self, Host::Name(_))
-    }
-}
-
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

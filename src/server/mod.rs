@@ -69,11 +69,6 @@ impl Server {
         self.app.listen
     }
 
-    /// True when the listener speaks TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// Serves until `shutdown` completes; then stops accepting, lets
     /// requests and streams in flight finish for up to `shutdown_grace_ms`,
     /// and returns.
@@ -178,7 +173,7 @@ impl Downstream {
         let service = service_fn(move |req| {
             let app = Arc::clone(&app);
             let busy = clock.busy();
-            async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Holding { inner, guard: busy })) }
+            async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Holding { inner, _guard: busy })) }
         });
         let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), self.app.config.limits.max_header_bytes));
         let conn = self.builder.serve_connection_with_upgrades(io, service);

@@ -45,17 +45,17 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Tunnels open now (for `/metrics`).
-pub static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
 
 /// What a tunnel needs besides the request.
-pub struct TunnelSettings {
+pub(crate) struct TunnelSettings {
     pub max_message_bytes: usize,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
 }
 
 /// True for a client asking to upgrade to WebSocket.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     let has = |name: header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -67,7 +67,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Handshakes with the upstream, then answers the client's upgrade (101
 /// and a relay task) or passes the upstream's refusal on as JSON.
-pub async fn open(
+pub(crate) async fn open(
     mut req: Request<Incoming>,
     origin: Origin,
     path: String,

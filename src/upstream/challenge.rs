@@ -4,11 +4,11 @@
 use http::{HeaderMap, StatusCode, header};
 
 /// Most body bytes read to look for a challenge page.
-pub const MAX_CHALLENGE_BODY: usize = 64 * 1024;
+pub(crate) const MAX_CHALLENGE_BODY: usize = 64 * 1024;
 
 /// What the head alone says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeadVerdict {
+pub(crate) enum HeadVerdict {
     /// Not a challenge.
     No,
     /// `cf-mitigated: challenge`: a challenge, no need to read the body.
@@ -18,7 +18,7 @@ pub enum HeadVerdict {
 }
 
 /// Classifies a response head: only 403, 429 and 503 can be challenges.
-pub fn head_verdict(status: StatusCode, headers: &HeaderMap) -> HeadVerdict {
+pub(crate) fn head_verdict(status: StatusCode, headers: &HeaderMap) -> HeadVerdict {
     if !matches!(status.as_u16(), 403 | 429 | 503) {
         return HeadVerdict::No;
     }
@@ -40,7 +40,7 @@ pub fn head_verdict(status: StatusCode, headers: &HeaderMap) -> HeadVerdict {
 
 /// True when an HTML body is Cloudflare's interstitial ("Just a moment...",
 /// the challenge platform script), not an ordinary error page.
-pub fn is_challenge_page(body: &[u8]) -> bool {
+pub(crate) fn is_challenge_page(body: &[u8]) -> bool {
     const MARKERS: &[&[u8]] = &[
         b"/cdn-cgi/challenge-platform/",
         b"_cf_chl_opt",

@@ -24,17 +24,17 @@ use super::guard::Prepend;
 use super::{SocketTransport, UpstreamError, UpstreamRequest};
 
 /// How long an origin that challenged the socket goes straight to fetch.
-pub const CHALLENGE_MEMORY: Duration = Duration::from_secs(600);
+pub(crate) const CHALLENGE_MEMORY: Duration = Duration::from_secs(600);
 
 /// The two transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Socket,
     Fetch,
 }
 
 impl Transport {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Socket => "socket",
             Transport::Fetch => "fetch",
@@ -43,7 +43,7 @@ impl Transport {
 }
 
 /// A response and the transport that got it.
-pub struct Served {
+pub(crate) struct Served {
     pub response: Response<Body>,
     pub transport: Transport,
     /// Why fetch was used, when it was (`force`, `connect`, `challenge`, `remembered`).
@@ -52,7 +52,7 @@ pub struct Served {
 
 /// One transport's failure, for `error.transports`.
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     pub transport: Transport,
     pub error: String,
     pub duration: Duration,
@@ -60,13 +60,13 @@ pub struct Attempt {
 
 /// Every transport failed; `error` is the last one.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub error: UpstreamError,
     pub attempts: Vec<Attempt>,
 }
 
 /// The transports and the rules that choose between them.
-pub struct Transports {
+pub(crate) struct Transports {
     pub socket: SocketTransport,
     pub fetch: FetchTransport,
     pub aggressive_fallback: bool,
@@ -80,7 +80,7 @@ enum Inspected {
 }
 
 impl Transports {
-    pub fn new(
+    pub(crate) fn new(
         socket: SocketTransport,
         fetch: FetchTransport,
         aggressive_fallback: bool,
@@ -90,7 +90,7 @@ impl Transports {
     }
 
     /// Sends `req` through the transport the rules pick.
-    pub async fn send(&self, req: &UpstreamRequest, force_fetch: bool) -> Result<Served, Failure> {
+    pub(crate) async fn send(&self, req: &UpstreamRequest, force_fetch: bool) -> Result<Served, Failure> {
         if force_fetch || self.force_fetch_default {
             return self.via_fetch(req, Vec::new(), "force").await;
         }
@@ -168,7 +168,7 @@ impl Transports {
     }
 
     /// Origins currently sent straight to fetch after a challenge.
-    pub fn challenged_origins(&self) -> Vec<Origin> {
+    pub(crate) fn challenged_origins(&self) -> Vec<Origin> {
         let map = self.challenged.lock().unwrap_or_else(|e| e.into_inner());
         map.iter().filter(|(_, since)| since.elapsed() < CHALLENGE_MEMORY).map(|(o, _)| o.clone()).collect()
     }

@@ -55,7 +55,7 @@ impl TargetCheck {
 
 /// Opens TCP connections.
 #[derive(Clone, Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     pub connect_timeout: Duration,
 }
 
@@ -63,7 +63,7 @@ impl Connector {
     /// Resolves `origin`, keeps the addresses `check` permits, and connects
     /// to the first that answers within `connect_timeout` (for all tries
     /// together). The stream has `TCP_NODELAY` set.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         origin: &Origin,
         _egress: &Egress,

@@ -11,7 +11,14 @@ use http::{HeaderMap, Method};
 /// `path` is the path-and-query exactly as routing produced it; routing
 /// has already refused raw spaces and control bytes, and `HeaderValue`
 /// cannot hold CR or LF, so no input can split the head.
-pub fn encode_head(method: &Method, path: &str, host: &str, headers: &HeaderMap, body_len: usize, out: &mut BytesMut) {
+pub(crate) fn encode_head(
+    method: &Method,
+    path: &str,
+    host: &str,
+    headers: &HeaderMap,
+    body_len: usize,
+    out: &mut BytesMut,
+) {
     let mut len = method.as_str().len() + path.len() + host.len() + 40;
     for (k, v) in headers {
         len += k.as_str().len() + v.len() + 4;

@@ -27,7 +27,7 @@ use super::{UpstreamError, UpstreamRequest};
 /// Timeouts of the fetch transport (no whole-request timeout: a long SSE
 /// stream must never be cut by a total timer).
 #[derive(Clone, Debug)]
-pub struct FetchSettings {
+pub(crate) struct FetchSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -39,7 +39,7 @@ pub struct FetchSettings {
 /// one for trusted targets (presets, or everything when the operator allows
 /// private targets).
 #[derive(Clone)]
-pub struct FetchTransport {
+pub(crate) struct FetchTransport {
     /// The socket transport's pool: fetch requests take upstream slots too.
     pool: Arc<Pool>,
     checked: reqwest::Client,
@@ -78,7 +78,7 @@ impl Resolve for CheckedResolver {
 
 impl FetchTransport {
     /// Builds both clients. `tls` must carry ALPN `h2` and `http/1.1`.
-    pub fn new(
+    pub(crate) fn new(
         settings: FetchSettings,
         tls: &rustls::ClientConfig,
         own: SocketAddr,
@@ -103,7 +103,7 @@ impl FetchTransport {
     }
 
     /// Sends `req`; the response body streams as it arrives.
-    pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
+    pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
         let host = req.origin.host.to_string();
         let client = if req.check.allow_private { &self.trusted } else { &self.checked };
         if !req.check.allow_private {
@@ -160,7 +160,7 @@ impl FetchTransport {
         *resp.headers_mut() = head.headers;
         *resp.extensions_mut() = parts.extensions;
         let idle = self.settings.idle_timeout;
-        Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), guard: slot }.boxed_unsync()))
+        Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), _guard: slot }.boxed_unsync()))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::body::{Body, BoxError};
 /// The upstream sent nothing for the idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent nothing for {0:?}")]
-pub struct IdleTimeout(pub Duration);
+pub(crate) struct IdleTimeout(pub Duration);
 
 /// A response body with an idle timeout and flush-before-abort.
 ///
@@ -27,7 +27,7 @@ pub struct IdleTimeout(pub Duration);
 /// head. When data was handed out since the last `Pending`, the error is held
 /// back for one poll (the task wakes itself at once): the client receives
 /// every byte that arrived, then the abort.
-pub struct Guarded<B> {
+pub(crate) struct Guarded<B> {
     inner: B,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
@@ -37,7 +37,7 @@ pub struct Guarded<B> {
 }
 
 impl<B> Guarded<B> {
-    pub fn new(inner: B, idle: Duration) -> Guarded<B> {
+    pub(crate) fn new(inner: B, idle: Duration) -> Guarded<B> {
         // `unflushed` starts true: the response head itself is still to be
         // written, and a client should see it before the abort.
         Guarded { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), unflushed: true, held: None, done: false }
@@ -102,13 +102,13 @@ where
 }
 
 /// `prefix`, then the rest of `inner`.
-pub struct Prepend {
+pub(crate) struct Prepend {
     prefix: Option<Bytes>,
     inner: Body,
 }
 
 impl Prepend {
-    pub fn new(prefix: Bytes, inner: Body) -> Prepend {
+    pub(crate) fn new(prefix: Bytes, inner: Body) -> Prepend {
         Prepend { prefix: (!prefix.is_empty()).then_some(prefix), inner }
     }
 }

@@ -5,16 +5,16 @@
 //! This module does IO and decides nothing: which headers leave is the
 //! policy's decision, where they go is routing's.
 
-pub mod challenge;
-pub mod choose;
+pub(crate) mod challenge;
+pub(crate) mod choose;
 pub mod chunked;
-pub mod connect;
-pub mod encode;
-pub mod fetch;
-pub mod guard;
+pub(crate) mod connect;
+pub(crate) mod encode;
+pub(crate) mod fetch;
+pub(crate) mod guard;
 pub mod parse;
-pub mod pool;
-pub mod tls;
+pub(crate) mod pool;
+pub(crate) mod tls;
 
 use std::io;
 use std::pin::Pin;

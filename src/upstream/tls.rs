@@ -13,7 +13,7 @@ use crate::config::ConfigError;
 use crate::policy::target::Host;
 
 /// The trusted roots: webpki-roots and the operator's extra PEM file.
-pub fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, ConfigError> {
+pub(crate) fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = extra_ca_file {
         let certs = CertificateDer::pem_file_iter(path)
@@ -32,7 +32,7 @@ pub fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, ConfigE
 }
 
 /// The client configuration with the given ALPN protocols.
-pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ConfigError> {
+pub(crate) fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -45,7 +45,7 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<ClientC
 
 /// The name to verify the certificate against. For IP literals rustls sends
 /// no SNI (RFC 6066 forbids it) and checks the IP SAN.
-pub fn server_name(host: &Host) -> Option<ServerName<'static>> {
+pub(crate) fn server_name(host: &Host) -> Option<ServerName<'static>> {
     match host {
         Host::Name(n) => ServerName::try_from(n.clone()).ok(),
         Host::V4(a) => Some(ServerName::IpAddress(std::net::IpAddr::V4(*a).into())),
