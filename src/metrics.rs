@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -94,13 +93,17 @@ impl Metrics {
         self.fallbacks.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
+    /// The open-tunnels gauge, for the tunnels of this server to move.
+    pub(crate) fn open_tunnels(&self) -> Gauge {
+        self.tunnels_open.clone()
+    }
+
     pub(crate) fn continuation(&self, outcome: &'static str) {
         self.continuations.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
 
     /// The Prometheus text exposition, gauges refreshed.
     pub(crate) fn render(&self, pool_idle: usize) -> String {
-        self.tunnels_open.set(crate::tunnel::OPEN_TUNNELS.load(Ordering::Relaxed) as i64);
         self.pool_connections.set(pool_idle as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

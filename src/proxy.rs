@@ -186,6 +186,7 @@ impl App {
                 max_message_bytes: self.config.websocket_max_message_bytes,
                 idle_timeout: self.config.upstream.idle_timeout,
                 handshake_timeout: self.config.upstream.response_timeout,
+                open_tunnels: self.metrics.open_tunnels(),
             };
             let socket = &self.transports.socket;
             return tunnel::open(req, origin, path, headers, check, socket, settings)

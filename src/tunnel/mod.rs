@@ -11,7 +11,7 @@
 //! frame; a peer that does not read is then simply dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +19,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -44,14 +45,13 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// How long a closing tunnel waits for a peer to take its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Tunnels open now (for `/metrics`).
-pub(crate) static OPEN_TUNNELS: AtomicUsize = AtomicUsize::new(0);
-
 /// What a tunnel needs besides the request.
 pub(crate) struct TunnelSettings {
     pub max_message_bytes: usize,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// `veilgate_tunnels_open` of this server.
+    pub open_tunnels: Gauge,
 }
 
 /// True for a client asking to upgrade to WebSocket.
@@ -117,9 +117,9 @@ pub(crate) async fn open(
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+        settings.open_tunnels.inc();
         relay(client, upstream, settings.idle_timeout).await;
-        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
+        settings.open_tunnels.dec();
     });
 
     let mut resp = Response::new(empty());

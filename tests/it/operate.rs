@@ -168,6 +168,28 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
 }
 
 #[tokio::test]
+async fn open_tunnels_are_counted_per_server() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let origin = crate::support::ws_origin::WsOrigin::start(crate::support::ws_origin::Behavior::Echo, None).await;
+    let vg = Veilgate::start(&preset_at("openai", origin.addr)).await;
+    let other = Veilgate::start("").await;
+    let tcp = tokio::net::TcpStream::connect(vg.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/openai/ws", vg.addr), tcp).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    assert_eq!(sample(&metrics(&vg).await, "veilgate_tunnels_open"), 1.0);
+    assert_eq!(sample(&metrics(&other).await, "veilgate_tunnels_open"), 0.0, "another server's tunnels");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&metrics(&vg).await, "veilgate_tunnels_open") != 0.0 {
+        assert!(Instant::now() < deadline, "the closed tunnel is still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_traffic_and_need_the_token() {
     let origin = RawOrigin::json("{}").await;
     let vg = Veilgate::start(&format!(
@@ -199,7 +221,7 @@ async fn metrics_count_traffic_and_need_the_token() {
     assert!(sample(&after, "veilgate_upstream_seconds_count") >= 3.0);
     assert!(sample(&after, "veilgate_first_byte_seconds_count") >= 3.0);
     assert_eq!(sample(&after, "veilgate_pool_connections"), 1.0, "one idle pooled connection");
-    assert!(after.iter().any(|(s, _)| s == "veilgate_tunnels_open"));
+    assert_eq!(sample(&after, "veilgate_tunnels_open"), 0.0);
     // A forced-fetch request is counted as a fallback.
     assert_eq!(send(vg.addr, "GET", "/viafetch/v1/models", &[], b"").await.status, 200);
     let m = metrics(&vg).await;
