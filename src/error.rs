@@ -14,8 +14,9 @@ use serde_json::json;
 
 use crate::body::{Body, full};
 use crate::route::RouteError;
+use crate::tunnel::TunnelError;
 use crate::upstream::UpstreamError;
-use crate::upstream::choose::Attempt;
+use crate::upstream::choose::{Attempt, Failure};
 
 /// An error that ends a request with a response made by veilgate.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,17 @@ pub(crate) enum Error {
     BodyRead(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// Every transport failed; the attempts go into `error.transports`.
+    #[error("{}", .0.error)]
+    Transports(Failure),
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    #[error("too many connections (limits.max_connections)")]
+    TooManyConnections,
+    #[error("the request is not valid HTTP/1.1")]
+    NotHttp,
+    #[error("request target too long")]
+    UriTooLong,
 }
 
 impl Error {
@@ -46,17 +58,37 @@ impl Error {
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) => StatusCode::BAD_REQUEST,
             Error::Upstream(e) => e.status(),
+            Error::Transports(f) => f.error.status(),
+            Error::Tunnel(e) => e.status(),
+            Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotHttp => StatusCode::BAD_REQUEST,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
-    /// The JSON error response, with the transports' failures when known.
-    pub(crate) fn to_response(&self, transports: &[Attempt]) -> Response<Body> {
-        error_response(self.status(), &self.to_string(), transports)
+    /// The transports tried, for `error.transports`.
+    fn attempts(&self) -> &[Attempt] {
+        match self {
+            Error::Transports(f) => &f.attempts,
+            _ => &[],
+        }
+    }
+
+    /// The JSON error response (with the transports' failures when known).
+    pub(crate) fn to_response(&self) -> Response<Body> {
+        error_response(self.status(), &self.to_string(), self.attempts())
+    }
+
+    /// The same as the bytes of a whole HTTP/1.1 response that closes the
+    /// connection, for refusals made before any HTTP parsing.
+    pub(crate) fn to_raw_response(&self) -> Vec<u8> {
+        raw_error_response(self.status(), &self.to_string())
     }
 }
 
-/// Google-style status name for an HTTP status.
-fn status_name(status: StatusCode) -> &'static str {
+/// Google-style status name for an HTTP status (veilgate's errors, and the
+/// Gemini monitor's error event for an upstream's refusal).
+pub(crate) fn status_name(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
@@ -100,7 +132,7 @@ pub(crate) fn error_body(status: StatusCode, message: &str, transports: &[Attemp
 /// The bytes of a veilgate error as a whole HTTP/1.1 response that closes
 /// the connection: for refusals made before (or instead of) hyper's
 /// response machinery — over capacity, a head hyper could not parse.
-pub(crate) fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
+fn raw_error_response(status: StatusCode, message: &str) -> Vec<u8> {
     let body = error_body(status, message, &[]);
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-proxy-error: true\r\ncache-control: no-store\r\n\
@@ -136,7 +168,14 @@ mod tests {
             error: "connect refused".into(),
             duration: Duration::from_millis(12),
         }];
-        let resp = Error::Route(RouteError::UnknownScheme).to_response(&failures);
+        let failure = Failure { error: UpstreamError::Closed { host: "h".into() }, attempts: failures.to_vec() };
+        let resp = Error::Transports(failure).to_response();
+        assert_eq!(resp.status(), 502);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["transports"]["socket"]["duration_ms"], 12);
+        assert_eq!(v["error"]["transports"]["socket"]["error"], "connect refused");
+        let resp = Error::Route(RouteError::UnknownScheme).to_response();
         assert_eq!(resp.status(), 400);
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert_eq!(resp.headers()["x-proxy-error"], "true");
@@ -147,8 +186,7 @@ mod tests {
         assert!(v["error"]["message"].as_str().unwrap().contains("scheme"));
         let ts = v["error"]["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
-        assert_eq!(v["error"]["transports"]["socket"]["duration_ms"], 12);
-        assert_eq!(v["error"]["transports"]["socket"]["error"], "connect refused");
+        assert!(v["error"].get("transports").is_none());
     }
 
     #[test]

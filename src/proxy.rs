@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::body::{Body, empty, full};
 use crate::config::{Config, ConfigError, Cors, GeminiConfig, Monitor, Token};
 use crate::dashboard;
-use crate::error::{Error, raw_error_response};
+use crate::error::Error;
 use crate::metrics::{Access, Metrics, Recorded};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
@@ -27,7 +27,7 @@ use crate::policy::redirect::{RouteBase, rewrite_location};
 use crate::policy::target::Origin;
 use crate::route::{Route, RouteContext, RouteInput, route, upstream_path};
 use crate::tunnel::{self, TunnelSettings};
-use crate::upstream::choose::{Attempt, Transports};
+use crate::upstream::choose::Transports;
 use crate::upstream::connect::TargetCheck;
 use crate::upstream::fetch::{FetchSettings, FetchTransport};
 use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
@@ -95,7 +95,7 @@ impl App {
         let mut info = LogInfo { kind: "local", preset: None, transport: None };
         let mut resp = match self.dispatch(req, &mut info).await {
             Ok(resp) => resp,
-            Err((e, attempts)) => e.to_response(&attempts),
+            Err(e) => e.to_response(),
         };
         apply_cors(resp.headers_mut(), request_origin.as_ref(), &self.config.cors);
         let access = Access {
@@ -109,18 +109,13 @@ impl App {
         resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)).boxed_unsync())
     }
 
-    async fn dispatch(
-        &self,
-        req: Request<Incoming>,
-        info: &mut LogInfo,
-    ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
-        let plain = |e: Error| (e, Vec::new());
+    async fn dispatch(&self, req: Request<Incoming>, info: &mut LogInfo) -> Result<Response<Body>, Error> {
         let limit = self.config.limits.max_header_bytes;
         if head_size(&req) > limit {
-            return Err(plain(Error::HeadTooLarge { limit }));
+            return Err(Error::HeadTooLarge { limit });
         }
         if self.listen.ip().is_loopback() && !self.is_allowed_host(&req) {
-            return Err(plain(Error::ForeignHost));
+            return Err(Error::ForeignHost);
         }
         if req.method() == Method::OPTIONS {
             return Ok(preflight(req.headers()));
@@ -129,14 +124,14 @@ impl App {
         let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
         let cx =
             RouteContext { presets: &self.config.presets, token: &self.token, preset_auth: self.config.preset_auth };
-        let route = route(input, cx).map_err(|e| plain(e.into()))?;
+        let route = route(input, cx).map_err(Error::from)?;
 
         let public = Self::public_host(&req);
         let route_path = req.uri().path().to_owned();
         let (origin, path, user_agent, check, force_fetch, redirect, monitored) = match route {
             Route::Dashboard => return Ok(self.dashboard(req.headers())),
             Route::Health => return Ok(health()),
-            Route::Metrics => return self.metrics(req.headers()).map_err(plain),
+            Route::Metrics => return self.metrics(req.headers()),
             Route::Test => {
                 info.kind = "test";
                 let (origin, path) = self.config.default_dst.clone();
@@ -189,16 +184,13 @@ impl App {
                 open_tunnels: self.metrics.open_tunnels(),
             };
             let socket = &self.transports.socket;
-            return tunnel::open(req, origin, path, headers, check, socket, settings)
-                .await
-                .map_err(|e| plain(Error::Upstream(e)));
+            return tunnel::open(req, origin, path, headers, check, socket, settings).await.map_err(Error::from);
         }
 
         let (parts, body) = req.into_parts();
         let headers = self.policy(user_agent.as_ref()).request_headers(&parts.headers);
         let limits = &self.config.limits;
-        let body =
-            read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await.map_err(plain)?;
+        let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
         let gemini = if monitored {
             gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
         } else {
@@ -215,7 +207,7 @@ impl App {
         redirect: Option<(Redirect, Option<HeaderValue>)>,
         gemini: Option<(serde_json::Value, KeepAlive)>,
         info: &mut LogInfo,
-    ) -> Result<Response<Body>, (Error, Vec<Attempt>)> {
+    ) -> Result<Response<Body>, Error> {
         let asked = Instant::now();
         match self.transports.send(&req, force_fetch).await {
             Ok(served) => {
@@ -258,7 +250,7 @@ impl App {
             }
             Err(failure) => {
                 info.transport = failure.attempts.last().map(|a| a.transport.as_str());
-                Err((Error::Upstream(failure.error), failure.attempts))
+                Err(Error::Transports(failure))
             }
         }
     }
@@ -527,7 +519,7 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: D
 /// The raw bytes of the 503 sent to a connection over `max_connections`
 /// (written before any HTTP parsing, then the connection is closed).
 pub(crate) fn over_capacity_response() -> Vec<u8> {
-    raw_error_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections (limits.max_connections)")
+    Error::TooManyConnections.to_raw_response()
 }
 
 #[cfg(test)]

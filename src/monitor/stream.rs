@@ -257,14 +257,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// shape when it is one).
 async fn upstream_error(resp: http::Response<Body>) -> (u16, String, String) {
     let code = resp.status().as_u16();
-    let fallback = match code {
-        400 => "INVALID_ARGUMENT",
-        401 => "UNAUTHENTICATED",
-        403 => "PERMISSION_DENIED",
-        404 => "NOT_FOUND",
-        429 => "RESOURCE_EXHAUSTED",
-        _ => "UNKNOWN",
-    };
+    let fallback = crate::error::status_name(resp.status());
     let mut body = Vec::new();
     let mut stream = resp.into_body();
     while body.len() < 64 * 1024 {

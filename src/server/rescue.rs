@@ -19,7 +19,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::idle::IdleClock;
-use crate::error::raw_error_response;
+use crate::error::Error;
 
 /// What the connection turned out to speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,15 +50,12 @@ impl<S> Rescued<S> {
         if self.protocol != Protocol::Http1 || self.clock.is_busy() {
             return None;
         }
-        let status = hyper_refusal(buf)?;
-        let message = match status {
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                format!("request head larger than limits.max_header_bytes ({} bytes)", self.max_header_bytes)
-            }
-            StatusCode::URI_TOO_LONG => "request target too long".to_owned(),
-            _ => "the request is not valid HTTP/1.1".to_owned(),
+        let error = match hyper_refusal(buf)? {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Error::HeadTooLarge { limit: self.max_header_bytes },
+            StatusCode::URI_TOO_LONG => Error::UriTooLong,
+            _ => Error::NotHttp,
         };
-        Some(raw_error_response(status, &message))
+        Some(error.to_raw_response())
     }
 }
 

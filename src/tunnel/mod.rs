@@ -29,7 +29,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::body::{Body, empty};
-use crate::error::error_response;
 use crate::policy::target::{Origin, Scheme};
 use crate::upstream::connect::TargetCheck;
 use crate::upstream::{SocketTransport, UpstreamError};
@@ -65,8 +64,40 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     has(header::UPGRADE, "websocket")
 }
 
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TunnelError {
+    #[error("a WebSocket upgrade needs sec-websocket-key")]
+    NoKey,
+    #[error("only WebSocket version 13 is supported")]
+    Version,
+    #[error("the tunnel target is not a valid URL")]
+    BadTarget,
+    /// The upstream answered the handshake with this status instead of 101.
+    #[error("the upstream refused the WebSocket handshake with {0}")]
+    Refused(StatusCode),
+    #[error("the WebSocket handshake with {host} failed: {reason}")]
+    Handshake { host: String, reason: String },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl TunnelError {
+    /// The client gets the upstream's refusal status; a broken handshake is
+    /// a 502 like any other upstream failure.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            TunnelError::NoKey | TunnelError::Version | TunnelError::BadTarget => StatusCode::BAD_REQUEST,
+            TunnelError::Refused(status) => *status,
+            TunnelError::Handshake { .. } => StatusCode::BAD_GATEWAY,
+            TunnelError::Upstream(e) => e.status(),
+        }
+    }
+}
+
 /// Handshakes with the upstream, then answers the client's upgrade (101
-/// and a relay task) or passes the upstream's refusal on as JSON.
+/// and a relay task), or fails with the reason (the upstream's refusal
+/// keeps its status).
 pub(crate) async fn open(
     mut req: Request<Incoming>,
     origin: Origin,
@@ -75,12 +106,10 @@ pub(crate) async fn open(
     check: TargetCheck,
     socket: &SocketTransport,
     settings: TunnelSettings,
-) -> Result<Response<Body>, UpstreamError> {
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return Ok(refusal(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs sec-websocket-key"));
-    };
+) -> Result<Response<Body>, TunnelError> {
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned().ok_or(TunnelError::NoKey)?;
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
-        return Ok(refusal(StatusCode::BAD_REQUEST, "only WebSocket version 13 is supported"));
+        return Err(TunnelError::Version);
     }
     let host = origin.host.to_string();
     let scheme = match origin.scheme {
@@ -88,10 +117,7 @@ pub(crate) async fn open(
         Scheme::Https => "wss",
     };
     let uri = format!("{scheme}://{}{path}", origin.host_header());
-    let mut upstream_req = match uri.as_str().into_client_request() {
-        Ok(r) => r,
-        Err(_) => return Ok(refusal(StatusCode::BAD_REQUEST, "the tunnel target is not a valid URL")),
-    };
+    let mut upstream_req = uri.as_str().into_client_request().map_err(|_| TunnelError::BadTarget)?;
     for (name, value) in &headers {
         upstream_req.headers_mut().append(name, value.clone());
     }
@@ -101,14 +127,11 @@ pub(crate) async fn open(
     let handshake = tokio_tungstenite::client_async_with_config(upstream_req, conn, Some(config));
     let (upstream, upstream_resp) = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
         Err(_) => {
-            return Err(UpstreamError::HeadTimeout { host, secs: settings.handshake_timeout.as_secs() });
+            let secs = settings.handshake_timeout.as_secs();
+            return Err(UpstreamError::HeadTimeout { host, secs }.into());
         }
-        Ok(Err(WsError::Http(resp))) => {
-            let status = resp.status();
-            let message = format!("the upstream refused the WebSocket handshake with {status}");
-            return Ok(refusal(status, &message));
-        }
-        Ok(Err(e)) => return Err(UpstreamError::Fetch { host, reason: format!("WebSocket handshake: {e}") }),
+        Ok(Err(WsError::Http(resp))) => return Err(TunnelError::Refused(resp.status())),
+        Ok(Err(e)) => return Err(TunnelError::Handshake { host, reason: e.to_string() }),
         Ok(Ok(pair)) => pair,
     };
 
@@ -171,10 +194,6 @@ where
         at = end;
     }
     Ok(())
-}
-
-fn refusal(status: StatusCode, message: &str) -> Response<Body> {
-    error_response(status, message, &[])
 }
 
 /// Milliseconds since `start`, for the shared last-activity clock.

@@ -51,7 +51,7 @@ pub(crate) struct Served {
 }
 
 /// One transport's failure, for `error.transports`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Attempt {
     pub transport: Transport,
     pub error: String,
