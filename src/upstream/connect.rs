@@ -36,20 +36,41 @@ impl TargetCheck {
         !self.allow_private
     }
 
-    /// True when an address of a resolved name may be connected to (the
-    /// port is not known yet: only the IP of the own listen address counts).
-    pub fn permits_ip(&self, ip: IpAddr) -> bool {
-        self.allow_private || (is_global(ip) && (self.own.ip().is_unspecified() || ip != self.own.ip()))
-    }
-
-    /// True when connecting to `addr` is allowed.
-    pub fn permits(&self, addr: SocketAddr) -> bool {
+    /// True when connecting to `ip` (on `port`, when known) is allowed: a
+    /// globally routable address that is not veilgate's own listen address.
+    /// Without the port (a resolver only knows the name) the own address's
+    /// IP is refused on any port.
+    pub fn permits(&self, ip: IpAddr, port: Option<u16>) -> bool {
         if self.allow_private {
             return true;
         }
         // With a wildcard listen address our public addresses are unknown
         // here; loopback and private ones are refused by `is_global` anyway.
-        is_global(addr.ip()) && addr != self.own
+        let own = !self.own.ip().is_unspecified() && ip == self.own.ip() && port.is_none_or(|p| p == self.own.port());
+        is_global(ip) && !own
+    }
+
+    /// The addresses of `host` that may be connected to, in order: the one
+    /// target check of every path (socket connector, fetch resolver,
+    /// fetch's IP literals, tunnels). None found at all → `Resolve`; none
+    /// permitted → `Forbidden`.
+    pub fn admit(
+        &self,
+        host: &str,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        port_known: bool,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let mut found = false;
+        let permitted: Vec<SocketAddr> = addrs
+            .into_iter()
+            .inspect(|_| found = true)
+            .filter(|a| self.permits(a.ip(), port_known.then_some(a.port())))
+            .collect();
+        match (found, permitted.is_empty()) {
+            (false, _) => Err(UpstreamError::Resolve { host: host.to_owned() }),
+            (true, true) => Err(UpstreamError::Forbidden { host: host.to_owned() }),
+            (true, false) => Ok(permitted),
+        }
     }
 }
 
@@ -83,13 +104,7 @@ impl Connector {
                 }
             }
         };
-        if addrs.is_empty() {
-            return Err(UpstreamError::Resolve { host });
-        }
-        let permitted: Vec<SocketAddr> = addrs.into_iter().filter(|a| check.permits(*a)).collect();
-        if permitted.is_empty() {
-            return Err(UpstreamError::Forbidden { host });
-        }
+        let permitted = check.admit(&host, addrs, true)?;
         let mut last: Option<io::Error> = None;
         for addr in permitted {
             match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -117,11 +132,19 @@ mod tests {
     fn check_refuses_private_and_own_address() {
         let own: SocketAddr = "8.8.4.4:8080".parse().unwrap();
         let strict = TargetCheck { allow_private: false, own };
-        assert!(!strict.permits("127.0.0.1:80".parse().unwrap()));
-        assert!(!strict.permits("169.254.169.254:80".parse().unwrap()));
-        assert!(!strict.permits("8.8.4.4:8080".parse().unwrap()), "own listen address");
-        assert!(strict.permits("8.8.4.4:443".parse().unwrap()));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!strict.permits(ip("127.0.0.1"), Some(80)));
+        assert!(!strict.permits(ip("169.254.169.254"), Some(80)));
+        assert!(!strict.permits(ip("8.8.4.4"), Some(8080)), "own listen address");
+        assert!(!strict.permits(ip("8.8.4.4"), None), "own IP when the port is not known");
+        assert!(strict.permits(ip("8.8.4.4"), Some(443)));
+        assert!(strict.permits(ip("8.8.8.8"), None));
         let open = TargetCheck { allow_private: true, own };
-        assert!(open.permits("127.0.0.1:80".parse().unwrap()));
+        assert!(open.permits(ip("127.0.0.1"), Some(80)));
+        let addrs = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().unwrap()).collect::<Vec<_>>();
+        assert!(matches!(strict.admit("h", addrs(&[]), true), Err(UpstreamError::Resolve { .. })));
+        assert!(matches!(strict.admit("h", addrs(&["10.0.0.1:443"]), true), Err(UpstreamError::Forbidden { .. })));
+        let mixed = strict.admit("h", addrs(&["10.0.0.1:443", "8.8.8.8:443"]), true).unwrap();
+        assert_eq!(mixed, addrs(&["8.8.8.8:443"]), "only the permitted addresses, in order");
     }
 }

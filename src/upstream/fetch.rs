@@ -65,13 +65,14 @@ impl Resolve for CheckedResolver {
         let check = TargetCheck { allow_private: false, own: self.own };
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = found.iter().copied().filter(|a| check.permits_ip(a.ip())).collect();
-            if permitted.is_empty() && !found.is_empty() {
-                return Err(Box::new(TargetRefused { host }) as Box<dyn StdError + Send + Sync>);
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            match check.admit(&host, found, false) {
+                Ok(permitted) => Ok(Box::new(permitted.into_iter()) as Addrs),
+                Err(UpstreamError::Forbidden { .. }) => {
+                    Err(Box::new(TargetRefused { host }) as Box<dyn StdError + Send + Sync>)
+                }
+                Err(e) => Err(Box::new(e) as Box<dyn StdError + Send + Sync>),
             }
-            let addrs: Addrs = Box::new(permitted.into_iter());
-            Ok(addrs)
         })
     }
 }
@@ -113,10 +114,9 @@ impl FetchTransport {
                 Host::Name(_) => None,
             };
             if let Some(ip) = literal {
+                // reqwest does not resolve IP literals: checked here, the same way.
                 let check = TargetCheck { allow_private: false, own: self.own };
-                if !check.permits(SocketAddr::new(ip, req.origin.port)) {
-                    return Err(UpstreamError::Forbidden { host });
-                }
+                check.admit(&host, [SocketAddr::new(ip, req.origin.port)], true)?;
             }
         }
         let url = format!("{}{}", req.origin, req.path);
