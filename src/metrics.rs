@@ -119,12 +119,35 @@ impl Default for Metrics {
     }
 }
 
+/// Which kind of route a request took (the access record's `route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteKind {
+    /// veilgate's own endpoints and refusals before routing.
+    Local,
+    Test,
+    Preset,
+    Generic,
+    Tunnel,
+}
+
+impl RouteKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Local => "local",
+            RouteKind::Test => "test",
+            RouteKind::Preset => "preset",
+            RouteKind::Generic => "generic",
+            RouteKind::Tunnel => "tunnel",
+        }
+    }
+}
+
 /// What the access record says about a request (never its path, query,
 /// headers or body).
 #[derive(Clone, Debug)]
 pub(crate) struct Access {
     pub method: http::Method,
-    pub kind: &'static str,
+    pub kind: RouteKind,
     pub preset: Option<String>,
     pub transport: Option<&'static str>,
     pub status: u16,
@@ -136,9 +159,9 @@ impl Access {
     /// (the preset's name is taken: the record is written once).
     fn take_route_label(&mut self) -> Cow<'static, str> {
         match (self.kind, self.preset.take()) {
-            ("tunnel", _) => Cow::Borrowed("tunnel"),
-            ("preset", Some(p)) => Cow::Owned(p),
-            ("generic", _) => Cow::Borrowed("generic"),
+            (RouteKind::Tunnel, _) => Cow::Borrowed("tunnel"),
+            (RouteKind::Preset, Some(p)) => Cow::Owned(p),
+            (RouteKind::Generic, _) => Cow::Borrowed("generic"),
             _ => Cow::Borrowed("local"),
         }
     }
@@ -202,7 +225,7 @@ impl Drop for Recorded {
         let a = &self.access;
         tracing::info!(
             method = %a.method,
-            route = a.kind,
+            route = a.kind.as_str(),
             preset = a.preset.as_deref().unwrap_or("-"),
             transport = a.transport.unwrap_or("-"),
             status = a.status,

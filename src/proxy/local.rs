@@ -1,0 +1,234 @@
+//! The endpoints veilgate answers itself and the checks made before any
+//! routing: the dashboard, `/healthz`, `/metrics`, CORS preflights and
+//! headers, the request-head size, and the `Host` check that keeps web
+//! pages from reaching a loopback veilgate by DNS rebinding.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::App;
+use crate::body::{Body, empty, full};
+use crate::config::Cors;
+use crate::dashboard;
+use crate::error::Error;
+
+pub(super) fn dashboard(app: &App, headers: &HeaderMap) -> Response<Body> {
+    let challenged = app.transports.challenged_origins();
+    let page = dashboard::render(&app.config.presets, app.config.force_fetch_default, &challenged);
+    let etag = HeaderValue::from_str(&page.etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut resp = if fresh {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        Response::new(full(page.html))
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// `GET /metrics`: the admin token as a bearer token.
+pub(super) fn metrics(app: &App, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
+    if !app.token.matches(presented) {
+        return Err(Error::Route(crate::route::RouteError::Unauthorized));
+    }
+    let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// While listening on loopback only loopback names (or `allowed_hosts`)
+/// may appear in `Host`: a web page that rebinds its own name to
+/// 127.0.0.1 must not reach veilgate.
+pub(super) fn is_allowed_host(req: &Request<Incoming>, allowed: &[String]) -> bool {
+    let value = match req.headers().get(header::HOST) {
+        Some(v) => v.to_str().ok(),
+        None => match req.uri().authority() {
+            Some(a) => Some(a.as_str()),
+            None => return true, // HTTP/1.0 without Host: not a browser
+        },
+    };
+    let Some(value) = value else { return false };
+    is_loopback_host(value, allowed)
+}
+
+pub(super) fn health() -> Response<Body> {
+    let body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `OPTIONS` is answered here, never forwarded.
+pub(super) fn preflight(headers: &HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
+    let allow_headers =
+        headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned().unwrap_or(HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+/// veilgate's own CORS headers (upstream ones were dropped by the policy).
+pub(super) fn apply_cors(headers: &mut HeaderMap, request_origin: Option<&HeaderValue>, cors: &Cors) {
+    match cors {
+        Cors::Any => {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
+        }
+        Cors::List { loopback, origins } => {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+            if let Some(origin) = request_origin
+                && (origins.iter().any(|o| o.as_bytes() == origin.as_bytes())
+                    || (*loopback && is_loopback_origin(origin.as_bytes())))
+            {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
+            }
+        }
+    }
+}
+
+/// The size of the request head as it was sent over HTTP/1.1: request
+/// line and `name: value\r\n` per header.
+pub(super) fn head_size(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4) + 2
+}
+
+/// True for `localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]` (any port) or
+/// an `allowed_hosts` entry (with or without the port) — and only when the
+/// value is exactly an authority (see [`split_authority`]).
+fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
+    let value = value.to_ascii_lowercase();
+    let Some((host, _port)) = split_authority(&value) else { return false };
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || host == "[::1]"
+        || allowed.iter().any(|a| a == host || *a == value)
+}
+
+/// True for an `Origin` of a page served from this machine:
+/// `http(s)://` and a loopback authority (see [`is_loopback_host`]).
+fn is_loopback_origin(origin: &[u8]) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else { return false };
+    let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    rest.is_some_and(|authority| is_loopback_host(authority, &[]))
+}
+
+/// Splits a `Host` value into host and port when it is exactly an
+/// authority: a DNS name (letters, digits, `-`, `_`, `.`), a dotted-quad
+/// IPv4 or a bracketed IPv6 literal, then optionally `:` and a port of
+/// 1–65535 — nothing else (`[::1]evil.example` is not one).
+fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = if value.starts_with('[') {
+        let end = value.find(']')? + 1;
+        value[1..end - 1].parse::<Ipv6Addr>().ok()?;
+        value.split_at(end)
+    } else {
+        match value.find(':') {
+            Some(i) => value.split_at(i),
+            None => (value, ""),
+        }
+    };
+    let port = match rest {
+        "" => None,
+        _ => {
+            let digits = rest.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok().filter(|&p| p != 0)?)
+        }
+    };
+    let is_name =
+        |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !host.starts_with('[') && !is_name(host) {
+        return None;
+    }
+    Some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins() {
+        for ok in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:8080", "http://chat.localhost"] {
+            assert!(is_loopback_origin(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["null", "https://evil.example", "http://localhost.evil.example", "file://", "localhost:3000"] {
+            assert!(!is_loopback_origin(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        let allowed = vec!["proxy.lan".to_owned(), "box:9000".to_owned()];
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "[::1]",
+            "app.localhost:1",
+            "proxy.lan:8080",
+            "box:9000",
+        ] {
+            assert!(is_loopback_host(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::2]:8080",
+            "box:9001",
+            "10.0.0.1",
+            "",
+            "[::1]evil.example",
+            "[::1]:8080evil",
+            "[::1]:",
+            "[::1",
+            "localhost:",
+            "localhost:8080:8080",
+            "localhost:99999",
+            "localhost:0",
+            "local host",
+            "localhost/x",
+            "127.0.0.1@evil.example",
+        ] {
+            assert!(!is_loopback_host(bad, &allowed), "{bad}");
+        }
+    }
+}

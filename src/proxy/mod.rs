@@ -1,0 +1,356 @@
+//! The request handler, as the phases a request goes through:
+//!
+//! 1. **admit** — head size and `Host` check ([`local`]); `OPTIONS` answered;
+//! 2. **route** — path → [`Route`] (pure, [`crate::route`]);
+//! 3. **plan** — local endpoint or a forward with its target, check,
+//!    transport preference, redirects and monitor (pure, [`plan`]);
+//! 4. **send** — a WebSocket tunnel, or the request through the transports
+//!    (socket first, fetch as the fallback);
+//! 5. **shape** — response headers for the client ([`shape`]), CORS, the
+//!    Gemini monitor on its streams;
+//! 6. **record** — one access line and the metrics when the body ends.
+//!
+//! A per-request [`Ctx`] carries what later phases and the record need.
+
+mod local;
+mod plan;
+mod shape;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use self::plan::{Forward, Plan};
+use self::shape::{RedirectBack, shape_head};
+use crate::body::Body;
+use crate::config::{Config, ConfigError, GeminiConfig, Token};
+use crate::error::Error;
+use crate::metrics::{Access, Metrics, Recorded, RouteKind};
+use crate::monitor::gemini::KeepAlive;
+use crate::monitor::stream::{self as gemini_stream, Monitored};
+use crate::policy::headers::{RequestPolicy, UserAgent};
+use crate::route::{Route, RouteContext, RouteInput, route};
+use crate::tunnel::{self, TunnelSettings};
+use crate::upstream::choose::Transports;
+use crate::upstream::fetch::{FetchSettings, FetchTransport};
+use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
+
+/// Everything a request handler needs, shared by all connections.
+pub(crate) struct App {
+    pub config: Config,
+    pub token: Token,
+    /// The address actually bound (refused as an upstream target).
+    pub listen: SocketAddr,
+    pub transports: Arc<Transports>,
+    gemini: Arc<GeminiConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Builds both transports; must run inside a Tokio runtime.
+    pub(crate) fn new(config: Config, token: Token, listen: SocketAddr) -> Result<App, ConfigError> {
+        let u = &config.upstream;
+        let roots = tls::root_store(u.extra_ca_file.as_deref())?;
+        let socket_tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
+        let fetch_tls = tls::client_config(roots, &[b"h2", b"http/1.1"])?;
+        let socket = SocketTransport::new(
+            SocketSettings {
+                connect_timeout: u.connect_timeout,
+                response_timeout: u.response_timeout,
+                idle_timeout: u.idle_timeout,
+                pool_idle_timeout: u.pool_idle_timeout,
+                max_response_head_bytes: config.limits.max_response_head_bytes,
+                max_connections: config.limits.max_upstream_connections,
+            },
+            socket_tls,
+        );
+        let fetch = FetchTransport::new(
+            FetchSettings {
+                connect_timeout: u.connect_timeout,
+                response_timeout: u.response_timeout,
+                idle_timeout: u.idle_timeout,
+                pool_idle_timeout: u.pool_idle_timeout,
+                max_response_head_bytes: config.limits.max_response_head_bytes,
+            },
+            &fetch_tls,
+            listen,
+            Arc::clone(socket.pool()),
+        )
+        .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
+        let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
+        let gemini = Arc::new(config.gemini.clone());
+        Ok(App { config, token, listen, transports: Arc::new(transports), gemini, metrics: Arc::new(Metrics::new()) })
+    }
+
+    /// Handles one request; never fails (errors become responses). The
+    /// phases, in order: admit the head → route → plan → send (a tunnel,
+    /// or a request through the transports) → shape → record.
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let mut cx = Ctx::new(&req);
+        let mut resp = match self.respond(req, &mut cx).await {
+            Ok(resp) => resp,
+            Err(e) => e.to_response(),
+        };
+        local::apply_cors(resp.headers_mut(), cx.request_origin.as_ref(), &self.config.cors);
+        self.record(resp, cx)
+    }
+
+    async fn respond(&self, req: Request<Incoming>, cx: &mut Ctx) -> Result<Response<Body>, Error> {
+        self.admit(&req)?;
+        if req.method() == Method::OPTIONS {
+            return Ok(local::preflight(req.headers()));
+        }
+        let route = self.route(&req)?;
+        let settings = plan::Settings { config: &self.config, token: &self.token, own: self.listen };
+        let forward = match plan::plan(route, req.uri().path(), settings) {
+            Plan::Dashboard => return Ok(local::dashboard(self, req.headers())),
+            Plan::Health => return Ok(local::health()),
+            Plan::Metrics => return local::metrics(self, req.headers()),
+            Plan::Forward(forward) => forward,
+        };
+        cx.kind = forward.kind;
+        cx.preset = forward.preset.clone();
+        if forward.from_client && tunnel::is_upgrade(req.headers()) {
+            return self.tunnel(req, forward, cx).await;
+        }
+        let public_host = public_host(&req);
+        let (upstream, gemini) = self.upstream_request(req, &forward).await?;
+        self.send(upstream, forward, public_host, gemini, cx).await
+    }
+
+    /// Phase 1: what is refused before routing — a head over the limit, a
+    /// foreign `Host` while listening on loopback.
+    fn admit(&self, req: &Request<Incoming>) -> Result<(), Error> {
+        let limit = self.config.limits.max_header_bytes;
+        if local::head_size(req) > limit {
+            return Err(Error::HeadTooLarge { limit });
+        }
+        if self.listen.ip().is_loopback() && !local::is_allowed_host(req, &self.config.allowed_hosts) {
+            return Err(Error::ForeignHost);
+        }
+        Ok(())
+    }
+
+    /// Phase 2: the path (and `x-veilgate-token`) → [`Route`].
+    fn route(&self, req: &Request<Incoming>) -> Result<Route, Error> {
+        let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
+        let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
+        let cx =
+            RouteContext { presets: &self.config.presets, token: &self.token, preset_auth: self.config.preset_auth };
+        Ok(route(input, cx)?)
+    }
+
+    /// Phase 4a: a WebSocket tunnel instead of a request.
+    async fn tunnel(&self, req: Request<Incoming>, forward: Forward, cx: &mut Ctx) -> Result<Response<Body>, Error> {
+        cx.kind = RouteKind::Tunnel;
+        cx.transport = Some("socket");
+        let headers = RequestPolicy { websocket: true, ..self.policy(forward.user_agent.as_ref()) }
+            .request_headers(req.headers());
+        let settings = TunnelSettings {
+            max_message_bytes: self.config.websocket_max_message_bytes,
+            idle_timeout: self.config.upstream.idle_timeout,
+            handshake_timeout: self.config.upstream.response_timeout,
+            open_tunnels: self.metrics.open_tunnels(),
+        };
+        let socket = &self.transports.socket;
+        Ok(tunnel::open(req, forward.origin, forward.path, headers, forward.check, socket, settings).await?)
+    }
+
+    /// The upstream request of a forward: the policy's headers and the
+    /// whole body (`/test` takes nothing of the client's), and whether the
+    /// Gemini monitor takes its stream.
+    async fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        forward: &Forward,
+    ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
+        let policy = self.policy(forward.user_agent.as_ref());
+        let base = |method, headers, body| UpstreamRequest {
+            method,
+            origin: forward.origin.clone(),
+            path: forward.path.clone(),
+            headers,
+            body,
+            check: forward.check,
+        };
+        if !forward.from_client {
+            return Ok((base(Method::GET, policy.request_headers(&HeaderMap::new()), Bytes::new()), None));
+        }
+        let (parts, body) = req.into_parts();
+        let headers = policy.request_headers(&parts.headers);
+        let limits = &self.config.limits;
+        let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
+        let gemini = if forward.monitor {
+            gemini_stream::applies(&parts.method, &forward.path, &body)
+                .map(|v| (v, KeepAlive::for_client(&parts.headers)))
+        } else {
+            None
+        };
+        Ok((base(parts.method, headers, body), gemini))
+    }
+
+    /// Phase 4b and 5: sends through the transports (fallback inside),
+    /// shapes the response and hands a Gemini stream to its monitor.
+    async fn send(
+        &self,
+        req: UpstreamRequest,
+        forward: Forward,
+        public_host: Option<HeaderValue>,
+        gemini: Option<(serde_json::Value, KeepAlive)>,
+        cx: &mut Ctx,
+    ) -> Result<Response<Body>, Error> {
+        let asked = Instant::now();
+        let served = match self.transports.send(&req, forward.force_fetch).await {
+            Ok(served) => served,
+            Err(failure) => {
+                cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
+                return Err(Error::Transports(failure));
+            }
+        };
+        self.metrics.upstream_head(asked.elapsed().as_secs_f64());
+        if let Some(reason) = served.fallback {
+            self.metrics.fallback(reason);
+        }
+        let transport = served.transport.as_str();
+        cx.transport = Some(transport);
+        let (mut parts, body) = served.response.into_parts();
+        let back = forward.redirect.as_ref().map(|redirect| RedirectBack {
+            redirect,
+            target: &req.origin,
+            public_host: public_host.as_ref(),
+            tls: self.config.tls.is_some(),
+        });
+        shape_head(&mut parts.headers, transport, back);
+        let body = match gemini {
+            Some((original, keepalive)) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
+                // The monitor rewrites the stream: no length can hold.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let monitored = Monitored {
+                    transports: Arc::clone(&self.transports),
+                    request: req,
+                    original,
+                    force_fetch: forward.force_fetch,
+                    gemini: Arc::clone(&self.gemini),
+                    response_timeout: self.config.upstream.response_timeout,
+                    stats: {
+                        let metrics = Arc::clone(&self.metrics);
+                        Arc::new(move |outcome| metrics.continuation(outcome))
+                    },
+                    keepalive,
+                };
+                gemini_stream::spawn(body, monitored)
+            }
+            _ => body,
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Phase 6: the access record and metrics, written when the body ends.
+    fn record(&self, resp: Response<Body>, cx: Ctx) -> Response<Body> {
+        let access = Access {
+            method: cx.method,
+            kind: cx.kind,
+            preset: cx.preset,
+            transport: cx.transport,
+            status: resp.status().as_u16(),
+            started: cx.started,
+        };
+        resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)).boxed_unsync())
+    }
+
+    fn policy<'a>(&'a self, preset_user_agent: Option<&'a UserAgent>) -> RequestPolicy<'a> {
+        RequestPolicy {
+            extra_allow: &self.config.headers.allow,
+            user_agent: preset_user_agent.unwrap_or(&self.config.headers.user_agent),
+            websocket: false,
+        }
+    }
+}
+
+/// What the phases of one request learn and the record needs (never its
+/// path: it may hold the token, and queries may hold keys).
+struct Ctx {
+    started: Instant,
+    method: Method,
+    /// The client's `Origin`, for veilgate's CORS headers.
+    request_origin: Option<HeaderValue>,
+    kind: RouteKind,
+    preset: Option<String>,
+    transport: Option<&'static str>,
+}
+
+impl Ctx {
+    fn new(req: &Request<Incoming>) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            method: req.method().clone(),
+            request_origin: req.headers().get(header::ORIGIN).cloned(),
+            kind: RouteKind::Local,
+            preset: None,
+            transport: None,
+        }
+    }
+}
+
+/// The host the client addressed veilgate by, when it said; turned into
+/// `http(s)://<host>` only if a redirect needs rewriting.
+fn public_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(v) => Some(v.clone()),
+        None => HeaderValue::from_str(req.uri().authority()?.as_str()).ok(),
+    }
+}
+
+/// Reads the request body up to `limit` bytes (413 above it, at once when
+/// `content-length` already says so); a body that sends nothing for
+/// `quiet` is cut with 408.
+async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: Duration) -> Result<Bytes, Error> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut len: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(quiet, body.frame()).await {
+            Err(_) => return Err(Error::BodyTimeout { ms: quiet.as_millis() as u64 }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(Error::BodyRead(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len() as u64;
+        if len > limit {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        // One chunk (the usual case for a small JSON body) is kept as is.
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            None => rest.extend_from_slice(&data),
+            Some(f) => {
+                rest.reserve(f.len() + data.len());
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
+/// The raw bytes of the 503 sent to a connection over `max_connections`
+/// (written before any HTTP parsing, then the connection is closed).
+pub(crate) fn over_capacity_response() -> Vec<u8> {
+    Error::TooManyConnections.to_raw_response()
+}

@@ -1,0 +1,266 @@
+//! The plan of a request, decided purely from its [`Route`] and the
+//! configuration: answer a local endpoint, or forward — to which target and
+//! path, with which user-agent, target check, transport preference,
+//! redirect rewriting and monitor. No IO; [`super::App`] carries it out.
+
+use std::net::SocketAddr;
+
+use crate::config::{Config, Monitor, Token};
+use crate::metrics::RouteKind;
+use crate::policy::headers::UserAgent;
+use crate::policy::target::Origin;
+use crate::route::{Route, upstream_path};
+use crate::upstream::connect::TargetCheck;
+
+use super::shape::Redirect;
+
+/// What veilgate does with a request.
+#[derive(Debug)]
+// A plan lives on the stack for one request and is moved once: boxing the
+// forward would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Plan {
+    Dashboard,
+    Health,
+    Metrics,
+    Forward(Forward),
+}
+
+/// A request (or tunnel) for an upstream.
+#[derive(Debug)]
+pub(super) struct Forward {
+    /// `Test`, `Preset` or `Generic` (a tunnel is decided by the client's
+    /// `Upgrade` header when the request is sent).
+    pub(super) kind: RouteKind,
+    /// The preset's route name, for the access record.
+    pub(super) preset: Option<String>,
+    pub(super) origin: Origin,
+    /// Path and query for the upstream, byte for byte.
+    pub(super) path: String,
+    /// The preset's own user-agent rule, over `[headers].user_agent`.
+    pub(super) user_agent: Option<UserAgent>,
+    pub(super) check: TargetCheck,
+    /// Fetch transport only (the preset's `force_fetch`).
+    pub(super) force_fetch: bool,
+    /// False for `/test`: nothing of the client's request is forwarded (a
+    /// bare GET, no headers, no body, never a tunnel).
+    pub(super) from_client: bool,
+    /// How redirects are pointed back through veilgate (none for `/test`).
+    pub(super) redirect: Option<Redirect>,
+    /// The Gemini stream monitor watches this request's stream.
+    pub(super) monitor: bool,
+}
+
+/// What planning reads besides the route.
+#[derive(Clone, Copy)]
+pub(super) struct Settings<'a> {
+    pub(super) config: &'a Config,
+    pub(super) token: &'a Token,
+    /// The address veilgate listens on (refused as a checked target).
+    pub(super) own: SocketAddr,
+}
+
+/// Plans one routed request. `request_path` is the path as the client sent
+/// it (a preset's redirects map back onto its prefix).
+pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
+    let check = |allow_private: bool| TargetCheck { allow_private, own: s.own };
+    let forward = match route {
+        Route::Dashboard => return Plan::Dashboard,
+        Route::Health => return Plan::Health,
+        Route::Metrics => return Plan::Metrics,
+        Route::Test => {
+            let (origin, path) = s.config.default_dst.clone();
+            Forward {
+                kind: RouteKind::Test,
+                preset: None,
+                origin,
+                path,
+                user_agent: None,
+                check: check(true),
+                force_fetch: false,
+                from_client: false,
+                redirect: None,
+                monitor: false,
+            }
+        }
+        Route::Preset { preset, remainder, query, .. } => {
+            let target = preset.pick_target();
+            let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
+            Forward {
+                kind: RouteKind::Preset,
+                preset: Some(preset.route.clone()),
+                origin: target.origin.clone(),
+                path: upstream_path(&target.base_path, &remainder, query.as_deref()),
+                user_agent: preset.user_agent.clone(),
+                check: check(true),
+                force_fetch: preset.force_fetch,
+                from_client: true,
+                redirect: Some(Redirect::Preset { base_path: target.base_path.clone(), prefix }),
+                monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
+            }
+        }
+        Route::Generic { origin, remainder, query, path_token } => {
+            let auth_prefix = if path_token { format!("/{}", s.token.expose()) } else { String::new() };
+            Forward {
+                kind: RouteKind::Generic,
+                preset: None,
+                origin,
+                path: upstream_path("", &remainder, query.as_deref()),
+                user_agent: None,
+                check: check(s.config.upstream.allow_private_targets),
+                force_fetch: false,
+                from_client: true,
+                redirect: Some(Redirect::Generic { auth_prefix }),
+                monitor: false,
+            }
+        }
+    };
+    Plan::Forward(forward)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::route::{RouteContext, RouteInput, route};
+
+    const TOKEN: &str = "plan_token_0123456789";
+
+    /// Routes and plans `target` (path and query) under `toml`.
+    fn planned(toml: &str, target: &str, header_token: Option<&str>) -> Plan {
+        let config = Config::from_raw(RawConfig::from_toml(toml).unwrap(), &|_| None).unwrap();
+        let token = Token::parse(TOKEN, "test").unwrap();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let input =
+            RouteInput { method: &http::Method::GET, path, query, header_token: header_token.map(str::as_bytes) };
+        let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: config.preset_auth };
+        let routed = route(input, cx).unwrap();
+        plan(routed, path, Settings { config: &config, token: &token, own: "127.0.0.1:8080".parse().unwrap() })
+    }
+
+    fn forward(toml: &str, target: &str, header_token: Option<&str>) -> Forward {
+        match planned(toml, target, header_token) {
+            Plan::Forward(f) => f,
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_endpoints() {
+        assert!(matches!(planned("", "/", None), Plan::Dashboard));
+        assert!(matches!(planned("", "/healthz", None), Plan::Health));
+        assert!(matches!(planned("", "/metrics", None), Plan::Metrics));
+    }
+
+    /// Kind, preset, destination, strict check, force fetch, from the
+    /// client, monitored.
+    type Expected<'a> = (RouteKind, Option<&'a str>, &'a str, bool, bool, bool, bool);
+
+    #[test]
+    fn forwards() {
+        let generic = format!("/{TOKEN}/https/api.example.com:8443/v1/x?a=1");
+        let ollama = "[presets.ollama]\ntargets = [\"http://127.0.0.1:11434/base/\"]\nforce_fetch = true\nuser_agent = \"strip\"";
+        // (config, target, header token) → (kind, preset, destination, strict check, force fetch, from client, monitor)
+        let cases: Vec<(&str, &str, Option<&str>, Expected<'_>)> = vec![
+            (
+                "",
+                "/openai/v1/chat?x=1",
+                None,
+                (RouteKind::Preset, Some("openai"), "https://api.openai.com/v1/chat?x=1", false, false, true, false),
+            ),
+            (
+                "",
+                "/gemini/v1beta/models/m:streamGenerateContent?alt=sse",
+                None,
+                (
+                    RouteKind::Preset,
+                    Some("gemini"),
+                    "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse",
+                    false,
+                    false,
+                    true,
+                    true,
+                ),
+            ),
+            (
+                "[gemini]\nenabled = false",
+                "/gemini/v1beta/x",
+                None,
+                (
+                    RouteKind::Preset,
+                    Some("gemini"),
+                    "https://generativelanguage.googleapis.com/v1beta/x",
+                    false,
+                    false,
+                    true,
+                    false,
+                ),
+            ),
+            (
+                ollama,
+                "/ollama/api/chat",
+                None,
+                (RouteKind::Preset, Some("ollama"), "http://127.0.0.1:11434/base/api/chat", false, true, true, false),
+            ),
+            (
+                "",
+                &generic,
+                None,
+                (RouteKind::Generic, None, "https://api.example.com:8443/v1/x?a=1", true, false, true, false),
+            ),
+            (
+                "",
+                "/https/api.example.com/v1",
+                Some(TOKEN),
+                (RouteKind::Generic, None, "https://api.example.com/v1", true, false, true, false),
+            ),
+            (
+                "[upstream]\nallow_private_targets = true",
+                "/http/10.0.0.1/v1",
+                Some(TOKEN),
+                (RouteKind::Generic, None, "http://10.0.0.1/v1", false, false, true, false),
+            ),
+            (
+                "default_dst_url = \"https://example.org/get?q=1\"",
+                "/test",
+                None,
+                (RouteKind::Test, None, "https://example.org/get?q=1", false, false, false, false),
+            ),
+        ];
+        for (toml, target, header, want) in cases {
+            let f = forward(toml, target, header);
+            let got = (
+                f.kind,
+                f.preset.as_deref(),
+                format!("{}{}", f.origin, f.path),
+                f.check.is_strict(),
+                f.force_fetch,
+                f.from_client,
+                f.monitor,
+            );
+            assert_eq!((got.0, got.1, got.2.as_str(), got.3, got.4, got.5, got.6), want, "{target}");
+        }
+    }
+
+    #[test]
+    fn redirects_and_user_agents() {
+        let f = forward("[presets.openai]\nuser_agent = \"pass\"", "//openai//v1/files", None);
+        assert_eq!(f.redirect, Some(Redirect::Preset { base_path: String::new(), prefix: "//openai".into() }));
+        assert_eq!(f.user_agent, Some(UserAgent::Pass));
+        let f = forward("", "/groq/v1/models", None);
+        assert_eq!(f.redirect, Some(Redirect::Preset { base_path: "/openai".into(), prefix: "/groq".into() }));
+        assert_eq!(f.user_agent, None, "[headers].user_agent applies");
+        let in_path = forward("", &format!("/{TOKEN}/https/h.example/x"), None);
+        assert_eq!(in_path.redirect, Some(Redirect::Generic { auth_prefix: format!("/{TOKEN}") }));
+        let in_header = forward("", "/https/h.example/x", Some(TOKEN));
+        assert_eq!(
+            in_header.redirect,
+            Some(Redirect::Generic { auth_prefix: String::new() }),
+            "token not put in the path"
+        );
+        assert_eq!(forward("", "/test", None).redirect, None);
+    }
+}
