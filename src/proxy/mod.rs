@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use self::plan::{Forward, Plan};
-use self::shape::{RedirectBack, shape_head};
+use self::shape::{Redirect, RedirectBack, shape_head};
 use crate::body::Body;
 use crate::config::{Config, ConfigError, GeminiConfig, Token};
 use crate::error::Error;
@@ -109,7 +109,7 @@ impl App {
         }
         let route = self.route(&req)?;
         let settings = plan::Settings { config: &self.config, token: &self.token, own: self.listen };
-        let forward = match plan::plan(route, req.uri().path(), settings) {
+        let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, req.headers())),
             Plan::Health => return Ok(local::health()),
             Plan::Metrics => return local::metrics(self, req.headers()),
@@ -121,8 +121,9 @@ impl App {
             return self.tunnel(req, forward, cx).await;
         }
         let public_host = public_host(&req);
-        let (upstream, gemini) = self.upstream_request(req, &forward).await?;
-        self.send(upstream, forward, public_host, gemini, cx).await
+        let sending = Sending { force_fetch: forward.force_fetch, redirect: forward.redirect.take(), public_host };
+        let (upstream, gemini) = self.upstream_request(req, forward).await?;
+        self.send(upstream, sending, gemini, cx).await
     }
 
     /// Phase 1: what is refused before routing — a head over the limit, a
@@ -169,31 +170,25 @@ impl App {
     async fn upstream_request(
         &self,
         req: Request<Incoming>,
-        forward: &Forward,
+        forward: Forward,
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
         let policy = self.policy(forward.user_agent.as_ref());
-        let base = |method, headers, body| UpstreamRequest {
-            method,
-            origin: forward.origin.clone(),
-            path: forward.path.clone(),
-            headers,
-            body,
-            check: forward.check,
-        };
+        let Forward { origin, path, check, .. } = forward;
         if !forward.from_client {
-            return Ok((base(Method::GET, policy.request_headers(&HeaderMap::new()), Bytes::new()), None));
+            let headers = policy.request_headers(&HeaderMap::new());
+            let req = UpstreamRequest { method: Method::GET, origin, path, headers, body: Bytes::new(), check };
+            return Ok((req, None));
         }
         let (parts, body) = req.into_parts();
         let headers = policy.request_headers(&parts.headers);
         let limits = &self.config.limits;
         let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
         let gemini = if forward.monitor {
-            gemini_stream::applies(&parts.method, &forward.path, &body)
-                .map(|v| (v, KeepAlive::for_client(&parts.headers)))
+            gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
         } else {
             None
         };
-        Ok((base(parts.method, headers, body), gemini))
+        Ok((UpstreamRequest { method: parts.method, origin, path, headers, body, check }, gemini))
     }
 
     /// Phase 4b and 5: sends through the transports (fallback inside),
@@ -201,13 +196,12 @@ impl App {
     async fn send(
         &self,
         req: UpstreamRequest,
-        forward: Forward,
-        public_host: Option<HeaderValue>,
+        sending: Sending,
         gemini: Option<(serde_json::Value, KeepAlive)>,
         cx: &mut Ctx,
     ) -> Result<Response<Body>, Error> {
         let asked = Instant::now();
-        let served = match self.transports.send(&req, forward.force_fetch).await {
+        let served = match self.transports.send(&req, sending.force_fetch).await {
             Ok(served) => served,
             Err(failure) => {
                 cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
@@ -221,10 +215,10 @@ impl App {
         let transport = served.transport.as_str();
         cx.transport = Some(transport);
         let (mut parts, body) = served.response.into_parts();
-        let back = forward.redirect.as_ref().map(|redirect| RedirectBack {
+        let back = sending.redirect.as_ref().map(|redirect| RedirectBack {
             redirect,
             target: &req.origin,
-            public_host: public_host.as_ref(),
+            public_host: sending.public_host.as_ref(),
             tls: self.config.tls.is_some(),
         });
         shape_head(&mut parts.headers, transport, back);
@@ -236,7 +230,7 @@ impl App {
                     transports: Arc::clone(&self.transports),
                     request: req,
                     original,
-                    force_fetch: forward.force_fetch,
+                    force_fetch: sending.force_fetch,
                     gemini: Arc::clone(&self.gemini),
                     response_timeout: self.config.upstream.response_timeout,
                     stats: {
@@ -272,6 +266,14 @@ impl App {
             websocket: false,
         }
     }
+}
+
+/// What sending a forward needs besides the upstream request.
+struct Sending {
+    force_fetch: bool,
+    redirect: Option<Redirect>,
+    /// The `Host` the client addressed veilgate by (for redirects).
+    public_host: Option<HeaderValue>,
 }
 
 /// What the phases of one request learn and the record needs (never its
