@@ -14,6 +14,7 @@
 //!
 //! [`config`] is read once at start-up and shared read-only by all of them.
 
+pub mod auth;
 pub(crate) mod body;
 pub mod config;
 pub(crate) mod dashboard;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::auth::{Caller, Identified, Presented, identify};
 use crate::config::{Preset, Presets, Token};
 use crate::policy::target::{HostError, Origin, Scheme, parse_authority};
 
@@ -26,7 +27,7 @@ pub enum Route {
     /// `GET /test`
     Test,
     /// `/<name>/<remainder>` with an enabled preset.
-    Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, authenticated: bool },
+    Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
     Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool },
@@ -171,37 +172,24 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         }
     }
 
-    let mut rest = input.path;
-    let mut authenticated = input.header_token.is_some_and(|t| cx.token.matches(t));
-    let mut path_token = false;
-    if let Some((first, after)) = segment(rest)
-        && cx.token.matches(first.as_bytes())
-    {
-        authenticated = true;
-        path_token = true;
-        rest = after;
-    }
+    let Identified { caller, presented, rest } = identify(input.path, input.header_token, cx.token);
+    let path_token = presented == Presented::Path;
     let query = input.query.map(str::to_owned);
 
     let Some((name, after_name)) = segment(rest) else {
-        return Err(if path_token || authenticated { RouteError::TokenOnly } else { RouteError::Unauthorized });
+        return Err(if caller.is_admin() { RouteError::TokenOnly } else { RouteError::Unauthorized });
     };
 
     if let Some(preset) = cx.presets.enabled(name) {
-        if cx.preset_auth && !authenticated {
+        if cx.preset_auth && !caller.is_admin() {
             return Err(RouteError::Unauthorized);
         }
-        return Ok(Route::Preset {
-            preset: Arc::clone(preset),
-            remainder: after_name.to_owned(),
-            query,
-            authenticated,
-        });
+        return Ok(Route::Preset { preset: Arc::clone(preset), remainder: after_name.to_owned(), query, caller });
     }
-    if !authenticated {
+    if !caller.is_admin() {
         // A scheme asks for generic mode, which needs the token: 401 says
         // so better than "no preset named https".
-        let sent_token = input.header_token.is_some() || path_token;
+        let sent_token = presented != Presented::Nothing;
         if sent_token || is_token_shaped(name) || Scheme::from_segment(name).is_some() {
             return Err(RouteError::Unauthorized);
         }
@@ -216,7 +204,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
 }
 
 /// Splits off the next non-empty segment: `"//a/b"` → `("a", "/b")`.
-fn segment(s: &str) -> Option<(&str, &str)> {
+pub(crate) fn segment(s: &str) -> Option<(&str, &str)> {
     let s = s.trim_start_matches('/');
     if s.is_empty() {
         return None;
@@ -415,7 +403,7 @@ mod tests {
         // a disabled preset name is an unknown scheme once authenticated
         assert_eq!(dest(&c, &format!("/{TOKEN}/claude/v1"), None), Err(RouteError::UnknownScheme));
         match run(&c, Method::GET, &format!("/{TOKEN}/openai/v1"), None).unwrap() {
-            Route::Preset { authenticated, .. } => assert!(authenticated),
+            Route::Preset { caller, .. } => assert_eq!(caller, Caller::Admin),
             other => panic!("{other:?}"),
         }
     }

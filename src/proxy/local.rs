@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::App;
+use crate::auth;
 use crate::body::{Body, empty, full};
 use crate::config::Cors;
 use crate::dashboard;
@@ -44,9 +45,7 @@ pub(super) fn dashboard(app: &App, headers: &HeaderMap) -> Response<Body> {
 
 /// `GET /metrics`: the admin token as a bearer token.
 pub(super) fn metrics(app: &App, headers: &HeaderMap) -> Result<Response<Body>, Error> {
-    let presented =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
-    if !app.token.matches(presented) {
+    if !auth::bearer(headers, &app.token).is_admin() {
         return Err(Error::Route(crate::route::RouteError::Unauthorized));
     }
     let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count())));
