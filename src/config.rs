@@ -387,7 +387,8 @@ pub struct Config {
     pub limits: Limits,
     pub headers: HeaderConfig,
     pub presets: Presets,
-    pub gemini: GeminiConfig,
+    /// Shared with every monitored stream as it is (one copy).
+    pub gemini: Arc<GeminiConfig>,
     pub websocket_max_message_bytes: usize,
     pub tls: Option<TlsConfig>,
 }
@@ -609,14 +610,14 @@ impl Config {
         if let Some(p) = env("GEMINI_RETRY_PROMPT_EN") {
             prompts.insert("en".into(), p);
         }
-        let gemini = GeminiConfig {
+        let gemini = Arc::new(GeminiConfig {
             enabled: env_bool(env, "GEMINI_SPECIAL_HANDLING_ENABLED")?.or(g.enabled).unwrap_or(true),
             max_retries: g.max_retries.unwrap_or(5),
             retry_delay: Duration::from_millis(g.retry_delay_ms.unwrap_or(750)),
             idle_timeout: ms(g.idle_timeout_ms, 60_000, "gemini.idle_timeout_ms")?,
             swallow_thoughts_after_retry: g.swallow_thoughts_after_retry.unwrap_or(true),
             prompts,
-        };
+        });
 
         let websocket_max_message_bytes = usize_of(
             positive(raw.websocket.max_message_bytes, 16 * 1024 * 1024, "websocket.max_message_bytes")?,

@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use self::plan::{Forward, Plan};
 use self::shape::{Redirect, RedirectBack, shape_head};
 use crate::body::Body;
-use crate::config::{Config, ConfigError, GeminiConfig, Token};
+use crate::config::{Config, ConfigError, Token};
 use crate::error::Error;
 use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;
@@ -39,8 +39,8 @@ use crate::policy::headers::{RequestPolicy, UserAgent};
 use crate::route::{Route, RouteContext, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::Transports;
-use crate::upstream::fetch::{FetchSettings, FetchTransport};
-use crate::upstream::{SocketSettings, SocketTransport, UpstreamRequest, tls};
+use crate::upstream::fetch::FetchTransport;
+use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 
 /// Everything a request handler needs, shared by all connections.
 pub(crate) struct App {
@@ -49,7 +49,6 @@ pub(crate) struct App {
     /// The address actually bound (refused as an upstream target).
     pub listen: SocketAddr,
     pub transports: Arc<Transports>,
-    gemini: Arc<GeminiConfig>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -60,33 +59,19 @@ impl App {
         let roots = tls::root_store(u.extra_ca_file.as_deref())?;
         let socket_tls = tls::client_config(roots.clone(), &[b"http/1.1"])?;
         let fetch_tls = tls::client_config(roots, &[b"h2", b"http/1.1"])?;
-        let socket = SocketTransport::new(
-            SocketSettings {
-                connect_timeout: u.connect_timeout,
-                response_timeout: u.response_timeout,
-                idle_timeout: u.idle_timeout,
-                pool_idle_timeout: u.pool_idle_timeout,
-                max_response_head_bytes: config.limits.max_response_head_bytes,
-                max_connections: config.limits.max_upstream_connections,
-            },
-            socket_tls,
-        );
-        let fetch = FetchTransport::new(
-            FetchSettings {
-                connect_timeout: u.connect_timeout,
-                response_timeout: u.response_timeout,
-                idle_timeout: u.idle_timeout,
-                pool_idle_timeout: u.pool_idle_timeout,
-                max_response_head_bytes: config.limits.max_response_head_bytes,
-            },
-            &fetch_tls,
-            listen,
-            Arc::clone(socket.pool()),
-        )
-        .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
+        let settings = UpstreamSettings {
+            connect_timeout: u.connect_timeout,
+            response_timeout: u.response_timeout,
+            idle_timeout: u.idle_timeout,
+            pool_idle_timeout: u.pool_idle_timeout,
+            max_response_head_bytes: config.limits.max_response_head_bytes,
+            max_connections: config.limits.max_upstream_connections,
+        };
+        let socket = SocketTransport::new(settings.clone(), socket_tls);
+        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()))
+            .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
-        let gemini = Arc::new(config.gemini.clone());
-        Ok(App { config, token, listen, transports: Arc::new(transports), gemini, metrics: Arc::new(Metrics::new()) })
+        Ok(App { config, token, listen, transports: Arc::new(transports), metrics: Arc::new(Metrics::new()) })
     }
 
     /// Handles one request; never fails (errors become responses). The
@@ -231,7 +216,7 @@ impl App {
                     request: req,
                     original,
                     force_fetch: sending.force_fetch,
-                    gemini: Arc::clone(&self.gemini),
+                    gemini: Arc::clone(&self.config.gemini),
                     response_timeout: self.config.upstream.response_timeout,
                     stats: {
                         let metrics = Arc::clone(&self.metrics);

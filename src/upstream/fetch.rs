@@ -9,7 +9,6 @@
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -22,20 +21,11 @@ use super::connect::TargetCheck;
 use super::guard::Guarded;
 use super::parse::{ParseError, ResponseHead};
 use super::pool::Pool;
-use super::{UpstreamError, UpstreamRequest};
+use super::{UpstreamError, UpstreamRequest, UpstreamSettings};
 
-/// Timeouts of the fetch transport (no whole-request timeout: a long SSE
-/// stream must never be cut by a total timer).
-#[derive(Clone, Debug)]
-pub(crate) struct FetchSettings {
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub max_response_head_bytes: usize,
-}
-
-/// The fetch transport: one client that refuses non-global addresses and
+/// The fetch transport (connect and per-chunk idle timeouts, never a
+/// whole-request one: a long SSE stream must not be cut by a total timer):
+/// one client that refuses non-global addresses and
 /// one for trusted targets (presets, or everything when the operator allows
 /// private targets).
 #[derive(Clone)]
@@ -45,7 +35,7 @@ pub(crate) struct FetchTransport {
     checked: reqwest::Client,
     trusted: reqwest::Client,
     own: SocketAddr,
-    settings: FetchSettings,
+    settings: UpstreamSettings,
 }
 
 /// The resolver refused every address of a name.
@@ -80,7 +70,7 @@ impl Resolve for CheckedResolver {
 impl FetchTransport {
     /// Builds both clients. `tls` must carry ALPN `h2` and `http/1.1`.
     pub(crate) fn new(
-        settings: FetchSettings,
+        settings: UpstreamSettings,
         tls: &rustls::ClientConfig,
         own: SocketAddr,
         pool: Arc<Pool>,

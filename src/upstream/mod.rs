@@ -126,9 +126,9 @@ pub struct UpstreamRequest {
     pub check: TargetCheck,
 }
 
-/// Timeouts and limits of the socket transport.
+/// Timeouts and limits of the upstream side, one copy for both transports.
 #[derive(Clone, Debug)]
-pub struct SocketSettings {
+pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -144,7 +144,7 @@ pub struct SocketTransport {
     connector: Connector,
     tls: TlsConnector,
     pool: Arc<Pool>,
-    settings: SocketSettings,
+    settings: UpstreamSettings,
 }
 
 /// How one exchange on one connection ended, when it did not succeed.
@@ -157,7 +157,7 @@ enum ExchangeError {
 
 impl SocketTransport {
     /// Must be called inside a Tokio runtime (the pool's reaper is spawned).
-    pub fn new(settings: SocketSettings, tls: Arc<rustls::ClientConfig>) -> SocketTransport {
+    pub fn new(settings: UpstreamSettings, tls: Arc<rustls::ClientConfig>) -> SocketTransport {
         let limit = SlotLimit { max: settings.max_connections, wait: settings.connect_timeout };
         let pool = Pool::new(settings.pool_idle_timeout, limit);
         pool.spawn_reaper();
