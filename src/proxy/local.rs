@@ -13,13 +13,13 @@ use serde_json::json;
 use super::App;
 use crate::auth;
 use crate::body::{Body, empty, full};
-use crate::config::Cors;
+use crate::config::{Config, Cors};
 use crate::dashboard;
 use crate::error::Error;
 
-pub(super) fn dashboard(app: &App, headers: &HeaderMap) -> Response<Body> {
+pub(super) fn dashboard(app: &App, config: &Config, headers: &HeaderMap) -> Response<Body> {
     let challenged = app.transports.challenged_origins();
-    let page = dashboard::render(&app.config.presets, app.config.force_fetch_default, &challenged);
+    let page = dashboard::render(&config.presets, config.force_fetch_default, &challenged);
     let etag = HeaderValue::from_str(&page.etag).unwrap_or(HeaderValue::from_static("\"0\""));
     let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let mut resp = if fresh {

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
@@ -44,7 +45,9 @@ use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 
 /// Everything a request handler needs, shared by all connections.
 pub(crate) struct App {
-    pub config: Config,
+    /// The validated configuration, swappable as a whole (the seam of
+    /// live reload); each request loads it once ([`App::snapshot`]).
+    config: ArcSwap<Config>,
     pub token: Token,
     /// The address actually bound (refused as an upstream target).
     pub listen: SocketAddr,
@@ -71,31 +74,40 @@ impl App {
         let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()))
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
+        let config = ArcSwap::from_pointee(config);
         Ok(App { config, token, listen, transports: Arc::new(transports), metrics: Arc::new(Metrics::new()) })
+    }
+
+    /// The configuration in force now.
+    pub(crate) fn snapshot(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// Handles one request; never fails (errors become responses). The
     /// phases, in order: admit the head → route → plan → send (a tunnel,
     /// or a request through the transports) → shape → record.
     pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        // The configuration is loaded once: a reload swaps it, a request in
+        // flight keeps its own.
+        let config = self.snapshot();
         let mut cx = Ctx::new(&req);
-        let mut resp = match self.respond(req, &mut cx).await {
+        let mut resp = match self.respond(&config, req, &mut cx).await {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
         };
-        local::apply_cors(resp.headers_mut(), cx.request_origin.as_ref(), &self.config.cors);
+        local::apply_cors(resp.headers_mut(), cx.request_origin.as_ref(), &config.cors);
         self.record(resp, cx)
     }
 
-    async fn respond(&self, req: Request<Incoming>, cx: &mut Ctx) -> Result<Response<Body>, Error> {
-        self.admit(&req)?;
+    async fn respond(&self, config: &Config, req: Request<Incoming>, cx: &mut Ctx) -> Result<Response<Body>, Error> {
+        self.admit(config, &req)?;
         if req.method() == Method::OPTIONS {
             return Ok(local::preflight(req.headers()));
         }
-        let route = self.route(&req)?;
-        let settings = plan::Settings { config: &self.config, token: &self.token, own: self.listen };
+        let route = self.route(config, &req)?;
+        let settings = plan::Settings { config, token: &self.token, own: self.listen };
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
-            Plan::Dashboard => return Ok(local::dashboard(self, req.headers())),
+            Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),
             Plan::Metrics => return local::metrics(self, req.headers()),
             Plan::Forward(forward) => forward,
@@ -103,46 +115,51 @@ impl App {
         cx.kind = forward.kind;
         cx.preset = forward.preset.clone();
         if forward.from_client && tunnel::is_upgrade(req.headers()) {
-            return self.tunnel(req, forward, cx).await;
+            return self.tunnel(config, req, forward, cx).await;
         }
         let public_host = public_host(&req);
         let sending = Sending { force_fetch: forward.force_fetch, redirect: forward.redirect.take(), public_host };
-        let (upstream, gemini) = self.upstream_request(req, forward).await?;
-        self.send(upstream, sending, gemini, cx).await
+        let (upstream, gemini) = self.upstream_request(config, req, forward).await?;
+        self.send(config, upstream, sending, gemini, cx).await
     }
 
     /// Phase 1: what is refused before routing — a head over the limit, a
     /// foreign `Host` while listening on loopback.
-    fn admit(&self, req: &Request<Incoming>) -> Result<(), Error> {
-        let limit = self.config.limits.max_header_bytes;
+    fn admit(&self, config: &Config, req: &Request<Incoming>) -> Result<(), Error> {
+        let limit = config.limits.max_header_bytes;
         if local::head_size(req) > limit {
             return Err(Error::HeadTooLarge { limit });
         }
-        if self.listen.ip().is_loopback() && !local::is_allowed_host(req, &self.config.allowed_hosts) {
+        if self.listen.ip().is_loopback() && !local::is_allowed_host(req, &config.allowed_hosts) {
             return Err(Error::ForeignHost);
         }
         Ok(())
     }
 
     /// Phase 2: the path (and `x-veilgate-token`) → [`Route`].
-    fn route(&self, req: &Request<Incoming>) -> Result<Route, Error> {
+    fn route(&self, config: &Config, req: &Request<Incoming>) -> Result<Route, Error> {
         let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
         let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
-        let cx =
-            RouteContext { presets: &self.config.presets, token: &self.token, preset_auth: self.config.preset_auth };
+        let cx = RouteContext { presets: &config.presets, token: &self.token, preset_auth: config.preset_auth };
         Ok(route(input, cx)?)
     }
 
     /// Phase 4a: a WebSocket tunnel instead of a request.
-    async fn tunnel(&self, req: Request<Incoming>, forward: Forward, cx: &mut Ctx) -> Result<Response<Body>, Error> {
+    async fn tunnel(
+        &self,
+        config: &Config,
+        req: Request<Incoming>,
+        forward: Forward,
+        cx: &mut Ctx,
+    ) -> Result<Response<Body>, Error> {
         cx.kind = RouteKind::Tunnel;
         cx.transport = Some("socket");
-        let headers = RequestPolicy { websocket: true, ..self.policy(forward.user_agent.as_ref()) }
+        let headers = RequestPolicy { websocket: true, ..policy(config, forward.user_agent.as_ref()) }
             .request_headers(req.headers());
         let settings = TunnelSettings {
-            max_message_bytes: self.config.websocket_max_message_bytes,
-            idle_timeout: self.config.upstream.idle_timeout,
-            handshake_timeout: self.config.upstream.response_timeout,
+            max_message_bytes: config.websocket_max_message_bytes,
+            idle_timeout: config.upstream.idle_timeout,
+            handshake_timeout: config.upstream.response_timeout,
             open_tunnels: self.metrics.open_tunnels(),
         };
         let socket = &self.transports.socket;
@@ -154,10 +171,11 @@ impl App {
     /// Gemini monitor takes its stream.
     async fn upstream_request(
         &self,
+        config: &Config,
         req: Request<Incoming>,
         forward: Forward,
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
-        let policy = self.policy(forward.user_agent.as_ref());
+        let policy = policy(config, forward.user_agent.as_ref());
         let Forward { origin, path, check, .. } = forward;
         if !forward.from_client {
             let headers = policy.request_headers(&HeaderMap::new());
@@ -166,7 +184,7 @@ impl App {
         }
         let (parts, body) = req.into_parts();
         let headers = policy.request_headers(&parts.headers);
-        let limits = &self.config.limits;
+        let limits = &config.limits;
         let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
         let gemini = if forward.monitor {
             gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
@@ -180,6 +198,7 @@ impl App {
     /// shapes the response and hands a Gemini stream to its monitor.
     async fn send(
         &self,
+        config: &Config,
         req: UpstreamRequest,
         sending: Sending,
         gemini: Option<(serde_json::Value, KeepAlive)>,
@@ -204,7 +223,7 @@ impl App {
             redirect,
             target: &req.origin,
             public_host: sending.public_host.as_ref(),
-            tls: self.config.tls.is_some(),
+            tls: config.tls.is_some(),
         });
         shape_head(&mut parts.headers, transport, back);
         let body = match gemini {
@@ -216,8 +235,8 @@ impl App {
                     request: req,
                     original,
                     force_fetch: sending.force_fetch,
-                    gemini: Arc::clone(&self.config.gemini),
-                    response_timeout: self.config.upstream.response_timeout,
+                    gemini: Arc::clone(&config.gemini),
+                    response_timeout: config.upstream.response_timeout,
                     stats: {
                         let metrics = Arc::clone(&self.metrics);
                         Arc::new(move |outcome| metrics.continuation(outcome))
@@ -243,13 +262,14 @@ impl App {
         };
         resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)).boxed_unsync())
     }
+}
 
-    fn policy<'a>(&'a self, preset_user_agent: Option<&'a UserAgent>) -> RequestPolicy<'a> {
-        RequestPolicy {
-            extra_allow: &self.config.headers.allow,
-            user_agent: preset_user_agent.unwrap_or(&self.config.headers.user_agent),
-            websocket: false,
-        }
+/// The request-header policy of a route.
+fn policy<'a>(config: &'a Config, preset_user_agent: Option<&'a UserAgent>) -> RequestPolicy<'a> {
+    RequestPolicy {
+        extra_allow: &config.headers.allow,
+        user_agent: preset_user_agent.unwrap_or(&config.headers.user_agent),
+        websocket: false,
     }
 }
 

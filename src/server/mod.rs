@@ -73,7 +73,8 @@ impl Server {
     /// requests and streams in flight finish for up to `shutdown_grace_ms`,
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limits = &self.app.config.limits;
+        let config = self.app.snapshot();
+        let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -143,7 +144,7 @@ impl Server {
         drop(self.listener);
         let _ = stop.send(true);
         tracker.close();
-        let grace = self.app.config.shutdown_grace;
+        let grace = config.shutdown_grace;
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: waiting for requests in flight");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
@@ -175,7 +176,8 @@ impl Downstream {
             let busy = clock.busy();
             async move { Ok::<_, Infallible>(app.handle(req).await.map(|inner| Holding { inner, _guard: busy })) }
         });
-        let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), self.app.config.limits.max_header_bytes));
+        let max_header_bytes = self.app.snapshot().limits.max_header_bytes;
+        let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), max_header_bytes));
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let idle = self.clock.expired(self.timeout);
