@@ -2,17 +2,25 @@
 //!
 //! A request flows through these modules, in this order:
 //!
-//! 1. [`server`] accepts the downstream connection (hyper, HTTP/1.1 and 2).
-//! 2. [`proxy`] checks `Host`, answers `OPTIONS` and local endpoints.
-//! 3. [`route`] turns the path into a preset or generic destination (pure).
-//! 4. [`policy`] decides what may leave: the header allowlist and which
-//!    addresses a target may have (pure).
-//! 5. [`upstream`] sends it: veilgate's own HTTP/1.1 client over its own
-//!    TCP/TLS connection, and streams the response back.
-//!    WebSocket upgrades go to [`tunnel`] instead.
-//! 6. [`error`] turns anything that failed into one JSON error response.
+//! 1. [`server`] accepts the downstream connection (hyper, HTTP/1.1 and 2)
+//!    and holds it to the limits: head timeout from accept, streams, JSON
+//!    refusals.
+//! 2. `proxy` runs the request's phases: admit (head size, `Host`) →
+//!    [`auth`] finds the caller → [`route`] turns the path into a preset or
+//!    generic destination (pure) → `proxy::plan` decides what to do (pure)
+//!    → send → shape the response → record (`metrics`).
+//! 3. [`policy`] decides what may leave: the header allowlist, which
+//!    addresses a target may have, where redirects point (pure).
+//! 4. [`upstream`] sends it: veilgate's own HTTP/1.1 client over its own
+//!    TCP/TLS connection (reqwest as the fallback), through one connector
+//!    and one target check, and streams the response back.
+//!    WebSocket upgrades go to `tunnel` instead; Gemini streams pass the
+//!    [`monitor`].
+//! 5. `error` turns anything that failed into one JSON error response.
 //!
-//! [`config`] is read once at start-up and shared read-only by all of them.
+//! [`config`] is validated once into a snapshot that every request loads
+//! once; state that outlives a request (transports, pools, metrics) lives
+//! beside it in the `proxy::App`.
 
 pub mod auth;
 pub(crate) mod body;
