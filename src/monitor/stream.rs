@@ -38,7 +38,6 @@ pub(crate) struct Monitored {
     /// The original request (its body is the original JSON).
     pub request: UpstreamRequest,
     pub original: Value,
-    pub force_fetch: bool,
     pub gemini: Arc<GeminiConfig>,
     /// Before the first `data:` event (a model may think silently).
     pub response_timeout: Duration,
@@ -142,8 +141,10 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                 headers: m.request.headers.clone(),
                 body: Bytes::from(session.continuation_body(&m.original, prompt).to_string()),
                 check: m.request.check,
+                transport: m.request.transport,
+                egress: m.request.egress.clone(),
             };
-            let sent = with_keepalives(m.transports.send(&req, m.force_fetch), &session, m.keepalive, tx).await?;
+            let sent = with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await?;
             match sent {
                 Ok(served) if is_event_stream(served.response.status(), served.response.headers()) => {
                     break served.response.into_body();

@@ -40,6 +40,7 @@ use crate::policy::headers::{RequestPolicy, UserAgent};
 use crate::route::{Route, RouteContext, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::Transports;
+use crate::upstream::connect::Egress;
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 
@@ -73,7 +74,7 @@ impl App {
         let socket = SocketTransport::new(settings.clone(), socket_tls);
         let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()))
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
-        let transports = Transports::new(socket, fetch, config.aggressive_fallback, config.force_fetch_default);
+        let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let config = ArcSwap::from_pointee(config);
         Ok(App { config, token, listen, transports: Arc::new(transports), metrics: Arc::new(Metrics::new()) })
     }
@@ -118,7 +119,7 @@ impl App {
             return self.tunnel(config, req, forward, cx).await;
         }
         let public_host = public_host(&req);
-        let sending = Sending { force_fetch: forward.force_fetch, redirect: forward.redirect.take(), public_host };
+        let sending = Sending { redirect: forward.redirect.take(), public_host };
         let (upstream, gemini) = self.upstream_request(config, req, forward).await?;
         self.send(config, upstream, sending, gemini, cx).await
     }
@@ -176,10 +177,12 @@ impl App {
         forward: Forward,
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
         let policy = policy(config, forward.user_agent.as_ref());
-        let Forward { origin, path, check, .. } = forward;
+        let Forward { origin, path, check, transport, .. } = forward;
+        let egress = Egress::Direct;
         if !forward.from_client {
             let headers = policy.request_headers(&HeaderMap::new());
-            let req = UpstreamRequest { method: Method::GET, origin, path, headers, body: Bytes::new(), check };
+            let body = Bytes::new();
+            let req = UpstreamRequest { method: Method::GET, origin, path, headers, body, check, transport, egress };
             return Ok((req, None));
         }
         let (parts, body) = req.into_parts();
@@ -191,7 +194,8 @@ impl App {
         } else {
             None
         };
-        Ok((UpstreamRequest { method: parts.method, origin, path, headers, body, check }, gemini))
+        let method = parts.method;
+        Ok((UpstreamRequest { method, origin, path, headers, body, check, transport, egress }, gemini))
     }
 
     /// Phase 4b and 5: sends through the transports (fallback inside),
@@ -205,7 +209,7 @@ impl App {
         cx: &mut Ctx,
     ) -> Result<Response<Body>, Error> {
         let asked = Instant::now();
-        let served = match self.transports.send(&req, sending.force_fetch).await {
+        let served = match self.transports.send(&req).await {
             Ok(served) => served,
             Err(failure) => {
                 cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
@@ -234,7 +238,6 @@ impl App {
                     transports: Arc::clone(&self.transports),
                     request: req,
                     original,
-                    force_fetch: sending.force_fetch,
                     gemini: Arc::clone(&config.gemini),
                     response_timeout: config.upstream.response_timeout,
                     stats: {
@@ -275,7 +278,6 @@ fn policy<'a>(config: &'a Config, preset_user_agent: Option<&'a UserAgent>) -> R
 
 /// What sending a forward needs besides the upstream request.
 struct Sending {
-    force_fetch: bool,
     redirect: Option<Redirect>,
     /// The `Host` the client addressed veilgate by (for redirects).
     public_host: Option<HeaderValue>,

@@ -10,6 +10,7 @@ use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
 use crate::route::{Route, upstream_path};
+use crate::upstream::Preference;
 use crate::upstream::connect::TargetCheck;
 
 use super::shape::Redirect;
@@ -40,8 +41,9 @@ pub(super) struct Forward {
     /// The preset's own user-agent rule, over `[headers].user_agent`.
     pub(super) user_agent: Option<UserAgent>,
     pub(super) check: TargetCheck,
-    /// Fetch transport only (the preset's `force_fetch`).
-    pub(super) force_fetch: bool,
+    /// Fetch only (the preset's `force_fetch`, `force_fetch_default`), or
+    /// socket first.
+    pub(super) transport: Preference,
     /// False for `/test`: nothing of the client's request is forwarded (a
     /// bare GET, no headers, no body, never a tunnel).
     pub(super) from_client: bool,
@@ -64,6 +66,7 @@ pub(super) struct Settings<'a> {
 /// it (a preset's redirects map back onto its prefix).
 pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
     let check = |allow_private: bool| TargetCheck { allow_private, own: s.own };
+    let socket_first = if s.config.force_fetch_default { Preference::FetchOnly } else { Preference::SocketFirst };
     let forward = match route {
         Route::Dashboard => return Plan::Dashboard,
         Route::Health => return Plan::Health,
@@ -77,7 +80,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 path,
                 user_agent: None,
                 check: check(true),
-                force_fetch: false,
+                transport: socket_first,
                 from_client: false,
                 redirect: None,
                 monitor: false,
@@ -93,7 +96,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 path: upstream_path(&target.base_path, &remainder, query.as_deref()),
                 user_agent: preset.user_agent.clone(),
                 check: check(true),
-                force_fetch: preset.force_fetch,
+                transport: if preset.force_fetch { Preference::FetchOnly } else { socket_first },
                 from_client: true,
                 redirect: Some(Redirect::Preset { base_path: target.base_path.clone(), prefix }),
                 monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
@@ -108,7 +111,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 path: upstream_path("", &remainder, query.as_deref()),
                 user_agent: None,
                 check: check(s.config.upstream.allow_private_targets),
-                force_fetch: false,
+                transport: socket_first,
                 from_client: true,
                 redirect: Some(Redirect::Generic { auth_prefix }),
                 monitor: false,
@@ -229,6 +232,18 @@ mod tests {
                 None,
                 (RouteKind::Test, None, "https://example.org/get?q=1", false, false, false, false),
             ),
+            (
+                "force_fetch_default = true",
+                "/openai/v1",
+                None,
+                (RouteKind::Preset, Some("openai"), "https://api.openai.com/v1", false, true, true, false),
+            ),
+            (
+                "force_fetch_default = true",
+                "/https/h.example/x",
+                Some(TOKEN),
+                (RouteKind::Generic, None, "https://h.example/x", true, true, true, false),
+            ),
         ];
         for (toml, target, header, want) in cases {
             let f = forward(toml, target, header);
@@ -237,7 +252,7 @@ mod tests {
                 f.preset.as_deref(),
                 format!("{}{}", f.origin, f.path),
                 f.check.is_strict(),
-                f.force_fetch,
+                f.transport == Preference::FetchOnly,
                 f.from_client,
                 f.monitor,
             );

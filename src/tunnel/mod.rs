@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::body::{Body, empty};
 use crate::policy::target::{Origin, Scheme};
-use crate::upstream::connect::TargetCheck;
+use crate::upstream::connect::{Egress, TargetCheck};
 use crate::upstream::{SocketTransport, UpstreamError};
 
 /// Messages longer than this are sent on as frames of this size (RFC 6455
@@ -123,7 +123,7 @@ pub(crate) async fn open(
     }
 
     let config = ws_config(settings.max_message_bytes);
-    let conn = socket.connect(&origin, check).await?;
+    let conn = socket.connect(&origin, &Egress::Direct, check).await?;
     let handshake = tokio_tungstenite::client_async_with_config(upstream_req, conn, Some(config));
     let (upstream, upstream_resp) = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
         Err(_) => {

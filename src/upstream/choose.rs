@@ -21,7 +21,7 @@ use crate::policy::target::Origin;
 use super::challenge::{HeadVerdict, MAX_CHALLENGE_BODY, head_verdict, is_challenge_page};
 use super::fetch::FetchTransport;
 use super::guard::Prepend;
-use super::{SocketTransport, UpstreamError, UpstreamRequest};
+use super::{Preference, SocketTransport, UpstreamError, UpstreamRequest};
 
 /// How long an origin that challenged the socket goes straight to fetch.
 pub(crate) const CHALLENGE_MEMORY: Duration = Duration::from_secs(600);
@@ -70,7 +70,6 @@ pub(crate) struct Transports {
     pub socket: SocketTransport,
     pub fetch: FetchTransport,
     pub aggressive_fallback: bool,
-    pub force_fetch_default: bool,
     challenged: Mutex<HashMap<Origin, Instant>>,
 }
 
@@ -80,18 +79,13 @@ enum Inspected {
 }
 
 impl Transports {
-    pub(crate) fn new(
-        socket: SocketTransport,
-        fetch: FetchTransport,
-        aggressive_fallback: bool,
-        force_fetch_default: bool,
-    ) -> Transports {
-        Transports { socket, fetch, aggressive_fallback, force_fetch_default, challenged: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(socket: SocketTransport, fetch: FetchTransport, aggressive_fallback: bool) -> Transports {
+        Transports { socket, fetch, aggressive_fallback, challenged: Mutex::new(HashMap::new()) }
     }
 
-    /// Sends `req` through the transport the rules pick.
-    pub(crate) async fn send(&self, req: &UpstreamRequest, force_fetch: bool) -> Result<Served, Failure> {
-        if force_fetch || self.force_fetch_default {
+    /// Sends `req` through the transport its preference and the rules pick.
+    pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Served, Failure> {
+        if req.transport == Preference::FetchOnly {
             return self.via_fetch(req, Vec::new(), "force").await;
         }
         if self.aggressive_fallback && self.is_challenged(&req.origin) {

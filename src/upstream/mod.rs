@@ -113,6 +113,15 @@ pub enum BodyError {
     Read(io::ErrorKind),
 }
 
+/// Which transports may carry a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preference {
+    /// The socket transport, and fetch only as the fallback of SPEC §4.
+    SocketFirst,
+    /// The fetch transport only (`force_fetch`, `force_fetch_default`).
+    FetchOnly,
+}
+
 /// One request for an upstream, already shaped by routing and policy.
 #[derive(Debug)]
 pub struct UpstreamRequest {
@@ -124,6 +133,9 @@ pub struct UpstreamRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub check: TargetCheck,
+    pub transport: Preference,
+    /// How the connection leaves this machine.
+    pub egress: Egress,
 }
 
 /// Timeouts and limits of the upstream side, one copy for both transports.
@@ -181,7 +193,7 @@ impl SocketTransport {
     /// request gets EOF without a single byte — the request goes once more
     /// on a fresh connection. Nothing else is ever sent twice.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
-        let key = PoolKey { origin: req.origin.clone(), egress: Egress::Direct, checked: req.check.is_strict() };
+        let key = PoolKey { origin: req.origin.clone(), egress: req.egress.clone(), checked: req.check.is_strict() };
         let mut head = BytesMut::new();
         encode::encode_head(&req.method, &req.path, &req.origin.host_header(), &req.headers, req.body.len(), &mut head);
         if req.body.len() <= COALESCE_BODY_BYTES {
@@ -198,7 +210,7 @@ impl SocketTransport {
                 }
             }
         }
-        let conn = self.connect(&req.origin, req.check).await?;
+        let conn = self.connect(&req.origin, &req.egress, req.check).await?;
         match self.exchange(conn, false, req, &head, &key).await {
             Ok(resp) => Ok(resp),
             Err(ExchangeError::Failed(e)) => Err(e),
@@ -266,9 +278,9 @@ impl SocketTransport {
 
     /// A new connection to `origin`, TLS-wrapped for https (ALPN `http/1.1`),
     /// never pooled: for requests and for WebSocket tunnels.
-    pub async fn connect(&self, origin: &Origin, check: TargetCheck) -> Result<Conn, UpstreamError> {
+    pub async fn connect(&self, origin: &Origin, egress: &Egress, check: TargetCheck) -> Result<Conn, UpstreamError> {
         let slot = self.pool.slot().await?;
-        let (tcp, _peer) = self.connector.connect(origin, &Egress::Direct, check).await?;
+        let (tcp, _peer) = self.connector.connect(origin, egress, check).await?;
         match origin.scheme {
             Scheme::Http => Ok(Conn::new(Stream::Plain(tcp), Some(slot))),
             Scheme::Https => {
