@@ -171,6 +171,36 @@ struct RawTls {
 }
 
 impl RawConfig {
+    /// The environment variables kept from the seed Worker, over the file.
+    /// A value is checked here, so that an error names the variable.
+    fn with_env(mut self, env: Env<'_>) -> Result<RawConfig, ConfigError> {
+        if let Some(t) = env("AUTH_TOKEN") {
+            Token::parse(&t, "environment variable AUTH_TOKEN")?;
+            self.auth_token = Some(t);
+        }
+        if let Some(url) = env("DEFAULT_DST_URL") {
+            parse_url(&url).map_err(|e| ConfigError(format!("environment variable DEFAULT_DST_URL: {e}")))?;
+            self.default_dst_url = Some(url);
+        }
+        for (var, field) in [
+            ("PRESET_AUTH_ENABLED", &mut self.preset_auth),
+            ("AGGRESSIVE_FALLBACK", &mut self.aggressive_fallback),
+            ("FORCE_FETCH_DEFAULT", &mut self.force_fetch_default),
+            ("DEBUG_MODE", &mut self.debug),
+            ("GEMINI_SPECIAL_HANDLING_ENABLED", &mut self.gemini.enabled),
+        ] {
+            if let Some(value) = env_bool(env, var)? {
+                *field = Some(value);
+            }
+        }
+        for (var, lang) in [("GEMINI_RETRY_PROMPT_CN", "zh"), ("GEMINI_RETRY_PROMPT_EN", "en")] {
+            if let Some(prompt) = env(var) {
+                self.gemini.prompts.insert(lang.to_owned(), prompt);
+            }
+        }
+        Ok(self)
+    }
+
     /// Parses TOML text; unknown keys and wrong types are errors naming the key.
     pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError(format!("config file: {}", e.to_string().trim())))
@@ -485,17 +515,13 @@ impl Config {
         Config::from_raw(RawConfig::default(), env)
     }
 
-    /// Applies the environment and validates.
+    /// Applies the environment to the raw configuration, then validates.
     pub fn from_raw(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
+        let raw = raw.with_env(env)?;
         let listen = listen_addr(raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
 
-        let auth_token = match (env("AUTH_TOKEN"), &raw.auth_token) {
-            (Some(t), _) => Some(Token::parse(&t, "environment variable AUTH_TOKEN")?),
-            (None, Some(t)) => Some(Token::parse(t, "auth_token")?),
-            (None, None) => None,
-        };
-
-        let preset_auth = env_bool(env, "PRESET_AUTH_ENABLED")?.or(raw.preset_auth).unwrap_or(false);
+        let auth_token = raw.auth_token.as_deref().map(|t| Token::parse(t, "auth_token")).transpose()?;
+        let preset_auth = raw.preset_auth.unwrap_or(false);
         let danger_public_presets = raw.danger_public_presets.unwrap_or(false);
 
         let mut allowed_hosts = Vec::new();
@@ -506,14 +532,11 @@ impl Config {
             allowed_hosts.push(h.to_ascii_lowercase());
         }
 
-        let aggressive_fallback = env_bool(env, "AGGRESSIVE_FALLBACK")?.or(raw.aggressive_fallback).unwrap_or(true);
-        let force_fetch_default = env_bool(env, "FORCE_FETCH_DEFAULT")?.or(raw.force_fetch_default).unwrap_or(false);
-        let (dst_key, dst) = match env("DEFAULT_DST_URL") {
-            Some(v) => ("environment variable DEFAULT_DST_URL", v),
-            None => ("default_dst_url", raw.default_dst_url.unwrap_or_else(|| "https://httpbin.org/get".to_owned())),
-        };
-        let default_dst = parse_url(&dst).map_err(|e| ConfigError(format!("{dst_key}: {e}")))?;
-        let debug = env_bool(env, "DEBUG_MODE")?.or(raw.debug).unwrap_or(false);
+        let aggressive_fallback = raw.aggressive_fallback.unwrap_or(true);
+        let force_fetch_default = raw.force_fetch_default.unwrap_or(false);
+        let dst = raw.default_dst_url.as_deref().unwrap_or("https://httpbin.org/get");
+        let default_dst = parse_url(dst).map_err(|e| ConfigError(format!("default_dst_url: {e}")))?;
+        let debug = raw.debug.unwrap_or(false);
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -604,14 +627,8 @@ impl Config {
             }
             prompts.insert(lang, prompt);
         }
-        if let Some(p) = env("GEMINI_RETRY_PROMPT_CN") {
-            prompts.insert("zh".into(), p);
-        }
-        if let Some(p) = env("GEMINI_RETRY_PROMPT_EN") {
-            prompts.insert("en".into(), p);
-        }
         let gemini = Arc::new(GeminiConfig {
-            enabled: env_bool(env, "GEMINI_SPECIAL_HANDLING_ENABLED")?.or(g.enabled).unwrap_or(true),
+            enabled: g.enabled.unwrap_or(true),
             max_retries: g.max_retries.unwrap_or(5),
             retry_delay: Duration::from_millis(g.retry_delay_ms.unwrap_or(750)),
             idle_timeout: ms(g.idle_timeout_ms, 60_000, "gemini.idle_timeout_ms")?,
