@@ -3,11 +3,65 @@
 //! Every comparison is constant-time; no token is ever forwarded or
 //! logged. Client tokens (§11) will arrive here as a third kind of caller.
 
+use std::fmt;
+
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::config::Token;
+use crate::config::ConfigError;
 use crate::route::segment;
+
+/// The auth token: 16–128 characters of `[A-Za-z0-9_-]`. Its `Debug` and
+/// `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// 32 random bytes, URL-safe base64 (43 characters).
+    pub(crate) fn generate() -> Token {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        Token(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn parse(s: &str, source: &str) -> Result<Token, ConfigError> {
+        let ok_len = (16..=128).contains(&s.len());
+        let ok_chars = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_len || !ok_chars {
+            return Err(ConfigError(format!(
+                "{source}: the auth token must be 16 to 128 characters of A-Z a-z 0-9 _ -"
+            )));
+        }
+        Ok(Token(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with a candidate (no early exit on the
+    /// first differing byte).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let a = self.0.as_bytes();
+        let mut diff = (a.len() != candidate.len()) as u8;
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ candidate.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
 
 /// Who sent a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

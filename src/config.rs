@@ -5,18 +5,18 @@
 //! The auth token is resolved separately ([`Config::resolve_token`]) because
 //! generating one writes a file; `check-config` must not.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Token;
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
+use crate::preset::{Monitor, Preset, Presets, Target};
 
 /// A configuration error. The message names the key or variable at fault
 /// and never repeats a secret value.
@@ -216,49 +216,6 @@ impl RawConfig {
 
 // -------------------------------------------------------------- typed stage
 
-/// The auth token: 16–128 characters of `[A-Za-z0-9_-]`. Its `Debug` and
-/// `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn parse(s: &str, source: &str) -> Result<Token, ConfigError> {
-        let ok_len = (16..=128).contains(&s.len());
-        let ok_chars = s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !ok_len || !ok_chars {
-            return err(format!("{source}: the auth token must be 16 to 128 characters of A-Z a-z 0-9 _ -"));
-        }
-        Ok(Token(s.to_owned()))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Constant-time comparison with a candidate (no early exit on the
-    /// first differing byte).
-    pub fn matches(&self, candidate: &[u8]) -> bool {
-        let a = self.0.as_bytes();
-        let mut diff = (a.len() != candidate.len()) as u8;
-        for (i, x) in a.iter().enumerate() {
-            diff |= x ^ candidate.get(i).copied().unwrap_or(0);
-        }
-        diff == 0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// `text` (human-readable) or `json` log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -276,77 +233,6 @@ pub enum Cors {
     /// localhost, `127.0.0.0/8`, `[::1]`, any port) when `loopback` — the
     /// default, `["loopback"]`.
     List { loopback: bool, origins: Vec<String> },
-}
-
-/// What watches a preset's responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Monitor {
-    None,
-    Gemini,
-}
-
-/// One upstream target of a preset: an origin and a path prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub origin: Origin,
-    /// Path prefix without a trailing `/` (may be empty).
-    pub base_path: String,
-}
-
-impl Target {
-    fn parse(s: &str, key: &str) -> Result<Target, ConfigError> {
-        let (origin, path) = parse_url(s).map_err(|e| ConfigError(format!("{key}: {e}")))?;
-        if path.contains('?') {
-            return err(format!("{key}: a preset target may not have a query"));
-        }
-        Ok(Target { origin, base_path: path.trim_end_matches('/').to_owned() })
-    }
-
-    /// The URL as configured, for the dashboard and logs (no secrets here).
-    pub fn url(&self) -> String {
-        format!("{}{}", self.origin, self.base_path)
-    }
-}
-
-/// A preset route: `/<name>/…` → one of `targets`.
-#[derive(Debug)]
-pub struct Preset {
-    /// The route segment.
-    pub route: String,
-    pub display_name: String,
-    pub targets: Vec<Target>,
-    pub force_fetch: bool,
-    pub user_agent: Option<UserAgent>,
-    pub enabled: bool,
-    pub monitor: Monitor,
-    next: AtomicUsize,
-}
-
-impl Preset {
-    /// Picks this request's target (round-robin); the request keeps it for
-    /// fallback and continuations.
-    pub fn pick_target(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
-    }
-}
-
-/// All presets in display order, with a lookup by route segment.
-#[derive(Debug, Default)]
-pub struct Presets {
-    list: Vec<Arc<Preset>>,
-    index: HashMap<String, usize>,
-}
-
-impl Presets {
-    /// The enabled preset named by a route segment.
-    pub fn enabled(&self, segment: &str) -> Option<&Arc<Preset>> {
-        self.index.get(segment).map(|&i| &self.list[i]).filter(|p| p.enabled)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
-        self.list.iter()
-    }
 }
 
 #[derive(Debug)]
@@ -882,22 +768,19 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             Some("gemini") => Monitor::Gemini,
             Some(_) => return err(format!("{key}.monitor must be \"gemini\" or \"none\"")),
         };
-        let preset = Preset {
-            display_name: over
-                .name
-                .unwrap_or_else(|| builtin.map(|(n, _)| n.to_owned()).unwrap_or_else(|| route.clone())),
+        let display_name =
+            over.name.unwrap_or_else(|| builtin.map(|(n, _)| n.to_owned()).unwrap_or_else(|| route.clone()));
+        presets.push(Preset::new(
+            route,
+            display_name,
             targets,
             // A new preset without force_fetch follows force_fetch_default,
-            // which the transport choice applies to every preset anyway.
-            force_fetch: over.force_fetch.unwrap_or(false),
+            // which the plan applies to every preset anyway.
+            over.force_fetch.unwrap_or(false),
             user_agent,
-            enabled: over.enabled.unwrap_or(true),
+            over.enabled.unwrap_or(true),
             monitor,
-            next: AtomicUsize::new(0),
-            route: route.clone(),
-        };
-        presets.index.insert(route, presets.list.len());
-        presets.list.push(Arc::new(preset));
+        ));
     }
     Ok(presets)
 }
@@ -911,7 +794,7 @@ fn load_or_create_token(path: &Path) -> Result<Token, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return err(format!("cannot read token file {}: {e}", path.display())),
     }
-    let token = generate_token();
+    let token = Token::generate();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| ConfigError(format!("cannot create data_dir {}: {e}", dir.display())))?;
@@ -928,15 +811,10 @@ fn load_or_create_token(path: &Path) -> Result<Token, ConfigError> {
     Ok(token)
 }
 
-fn generate_token() -> Token {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    Token(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn no_env(_: &str) -> Option<String> {
         None

@@ -31,6 +31,7 @@ pub mod fds;
 pub(crate) mod metrics;
 pub mod monitor;
 pub mod policy;
+pub mod preset;
 pub(crate) mod proxy;
 pub mod route;
 pub mod server;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::auth::{Caller, Identified, Presented, identify};
-use crate::config::{Preset, Presets, Token};
+use crate::auth::{Caller, Identified, Presented, Token, identify};
 use crate::policy::target::{HostError, Origin, Scheme, parse_authority};
+use crate::preset::{Preset, Presets};
 
 /// What a request asks for.
 #[derive(Debug)]

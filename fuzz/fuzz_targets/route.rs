@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veilgate::config::{Config, RawConfig, Token};
+use veilgate::auth::Token;
+use veilgate::config::{Config, RawConfig};
 use veilgate::policy::target::parse_authority;
 use veilgate::route::{Route, RouteContext, RouteInput, route};
 

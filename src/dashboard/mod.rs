@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::json;
 
-use crate::config::Presets;
 use crate::policy::target::Origin;
+use crate::preset::Presets;
 
 const PAGE: &str = include_str!("index.html");
 

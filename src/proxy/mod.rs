@@ -30,8 +30,9 @@ use hyper::body::Incoming;
 
 use self::plan::{Forward, Plan};
 use self::shape::{Redirect, RedirectBack, shape_head};
+use crate::auth::Token;
 use crate::body::Body;
-use crate::config::{Config, ConfigError, Token};
+use crate::config::{Config, ConfigError};
 use crate::error::Error;
 use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;

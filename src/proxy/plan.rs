@@ -5,10 +5,12 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{Config, Monitor, Token};
+use crate::auth::Token;
+use crate::config::Config;
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
+use crate::preset::Monitor;
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
 use crate::upstream::connect::TargetCheck;

@@ -30,8 +30,9 @@ use tokio_util::task::TaskTracker;
 
 use self::idle::IdleClock;
 use self::rescue::Rescued;
+use crate::auth::Token;
 use crate::body::Holding;
-use crate::config::{Config, ConfigError, TlsConfig, Token};
+use crate::config::{Config, ConfigError, TlsConfig};
 use crate::proxy::{App, over_capacity_response};
 
 /// How long an idle connection that was sent GOAWAY (or told to close)

@@ -1,0 +1,101 @@
+//! Preset routes: `/<name>/…` → one of the preset's targets. The types
+//! only; [`crate::config`] builds them from the built-ins and the file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::ConfigError;
+use crate::policy::headers::UserAgent;
+use crate::policy::target::{Origin, parse_url};
+
+/// What watches a preset's responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    None,
+    Gemini,
+}
+
+/// One upstream target of a preset: an origin and a path prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub origin: Origin,
+    /// Path prefix without a trailing `/` (may be empty).
+    pub base_path: String,
+}
+
+impl Target {
+    pub(crate) fn parse(s: &str, key: &str) -> Result<Target, ConfigError> {
+        let (origin, path) = parse_url(s).map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        if path.contains('?') {
+            return Err(ConfigError(format!("{key}: a preset target may not have a query")));
+        }
+        Ok(Target { origin, base_path: path.trim_end_matches('/').to_owned() })
+    }
+
+    /// The URL as configured, for the dashboard and logs (no secrets here).
+    pub fn url(&self) -> String {
+        format!("{}{}", self.origin, self.base_path)
+    }
+}
+
+/// A preset route: `/<name>/…` → one of `targets`.
+#[derive(Debug)]
+pub struct Preset {
+    /// The route segment.
+    pub route: String,
+    pub display_name: String,
+    pub targets: Vec<Target>,
+    pub force_fetch: bool,
+    pub user_agent: Option<UserAgent>,
+    pub enabled: bool,
+    pub monitor: Monitor,
+    next: AtomicUsize,
+}
+
+impl Preset {
+    #[allow(clippy::too_many_arguments)] // one per field; only the config builds presets
+    pub(crate) fn new(
+        route: String,
+        display_name: String,
+        targets: Vec<Target>,
+        force_fetch: bool,
+        user_agent: Option<UserAgent>,
+        enabled: bool,
+        monitor: Monitor,
+    ) -> Preset {
+        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor, next: AtomicUsize::new(0) }
+    }
+
+    /// Picks this request's target (round-robin); the request keeps it for
+    /// fallback and continuations.
+    pub fn pick_target(&self) -> &Target {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.targets[i % self.targets.len()]
+    }
+}
+
+/// All presets in display order, with a lookup by route segment.
+#[derive(Debug, Default)]
+pub struct Presets {
+    list: Vec<Arc<Preset>>,
+    index: HashMap<String, usize>,
+}
+
+impl Presets {
+    /// Adds a preset after the others (a later one of the same name wins
+    /// the lookup).
+    pub(crate) fn push(&mut self, preset: Preset) {
+        self.index.insert(preset.route.clone(), self.list.len());
+        self.list.push(Arc::new(preset));
+    }
+
+    /// The enabled preset named by a route segment.
+    pub fn enabled(&self, segment: &str) -> Option<&Arc<Preset>> {
+        self.index.get(segment).map(|&i| &self.list[i]).filter(|p| p.enabled)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
+        self.list.iter()
+    }
+}
