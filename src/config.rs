@@ -845,7 +845,7 @@ mod tests {
         assert_eq!(c.presets.iter().count(), BUILTIN_PRESETS.len());
         let gemini = c.presets.enabled("gemini").unwrap();
         assert_eq!(gemini.monitor, Monitor::Gemini);
-        assert_eq!(c.presets.enabled("groq").unwrap().pick_target().url(), "https://api.groq.com/openai");
+        assert_eq!(c.presets.enabled("groq").unwrap().targets[0].url(), "https://api.groq.com/openai");
         assert_eq!(c.presets.enabled("openai").unwrap().monitor, Monitor::None);
         assert_eq!(c.limits.max_body_bytes, 33_554_432);
     }
@@ -928,14 +928,15 @@ mod tests {
         let g = c.presets.enabled("gemini").unwrap();
         assert_eq!(g.display_name, "Google Gemini");
         assert_eq!(g.monitor, Monitor::Gemini, "monitor kept from the built-in");
-        let picks: Vec<String> = (0..3).map(|_| g.pick_target().url()).collect();
+        let rotation = crate::preset::Rotation::new(&c.presets);
+        let picks: Vec<String> = (0..3).map(|_| rotation.pick(g).url()).collect();
         assert_eq!(picks, ["http://127.0.0.1:9000", "http://127.0.0.1:9001", "http://127.0.0.1:9000"]);
         let o = c.presets.enabled("openai").unwrap();
         assert_eq!(o.user_agent, Some(UserAgent::Strip));
-        assert_eq!(o.pick_target().url(), "https://api.openai.com", "targets kept");
+        assert_eq!(rotation.pick(o).url(), "https://api.openai.com", "targets kept");
         assert!(c.presets.enabled("claude").is_none());
         let l = c.presets.enabled("local-llm").unwrap();
-        assert_eq!((l.display_name.as_str(), l.pick_target().base_path.as_str()), ("Ollama", "/v1"));
+        assert_eq!((l.display_name.as_str(), rotation.pick(l).base_path.as_str()), ("Ollama", "/v1"));
         assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
     }
 

@@ -50,7 +50,6 @@ pub struct Preset {
     pub user_agent: Option<UserAgent>,
     pub enabled: bool,
     pub monitor: Monitor,
-    next: AtomicUsize,
 }
 
 impl Preset {
@@ -64,14 +63,7 @@ impl Preset {
         enabled: bool,
         monitor: Monitor,
     ) -> Preset {
-        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor, next: AtomicUsize::new(0) }
-    }
-
-    /// Picks this request's target (round-robin); the request keeps it for
-    /// fallback and continuations.
-    pub fn pick_target(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor }
     }
 }
 
@@ -97,5 +89,31 @@ impl Presets {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
         self.list.iter()
+    }
+}
+
+/// Where each preset with several targets sends its next request (round
+/// robin): state that outlives requests, kept apart from the configuration
+/// (a reload keeps the rotation of the presets it keeps).
+#[derive(Debug, Default)]
+pub struct Rotation {
+    next: HashMap<String, AtomicUsize>,
+}
+
+impl Rotation {
+    /// A rotation for every preset of `presets` that has several targets.
+    pub fn new(presets: &Presets) -> Rotation {
+        let next = presets.iter().filter(|p| p.targets.len() > 1).map(|p| (p.route.clone(), AtomicUsize::new(0)));
+        Rotation { next: next.collect() }
+    }
+
+    /// Picks this request's target; the request keeps it for fallback and
+    /// continuations.
+    pub fn pick<'a>(&self, preset: &'a Preset) -> &'a Target {
+        let turn = match (&preset.targets[..], self.next.get(&preset.route)) {
+            ([_], _) | (_, None) => 0,
+            (_, Some(next)) => next.fetch_add(1, Ordering::Relaxed),
+        };
+        &preset.targets[turn % preset.targets.len()]
     }
 }

@@ -38,6 +38,7 @@ use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, UserAgent};
+use crate::preset::Rotation;
 use crate::route::{Route, RouteContext, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::Transports;
@@ -45,7 +46,10 @@ use crate::upstream::connect::Egress;
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 
-/// Everything a request handler needs, shared by all connections.
+/// Everything a request handler needs, shared by all connections: the
+/// configuration's snapshot, and the state that outlives requests —
+/// transports (with their pool and the Cloudflare-challenge memory),
+/// metrics, the presets' rotation.
 pub(crate) struct App {
     /// The validated configuration, swappable as a whole (the seam of
     /// live reload); each request loads it once ([`App::snapshot`]).
@@ -55,6 +59,7 @@ pub(crate) struct App {
     pub listen: SocketAddr,
     pub transports: Arc<Transports>,
     pub metrics: Arc<Metrics>,
+    rotation: Rotation,
 }
 
 impl App {
@@ -76,8 +81,10 @@ impl App {
         let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()))
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
+        let rotation = Rotation::new(&config.presets);
         let config = ArcSwap::from_pointee(config);
-        Ok(App { config, token, listen, transports: Arc::new(transports), metrics: Arc::new(Metrics::new()) })
+        let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));
+        Ok(App { config, token, listen, transports, metrics, rotation })
     }
 
     /// The configuration in force now.
@@ -107,7 +114,7 @@ impl App {
             return Ok(local::preflight(req.headers()));
         }
         let route = self.route(config, &req)?;
-        let settings = plan::Settings { config, token: &self.token, own: self.listen };
+        let settings = plan::Settings { config, token: &self.token, own: self.listen, rotation: &self.rotation };
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),

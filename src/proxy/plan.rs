@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
-use crate::preset::Monitor;
+use crate::preset::{Monitor, Rotation};
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
 use crate::upstream::connect::TargetCheck;
@@ -62,6 +62,8 @@ pub(super) struct Settings<'a> {
     pub(super) token: &'a Token,
     /// The address veilgate listens on (refused as a checked target).
     pub(super) own: SocketAddr,
+    /// Which target of a preset is next.
+    pub(super) rotation: &'a Rotation,
 }
 
 /// Plans one routed request. `request_path` is the path as the client sent
@@ -89,7 +91,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
             }
         }
         Route::Preset { preset, remainder, query, .. } => {
-            let target = preset.pick_target();
+            let target = s.rotation.pick(&preset);
             let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
             Forward {
                 kind: RouteKind::Preset,
@@ -143,7 +145,9 @@ mod tests {
             RouteInput { method: &http::Method::GET, path, query, header_token: header_token.map(str::as_bytes) };
         let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: config.preset_auth };
         let routed = route(input, cx).unwrap();
-        plan(routed, path, Settings { config: &config, token: &token, own: "127.0.0.1:8080".parse().unwrap() })
+        let rotation = Rotation::new(&config.presets);
+        let own = "127.0.0.1:8080".parse().unwrap();
+        plan(routed, path, Settings { config: &config, token: &token, own, rotation: &rotation })
     }
 
     fn forward(toml: &str, target: &str, header_token: Option<&str>) -> Forward {
