@@ -8,6 +8,9 @@ use std::fmt;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
+use std::sync::Arc;
+
+use crate::client::{Client, Clients};
 use crate::config::ConfigError;
 use crate::route::segment;
 
@@ -64,17 +67,55 @@ impl fmt::Display for Token {
 }
 
 /// Who sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Caller {
     /// No token, or a wrong one.
     Anonymous,
     /// The `auth_token`: may do everything.
     Admin,
+    /// A `[[clients]]` token.
+    Client(Arc<Client>),
 }
 
 impl Caller {
-    pub fn is_admin(self) -> bool {
-        self == Caller::Admin
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin)
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Caller::Anonymous)
+    }
+
+    /// The name the access log gives this caller (`admin`, a client's
+    /// name, or none) — never a token.
+    pub fn name(&self) -> Option<Arc<str>> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Admin => {
+                static ADMIN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("admin"));
+                Some(Arc::clone(&ADMIN))
+            }
+            Caller::Client(c) => Some(Arc::clone(&c.name)),
+        }
+    }
+
+    /// May this caller use the preset `route`? (Anonymous callers are
+    /// decided by the route: that depends on the configuration.)
+    pub fn may_use_preset(&self, route: &str) -> bool {
+        match self {
+            Caller::Anonymous => false,
+            Caller::Admin => true,
+            Caller::Client(c) => c.may_use(route),
+        }
+    }
+
+    /// May this caller use generic routes and their tunnels?
+    pub fn may_use_generic(&self) -> bool {
+        match self {
+            Caller::Anonymous => false,
+            Caller::Admin => true,
+            Caller::Client(c) => c.generic,
+        }
     }
 }
 
@@ -90,7 +131,7 @@ pub enum Presented {
 }
 
 /// The caller of a request and the path left once its token is taken off.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Identified<'a> {
     pub caller: Caller,
     pub presented: Presented,
@@ -98,25 +139,42 @@ pub struct Identified<'a> {
     pub rest: &'a str,
 }
 
+/// Who holds `token`: the admin, a client, or nobody.
+fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
+    if admin.matches(token) {
+        return Some(Caller::Admin);
+    }
+    clients.find(token).map(|c| Caller::Client(Arc::clone(c)))
+}
+
 /// Finds the caller of a request from its raw path and `x-veilgate-token`.
-/// A token in the path wins over the header.
-pub fn identify<'a>(path: &'a str, header_token: Option<&[u8]>, admin: &Token) -> Identified<'a> {
-    if let Some((first, after)) = segment(path)
-        && admin.matches(first.as_bytes())
-    {
-        return Identified { caller: Caller::Admin, presented: Presented::Path, rest: after };
+/// A token in the path wins over the header. Only a segment shaped like a
+/// token (16–128 of `[A-Za-z0-9_-]`) is hashed against the clients'.
+pub fn identify<'a>(path: &'a str, header_token: Option<&[u8]>, admin: &Token, clients: &Clients) -> Identified<'a> {
+    if let Some((first, after)) = segment(path) {
+        let candidate = admin.matches(first.as_bytes()) || (!clients.is_empty() && is_token_shaped(first));
+        if candidate && let Some(caller) = holder(first.as_bytes(), admin, clients) {
+            return Identified { caller, presented: Presented::Path, rest: after };
+        }
     }
     match header_token {
-        Some(t) if admin.matches(t) => Identified { caller: Caller::Admin, presented: Presented::Header, rest: path },
-        Some(_) => Identified { caller: Caller::Anonymous, presented: Presented::Header, rest: path },
+        Some(t) => match holder(t, admin, clients) {
+            Some(caller) => Identified { caller, presented: Presented::Header, rest: path },
+            None => Identified { caller: Caller::Anonymous, presented: Presented::Header, rest: path },
+        },
         None => Identified { caller: Caller::Anonymous, presented: Presented::Nothing, rest: path },
     }
 }
 
+/// True when a segment has the shape of a token (16–128 of `[A-Za-z0-9_-]`).
+pub fn is_token_shaped(segment: &str) -> bool {
+    (16..=128).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The caller of `Authorization: Bearer <token>` (`/metrics`).
-pub fn bearer(headers: &HeaderMap, admin: &Token) -> Caller {
+pub fn bearer(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
     let presented = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
-    if admin.matches(presented) { Caller::Admin } else { Caller::Anonymous }
+    holder(presented, admin, clients).unwrap_or(Caller::Anonymous)
 }
 
 #[cfg(test)]
@@ -129,23 +187,38 @@ mod tests {
     fn callers() {
         let admin = Token::parse(TOKEN, "test").unwrap();
         let path = format!("//{TOKEN}/https/h/x");
-        let cases: Vec<(&str, Option<&str>, Caller, Presented, &str)> = vec![
-            (&path, None, Caller::Admin, Presented::Path, "/https/h/x"),
-            (&path, Some("wrong_token_000000000"), Caller::Admin, Presented::Path, "/https/h/x"),
-            ("/https/h/x", Some(TOKEN), Caller::Admin, Presented::Header, "/https/h/x"),
-            ("/https/h/x", Some("wrong_token_000000000"), Caller::Anonymous, Presented::Header, "/https/h/x"),
-            ("/openai/v1", None, Caller::Anonymous, Presented::Nothing, "/openai/v1"),
-            ("/auth_token_012345678/x", None, Caller::Anonymous, Presented::Nothing, "/auth_token_012345678/x"),
+        let none = Clients::default();
+        // path, x-veilgate-token → the caller's name, where, the path left
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Presented, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            (&path, None, Some("admin"), Presented::Path, "/https/h/x"),
+            (&path, Some("wrong_token_000000000"), Some("admin"), Presented::Path, "/https/h/x"),
+            ("/https/h/x", Some(TOKEN), Some("admin"), Presented::Header, "/https/h/x"),
+            ("/https/h/x", Some("wrong_token_000000000"), None, Presented::Header, "/https/h/x"),
+            ("/openai/v1", None, None, Presented::Nothing, "/openai/v1"),
+            ("/auth_token_012345678/x", None, None, Presented::Nothing, "/auth_token_012345678/x"),
         ];
-        for (p, header, caller, presented, rest) in cases {
-            let found = identify(p, header.map(str::as_bytes), &admin);
-            assert_eq!((found.caller, found.presented, found.rest), (caller, presented, rest), "{p} {header:?}");
+        for (p, header, caller, presented, rest) in &cases {
+            let found = identify(p, header.map(str::as_bytes), &admin, &none);
+            let name = found.caller.name();
+            assert_eq!((name.as_deref(), found.presented, found.rest), (*caller, *presented, *rest), "{p} {header:?}");
         }
         let mut headers = HeaderMap::new();
-        assert_eq!(bearer(&headers, &admin), Caller::Anonymous);
+        assert!(bearer(&headers, &admin, &none).is_anonymous());
         headers.insert(AUTHORIZATION, format!("Bearer {TOKEN}").parse().unwrap());
-        assert!(bearer(&headers, &admin).is_admin());
+        assert!(bearer(&headers, &admin, &none).is_admin());
         headers.insert(AUTHORIZATION, TOKEN.parse().unwrap());
-        assert_eq!(bearer(&headers, &admin), Caller::Anonymous, "only as a bearer token");
+        assert!(bearer(&headers, &admin, &none).is_anonymous(), "only as a bearer token");
+
+        // Client tokens, in the path or the header.
+        let mut clients = Clients::default();
+        let alice = crate::client::Client::new("alice", crate::client::sha256(b"alice_token_0123456789"), None, false);
+        clients.push(alice.unwrap()).unwrap();
+        let found = identify("/alice_token_0123456789/openai/v1", None, &admin, &clients);
+        assert_eq!((found.caller.name().as_deref(), found.rest), (Some("alice"), "/openai/v1"));
+        let found = identify("/openai/v1", Some(b"alice_token_0123456789"), &admin, &clients);
+        assert_eq!((found.caller.name().as_deref(), found.presented), (Some("alice"), Presented::Header));
+        let found = identify("/bob_token_0123456789xx/openai/v1", None, &admin, &clients);
+        assert!(found.caller.is_anonymous() && found.rest == "/bob_token_0123456789xx/openai/v1");
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
+use crate::client::{Client, Clients, parse_sha256, sha256};
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
 use crate::preset::{Monitor, Preset, Presets, Target};
@@ -75,6 +76,23 @@ pub struct RawConfig {
     websocket: RawWebsocket,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<RawTls>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<String>,
+    /// The token itself, or `env:NAME` / `file:PATH` (hashed at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presets: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generic: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -307,6 +325,8 @@ pub struct Config {
     pub gemini: Arc<GeminiConfig>,
     pub websocket_max_message_bytes: usize,
     pub tls: Option<TlsConfig>,
+    /// `[[clients]]`: callers with their own tokens (SPEC §9).
+    pub clients: Clients,
 }
 
 /// Built-in presets (route, display name, target); all socket-first.
@@ -527,6 +547,7 @@ impl Config {
             "websocket.max_message_bytes",
         )?;
         let tls = raw.tls.map(|t| TlsConfig { cert_file: t.cert_file, key_file: t.key_file });
+        let clients = build_clients(raw.clients, &presets, env)?;
 
         let config = Config {
             listen,
@@ -549,6 +570,7 @@ impl Config {
             gemini,
             websocket_max_message_bytes,
             tls,
+            clients,
         };
         config.check_exposure()?;
         Ok(config)
@@ -722,6 +744,17 @@ impl Config {
             },
             websocket: RawWebsocket { max_message_bytes: Some(self.websocket_max_message_bytes as u64) },
             tls: self.tls.as_ref().map(|t| RawTls { cert_file: t.cert_file.clone(), key_file: t.key_file.clone() }),
+            clients: self
+                .clients
+                .iter()
+                .map(|c| RawClient {
+                    name: c.name.to_string(),
+                    token_sha256: Some("***".to_owned()),
+                    token: None,
+                    presets: c.presets.clone(),
+                    generic: Some(c.generic),
+                })
+                .collect(),
         }
     }
 }
@@ -783,6 +816,47 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
         ));
     }
     Ok(presets)
+}
+
+/// `[[clients]]` → [`Clients`]: a name, one of `token_sha256` or `token`
+/// (a secret value: literal, `env:NAME` or `file:PATH`), presets that exist.
+fn build_clients(raw: Vec<RawClient>, presets: &Presets, env: Env<'_>) -> Result<Clients, ConfigError> {
+    let mut clients = Clients::default();
+    for c in raw {
+        let key = format!("clients.{}", c.name);
+        let hash = match (c.token_sha256, c.token) {
+            (Some(hex), None) => parse_sha256(&hex, &format!("{key}.token_sha256"))?,
+            (None, Some(secret)) => sha256(resolve_secret(&secret, &format!("{key}.token"), env)?.as_bytes()),
+            _ => return err(format!("{key}: set exactly one of token_sha256 and token")),
+        };
+        if let Some(list) = &c.presets
+            && let Some(unknown) = list.iter().find(|p| presets.iter().all(|known| known.route != **p))
+        {
+            return err(format!("{key}.presets: no preset named \"{unknown}\""));
+        }
+        clients.push(Client::new(&c.name, hash, c.presets, c.generic.unwrap_or(false))?)?;
+    }
+    Ok(clients)
+}
+
+/// A secret in the configuration: `env:NAME` (the variable's value),
+/// `file:PATH` (the file's content, trimmed), or the value itself. Errors
+/// name the key and the variable or file, never the value.
+pub(crate) fn resolve_secret(value: &str, key: &str, env: Env<'_>) -> Result<String, ConfigError> {
+    let secret = if let Some(var) = value.strip_prefix("env:") {
+        env(var).ok_or_else(|| ConfigError(format!("{key}: environment variable {var} is not set")))?
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{key}: cannot read {path}: {}", e.kind())))?
+            .trim()
+            .to_owned()
+    } else {
+        value.to_owned()
+    };
+    if secret.is_empty() {
+        return err(format!("{key}: the secret is empty"));
+    }
+    Ok(secret)
 }
 
 fn load_or_create_token(path: &Path) -> Result<Token, ConfigError> {

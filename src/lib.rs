@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub(crate) mod body;
+pub mod client;
 pub mod config;
 pub(crate) mod dashboard;
 pub(crate) mod error;

@@ -149,6 +149,8 @@ pub(crate) struct Access {
     pub method: http::Method,
     pub kind: RouteKind,
     pub preset: Option<String>,
+    /// `admin` or a client's name (never a token).
+    pub client: Option<Arc<str>>,
     pub transport: Option<&'static str>,
     pub status: u16,
     pub started: Instant,
@@ -227,6 +229,7 @@ impl Drop for Recorded {
             method = %a.method,
             route = a.kind.as_str(),
             preset = a.preset.as_deref().unwrap_or("-"),
+            client = a.client.as_deref().unwrap_or("-"),
             transport = a.transport.unwrap_or("-"),
             status = a.status,
             bytes = self.bytes,

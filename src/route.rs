@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::auth::{Caller, Identified, Presented, Token, identify};
+use crate::auth::{Caller, Identified, Presented, Token, identify, is_token_shaped};
+use crate::client::Clients;
 use crate::policy::target::{HostError, Origin, Scheme, parse_authority};
 use crate::preset::{Preset, Presets};
 
@@ -30,7 +31,7 @@ pub enum Route {
     Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
-    Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool },
+    Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool, caller: Caller },
 }
 
 /// Why a request was refused before it could reach any upstream.
@@ -50,6 +51,12 @@ pub enum RouteError {
     Unauthorized,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// A client's `presets` list leaves this one out.
+    #[error("this client may not use the preset \"{preset}\"")]
+    PresetNotAllowed { preset: String },
+    /// A client without `generic = true` asked for a generic route.
+    #[error("this client may not use generic routes")]
+    GenericNotAllowed,
     /// The first segment is neither a token nor an enabled preset.
     #[error("no preset named \"{name}\"{}", hint(suggestion.as_deref()))]
     NoPreset { name: String, suggestion: Option<String> },
@@ -70,6 +77,7 @@ impl RouteError {
             RouteError::Unauthorized => S::UNAUTHORIZED,
             RouteError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             RouteError::NoPreset { .. } => S::NOT_FOUND,
+            RouteError::PresetNotAllowed { .. } | RouteError::GenericNotAllowed => S::FORBIDDEN,
             _ => S::BAD_REQUEST,
         }
     }
@@ -122,13 +130,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// True when a segment has the shape of a token (16–128 of `[A-Za-z0-9_-]`):
-/// such a segment gets 401, never a 404 that would tell a wrong token from
-/// a wrong name.
-fn is_token_shaped(segment: &str) -> bool {
-    (16..=128).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The parts of a request that routing reads.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteInput<'a> {
@@ -147,6 +148,7 @@ pub struct RouteContext<'a> {
     pub presets: &'a Presets,
     pub token: &'a Token,
     pub preset_auth: bool,
+    pub clients: &'a Clients,
 }
 
 /// Routes one request.
@@ -172,21 +174,43 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         }
     }
 
-    let Identified { caller, presented, rest } = identify(input.path, input.header_token, cx.token);
+    let Identified { caller, presented, rest } = identify(input.path, input.header_token, cx.token, cx.clients);
     let path_token = presented == Presented::Path;
     let query = input.query.map(str::to_owned);
 
     let Some((name, after_name)) = segment(rest) else {
-        return Err(if caller.is_admin() { RouteError::TokenOnly } else { RouteError::Unauthorized });
+        return Err(if caller.is_anonymous() { RouteError::Unauthorized } else { RouteError::TokenOnly });
     };
+    // A token that was sent but is nobody's is 401, whatever the route (§9).
+    if presented != Presented::Nothing && caller.is_anonymous() {
+        return Err(RouteError::Unauthorized);
+    }
 
     if let Some(preset) = cx.presets.enabled(name) {
-        if cx.preset_auth && !caller.is_admin() {
-            return Err(RouteError::Unauthorized);
+        // Anonymous callers may use presets only while nobody has to show a
+        // token: no preset_auth and no clients.
+        let allowed = match &caller {
+            Caller::Anonymous => !cx.preset_auth && cx.clients.is_empty(),
+            known => known.may_use_preset(&preset.route),
+        };
+        if !allowed {
+            return Err(if caller.is_anonymous() {
+                RouteError::Unauthorized
+            } else {
+                RouteError::PresetNotAllowed { preset: preset.route.clone() }
+            });
         }
         return Ok(Route::Preset { preset: Arc::clone(preset), remainder: after_name.to_owned(), query, caller });
     }
-    if !caller.is_admin() {
+    if let Caller::Client(client) = &caller
+        && !client.generic
+    {
+        if Scheme::from_segment(name).is_some() {
+            return Err(RouteError::GenericNotAllowed);
+        }
+        return Err(no_preset(name, cx.presets));
+    }
+    if caller.is_anonymous() {
         // A scheme asks for generic mode, which needs the token: 401 says
         // so better than "no preset named https".
         let sent_token = presented != Presented::Nothing;
@@ -200,7 +224,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     let (authority, remainder) = segment(after_name).ok_or(RouteError::MissingHost)?;
     let (host, port) = parse_authority(authority).map_err(RouteError::BadHost)?;
     let origin = Origin { scheme, port: port.unwrap_or(scheme.default_port()), host };
-    Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token })
+    Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token, caller })
 }
 
 /// Splits off the next non-empty segment: `"//a/b"` → `("a", "/b")`.
@@ -248,7 +272,7 @@ mod tests {
         let token = Token::parse(TOKEN, "t").unwrap();
         route(
             RouteInput { method: &method, path, query, header_token: header.map(str::as_bytes) },
-            RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth },
+            RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth, clients: &c.clients },
         )
     }
 
@@ -403,7 +427,7 @@ mod tests {
         // a disabled preset name is an unknown scheme once authenticated
         assert_eq!(dest(&c, &format!("/{TOKEN}/claude/v1"), None), Err(RouteError::UnknownScheme));
         match run(&c, Method::GET, &format!("/{TOKEN}/openai/v1"), None).unwrap() {
-            Route::Preset { caller, .. } => assert_eq!(caller, Caller::Admin),
+            Route::Preset { caller, .. } => assert!(caller.is_admin()),
             other => panic!("{other:?}"),
         }
     }

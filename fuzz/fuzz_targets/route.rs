@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         None => (text, None),
     };
     let input = RouteInput { method: &http::Method::POST, path, query, header_token: None };
-    let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: false };
+    let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: false, clients: &config.clients };
     if let Ok(Route::Generic { origin, .. }) = route(input, cx) {
         let shown = origin.host_header();
         assert!(parse_authority(&shown).is_ok(), "{shown}");

@@ -44,8 +44,8 @@ pub(super) fn dashboard(app: &App, config: &Config, headers: &HeaderMap) -> Resp
 }
 
 /// `GET /metrics`: the admin token as a bearer token.
-pub(super) fn metrics(app: &App, headers: &HeaderMap) -> Result<Response<Body>, Error> {
-    if !auth::bearer(headers, &app.token).is_admin() {
+pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+    if !auth::bearer(headers, &app.token, &config.clients).is_admin() {
         return Err(Error::Route(crate::route::RouteError::Unauthorized));
     }
     let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count())));

@@ -118,11 +118,12 @@ impl App {
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),
-            Plan::Metrics => return local::metrics(self, req.headers()),
+            Plan::Metrics => return local::metrics(self, config, req.headers()),
             Plan::Forward(forward) => forward,
         };
         cx.kind = forward.kind;
         cx.preset = forward.preset.clone();
+        cx.client = forward.client.clone();
         if forward.from_client && tunnel::is_upgrade(req.headers()) {
             return self.tunnel(config, req, forward, cx).await;
         }
@@ -149,7 +150,12 @@ impl App {
     fn route(&self, config: &Config, req: &Request<Incoming>) -> Result<Route, Error> {
         let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
         let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
-        let cx = RouteContext { presets: &config.presets, token: &self.token, preset_auth: config.preset_auth };
+        let cx = RouteContext {
+            presets: &config.presets,
+            token: &self.token,
+            preset_auth: config.preset_auth,
+            clients: &config.clients,
+        };
         Ok(route(input, cx)?)
     }
 
@@ -267,6 +273,7 @@ impl App {
             method: cx.method,
             kind: cx.kind,
             preset: cx.preset,
+            client: cx.client,
             transport: cx.transport,
             status: resp.status().as_u16(),
             started: cx.started,
@@ -300,6 +307,7 @@ struct Ctx {
     request_origin: Option<HeaderValue>,
     kind: RouteKind,
     preset: Option<String>,
+    client: Option<Arc<str>>,
     transport: Option<&'static str>,
 }
 
@@ -311,6 +319,7 @@ impl Ctx {
             request_origin: req.headers().get(header::ORIGIN).cloned(),
             kind: RouteKind::Local,
             preset: None,
+            client: None,
             transport: None,
         }
     }

@@ -4,6 +4,7 @@
 //! redirect rewriting and monitor. No IO; [`super::App`] carries it out.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::auth::Token;
 use crate::config::Config;
@@ -37,6 +38,8 @@ pub(super) struct Forward {
     pub(super) kind: RouteKind,
     /// The preset's route name, for the access record.
     pub(super) preset: Option<String>,
+    /// The caller's name for the access record (`admin`, a client's).
+    pub(super) client: Option<Arc<str>>,
     pub(super) origin: Origin,
     /// Path and query for the upstream, byte for byte.
     pub(super) path: String,
@@ -80,6 +83,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
             Forward {
                 kind: RouteKind::Test,
                 preset: None,
+                client: None,
                 origin,
                 path,
                 user_agent: None,
@@ -90,12 +94,13 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 monitor: false,
             }
         }
-        Route::Preset { preset, remainder, query, .. } => {
+        Route::Preset { preset, remainder, query, caller } => {
             let target = s.rotation.pick(&preset);
             let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
             Forward {
                 kind: RouteKind::Preset,
                 preset: Some(preset.route.clone()),
+                client: caller.name(),
                 origin: target.origin.clone(),
                 path: upstream_path(&target.base_path, &remainder, query.as_deref()),
                 user_agent: preset.user_agent.clone(),
@@ -106,11 +111,12 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
             }
         }
-        Route::Generic { origin, remainder, query, path_token } => {
+        Route::Generic { origin, remainder, query, path_token, caller } => {
             let auth_prefix = if path_token { format!("/{}", s.token.expose()) } else { String::new() };
             Forward {
                 kind: RouteKind::Generic,
                 preset: None,
+                client: caller.name(),
                 origin,
                 path: upstream_path("", &remainder, query.as_deref()),
                 user_agent: None,
@@ -143,7 +149,12 @@ mod tests {
         };
         let input =
             RouteInput { method: &http::Method::GET, path, query, header_token: header_token.map(str::as_bytes) };
-        let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: config.preset_auth };
+        let cx = RouteContext {
+            presets: &config.presets,
+            token: &token,
+            preset_auth: config.preset_auth,
+            clients: &config.clients,
+        };
         let routed = route(input, cx).unwrap();
         let rotation = Rotation::new(&config.presets);
         let own = "127.0.0.1:8080".parse().unwrap();

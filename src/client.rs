@@ -1,0 +1,148 @@
+//! Clients (SPEC §9, §11): callers with a token of their own and a list of
+//! what they may use. veilgate keeps only the SHA-256 of each token; a
+//! presented token is hashed once and compared with every client's hash in
+//! constant time. Usage and limits of §11 build on these.
+
+use std::sync::Arc;
+
+use ring::digest::{SHA256, digest};
+
+use crate::config::ConfigError;
+
+/// One `[[clients]]` entry, validated.
+#[derive(Debug)]
+pub struct Client {
+    /// `[a-z0-9_.@-]{1,64}`, unique; named in the access log (never the token).
+    pub name: Arc<str>,
+    token_sha256: [u8; 32],
+    /// The presets this client may use (`None`: every preset).
+    pub presets: Option<Vec<String>>,
+    /// Generic routes and tunnels to generic targets.
+    pub generic: bool,
+}
+
+impl Client {
+    pub(crate) fn new(
+        name: &str,
+        token_sha256: [u8; 32],
+        presets: Option<Vec<String>>,
+        generic: bool,
+    ) -> Result<Client, ConfigError> {
+        let ok = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.@-".contains(&b));
+        if !ok {
+            return Err(ConfigError(format!("clients: the name \"{name}\" must match [a-z0-9_.@-]{{1,64}}")));
+        }
+        Ok(Client { name: Arc::from(name), token_sha256, presets, generic })
+    }
+
+    /// True when this client may use the preset `route`.
+    pub fn may_use(&self, route: &str) -> bool {
+        self.presets.as_ref().is_none_or(|list| list.iter().any(|p| p == route))
+    }
+}
+
+/// Every configured client.
+#[derive(Debug, Default)]
+pub struct Clients {
+    list: Vec<Arc<Client>>,
+}
+
+impl Clients {
+    pub(crate) fn push(&mut self, client: Client) -> Result<(), ConfigError> {
+        if self.list.iter().any(|c| c.name == client.name) {
+            return Err(ConfigError(format!("clients: the name \"{}\" is used twice", client.name)));
+        }
+        if self.list.iter().any(|c| c.token_sha256 == client.token_sha256) {
+            return Err(ConfigError(format!("clients.{}: the same token as another client", client.name)));
+        }
+        self.list.push(Arc::new(client));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.list.iter()
+    }
+
+    /// The client whose token this is. Every hash is compared, in constant
+    /// time, whatever matches.
+    pub fn find(&self, token: &[u8]) -> Option<&Arc<Client>> {
+        if self.list.is_empty() {
+            return None;
+        }
+        let presented = sha256(token);
+        let mut found = None;
+        for client in &self.list {
+            let diff = client.token_sha256.iter().zip(presented.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
+            if diff == 0 && found.is_none() {
+                found = Some(client);
+            }
+        }
+        found
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+/// Lowercase hex of a hash.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `token_sha256` value: 64 hex digits.
+pub(crate) fn parse_sha256(hex: &str, key: &str) -> Result<[u8; 32], ConfigError> {
+    let bad = || ConfigError(format!("{key}: expected the 64 hex digits of a SHA-256 (veilgate token prints one)"));
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str, token: &str) -> Client {
+        Client::new(name, sha256(token.as_bytes()), None, false).unwrap()
+    }
+
+    #[test]
+    fn tokens_find_their_client() {
+        let mut clients = Clients::default();
+        clients.push(client("alice", "alice-token-0123456789")).unwrap();
+        clients.push(client("bob", "bob-token-0123456789")).unwrap();
+        assert_eq!(&*clients.find(b"bob-token-0123456789").unwrap().name, "bob");
+        assert_eq!(&*clients.find(b"alice-token-0123456789").unwrap().name, "alice");
+        assert!(clients.find(b"carol-token-0123456789").is_none());
+        assert!(clients.push(client("alice", "other-token-0123456789")).is_err(), "names are unique");
+        assert!(clients.push(client("carol", "bob-token-0123456789")).is_err(), "tokens are unique");
+    }
+
+    #[test]
+    fn names_and_hashes() {
+        for bad in ["", "Alice", "a b", "ä", &"a".repeat(65)] {
+            assert!(Client::new(bad, [0; 32], None, false).is_err(), "{bad:?}");
+        }
+        assert!(Client::new("alice@team.example", [0; 32], None, false).is_ok());
+        let hash = sha256(b"test");
+        assert_eq!(to_hex(&hash), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        assert_eq!(parse_sha256(&to_hex(&hash), "k").unwrap(), hash);
+        assert!(parse_sha256("9f86", "k").is_err());
+        assert!(parse_sha256(&"zz".repeat(32), "k").is_err());
+        let c = Client::new("a", hash, Some(vec!["openai".into()]), false).unwrap();
+        assert!(c.may_use("openai") && !c.may_use("gemini"));
+    }
+}
