@@ -21,7 +21,7 @@ pub struct Token(String);
 
 impl Token {
     /// 32 random bytes, URL-safe base64 (43 characters).
-    pub(crate) fn generate() -> Token {
+    pub fn generate() -> Token {
         use base64::Engine;
         let bytes: [u8; 32] = rand::random();
         Token(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))

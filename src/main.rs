@@ -29,10 +29,18 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print it with secrets masked.
     CheckConfig,
+    /// Print a new random client token and the `token_sha256` line for it.
+    Token,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Token) = cli.command {
+        let token = veilgate::auth::Token::generate();
+        let hash = veilgate::client::to_hex(&veilgate::client::sha256(token.expose().as_bytes()));
+        println!("token: {}\ntoken_sha256 = \"{hash}\"", token.expose());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref(), cli.listen.as_deref(), &process_env) {
         Ok(c) => c,
         Err(e) => {

@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod cli;
+mod clients;
 mod fallback;
 mod gemini;
 mod hardening;
