@@ -64,3 +64,37 @@ async fn openai_python_sdk_through_a_preset() {
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(body["model"], "gpt-4o-mini");
 }
+
+#[tokio::test]
+async fn openai_python_sdk_as_a_client_with_its_own_token() {
+    if !python_has("openai") {
+        return;
+    }
+    const CLIENT_TOKEN: &str = "sdk_client_token_0123456789";
+    let origin = RawOrigin::start(|_| json_response(COMPLETION)).await;
+    let config = format!(
+        "{}[[clients]]\nname = \"sdk\"\ntoken = \"{CLIENT_TOKEN}\"\npresets = [\"openai\"]\n",
+        preset_at("openai", origin.addr)
+    );
+    let vg = Veilgate::start(&config).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_chat.py");
+    let run = |token: Option<&'static str>| {
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(script).arg(format!("{}/openai/v1", vg.url()));
+        if let Some(t) = token {
+            cmd.arg(t);
+        }
+        cmd.output()
+    };
+    let out = run(Some(CLIENT_TOKEN)).await.expect("run python");
+    assert!(out.status.success(), "SDK failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello from the origin");
+    let seen = origin.only_request();
+    assert_eq!(seen.header("x-veilgate-token"), None, "the client token stays at veilgate");
+    assert_eq!(seen.header("authorization").as_deref(), Some("Bearer sk-test-sdk-key"));
+    // Without its token the SDK gets veilgate's 401, and nothing reaches the origin.
+    let out = run(None).await.expect("run python");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(origin.requests().len(), 1);
+}
