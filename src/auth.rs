@@ -144,7 +144,7 @@ fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
     if admin.matches(token) {
         return Some(Caller::Admin);
     }
-    clients.find(token).map(|c| Caller::Client(Arc::clone(c)))
+    clients.find(token).map(Caller::Client)
 }
 
 /// Finds the caller of a request from its raw path and `x-veilgate-token`.
@@ -152,7 +152,9 @@ fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
 /// token (16–128 of `[A-Za-z0-9_-]`) is hashed against the clients'.
 pub fn identify<'a>(path: &'a str, header_token: Option<&[u8]>, admin: &Token, clients: &Clients) -> Identified<'a> {
     if let Some((first, after)) = segment(path) {
-        let candidate = admin.matches(first.as_bytes()) || (!clients.is_empty() && is_token_shaped(first));
+        let candidate = admin.matches(first.as_bytes())
+            || (!clients.is_empty() && is_token_shaped(first))
+            || (clients.accepts_jwts() && crate::jwt::is_jwt_shaped(first));
         if candidate && let Some(caller) = holder(first.as_bytes(), admin, clients) {
             return Identified { caller, presented: Presented::Path, rest: after };
         }

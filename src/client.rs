@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ring::digest::{SHA256, digest};
 
 use crate::config::ConfigError;
+use crate::jwt::{JwtAuth, is_jwt_shaped};
 
 /// One `[[clients]]` entry, validated.
 #[derive(Debug)]
@@ -42,10 +43,11 @@ impl Client {
     }
 }
 
-/// Every configured client.
+/// Every configured client, and the JWT clients of `[auth]`.
 #[derive(Debug, Default)]
 pub struct Clients {
     list: Vec<Arc<Client>>,
+    jwt: Option<JwtAuth>,
 }
 
 impl Clients {
@@ -60,17 +62,42 @@ impl Clients {
         Ok(())
     }
 
+    /// Accepts HS256 JWTs as client tokens from now on.
+    pub(crate) fn accept_jwts(&mut self, jwt: JwtAuth) {
+        self.jwt = Some(jwt);
+    }
+
+    /// True when no client token can exist (no `[[clients]]`, no `[auth]`).
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list.is_empty() && self.jwt.is_none()
+    }
+
+    /// The claim that names JWT clients, when JWTs are accepted.
+    pub fn jwt_claim(&self) -> Option<&str> {
+        self.jwt.as_ref().map(|j| j.claim.as_str())
+    }
+
+    /// True when a JWT may name a client.
+    pub fn accepts_jwts(&self) -> bool {
+        self.jwt.is_some()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
         self.list.iter()
     }
 
-    /// The client whose token this is. Every hash is compared, in constant
-    /// time, whatever matches.
-    pub fn find(&self, token: &[u8]) -> Option<&Arc<Client>> {
+    /// The client whose token this is: a valid JWT names one (every preset,
+    /// no generic routes); else every hash is compared, in constant time,
+    /// whatever matches.
+    pub fn find(&self, token: &[u8]) -> Option<Arc<Client>> {
+        if let Some(jwt) = &self.jwt
+            && let Ok(text) = std::str::from_utf8(token)
+            && is_jwt_shaped(text)
+        {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let name = jwt.verify(text, now).ok()?;
+            return Client::new(&name, [0; 32], None, false).ok().map(Arc::new);
+        }
         if self.list.is_empty() {
             return None;
         }
@@ -82,7 +109,7 @@ impl Clients {
                 found = Some(client);
             }
         }
-        found
+        found.cloned()
     }
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
 use crate::client::{Client, Clients, parse_sha256, sha256};
+use crate::jwt::JwtAuth;
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
 use crate::preset::{Monitor, Preset, Presets, Target};
@@ -78,6 +79,17 @@ pub struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     clients: Vec<RawClient>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// HS256 key of the seed aiproxy's signed tokens (a secret value).
+    jwt_hs256_secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -547,7 +559,11 @@ impl Config {
             "websocket.max_message_bytes",
         )?;
         let tls = raw.tls.map(|t| TlsConfig { cert_file: t.cert_file, key_file: t.key_file });
-        let clients = build_clients(raw.clients, &presets, env)?;
+        let mut clients = build_clients(raw.clients, &presets, env)?;
+        if let Some(auth) = raw.auth {
+            let secret = resolve_secret(&auth.jwt_hs256_secret, "auth.jwt_hs256_secret", env)?;
+            clients.accept_jwts(JwtAuth::new(secret.as_bytes(), auth.jwt_claim.unwrap_or_else(|| "email".to_owned())));
+        }
 
         let config = Config {
             listen,
@@ -755,6 +771,10 @@ impl Config {
                     generic: Some(c.generic),
                 })
                 .collect(),
+            auth: self
+                .clients
+                .jwt_claim()
+                .map(|claim| RawAuth { jwt_hs256_secret: "***".to_owned(), jwt_claim: Some(claim.to_owned()) }),
         }
     }
 }

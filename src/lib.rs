@@ -29,6 +29,7 @@ pub mod config;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub mod fds;
+pub mod jwt;
 pub(crate) mod metrics;
 pub mod monitor;
 pub mod policy;

@@ -214,7 +214,9 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         // A scheme asks for generic mode, which needs the token: 401 says
         // so better than "no preset named https".
         let sent_token = presented != Presented::Nothing;
-        if sent_token || is_token_shaped(name) || Scheme::from_segment(name).is_some() {
+        // Anything shaped like a credential (a token, a JWT) is never quoted back.
+        let credential = is_token_shaped(name) || crate::jwt::is_jwt_shaped(name);
+        if sent_token || credential || Scheme::from_segment(name).is_some() {
             return Err(RouteError::Unauthorized);
         }
         return Err(no_preset(name, cx.presets));

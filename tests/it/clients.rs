@@ -143,3 +143,47 @@ async fn client_entries_are_checked_at_start() {
         assert!(!error.to_string().contains("0123456789abcdef"), "a secret in the error: {error}");
     }
 }
+
+/// An HS256 JWT as the seed aiproxy signs them.
+fn jwt(secret: &[u8], header: &str, claims: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signed = format!("{}.{}", b64.encode(header), b64.encode(claims));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!("{signed}.{}", b64.encode(ring::hmac::sign(&key, signed.as_bytes())))
+}
+
+#[tokio::test]
+async fn signed_tokens_name_their_client_and_bad_ones_are_401() {
+    let origin = RawOrigin::json("{}").await;
+    let secret = b"aiproxy-secret-for-tests";
+    let config = format!("{}[auth]\njwt_hs256_secret = \"file:{}\"\n", preset_at("openai", origin.addr), {
+        let dir = std::env::temp_dir().join(format!("veilgate-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, secret).unwrap();
+        path.display().to_string()
+    });
+    let vg = Veilgate::start(&config).await;
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let good = jwt(secret, hs, r#"{"email":"alice@team.example","exp":4102444800}"#);
+    let expired = jwt(secret, hs, r#"{"email":"alice@team.example","exp":1000}"#);
+    let forged = jwt(b"another secret", hs, r#"{"email":"alice@team.example"}"#);
+    let none = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.", b64.encode(r#"{"alg":"none"}"#), b64.encode(r#"{"email":"alice@team.example"}"#))
+    };
+    assert_eq!(send(vg.addr, "GET", &format!("/{good}/openai/v1"), &[], b"").await.status, 200, "in the path");
+    assert_eq!(send(vg.addr, "GET", "/openai/v1", &[("x-veilgate-token", &good)], b"").await.status, 200);
+    for bad in [&expired, &forged, &none, &"e30.e30.e30".to_owned()] {
+        let r = send(vg.addr, "GET", "/openai/v1", &[("x-veilgate-token", bad)], b"").await;
+        r.assert_proxy_error(401);
+        let r = send(vg.addr, "GET", &format!("/{bad}/openai/v1"), &[], b"").await;
+        assert_eq!(r.status, 401, "{bad} in the path");
+    }
+    // A JWT client has no generic routes.
+    let generic = send(vg.addr, "GET", &format!("/{good}/http/{}/x", origin.addr), &[], b"").await;
+    generic.assert_proxy_error(403);
+    assert_eq!(origin.requests().len(), 2);
+}
