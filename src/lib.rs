@@ -39,3 +39,4 @@ pub mod route;
 pub mod server;
 pub(crate) mod tunnel;
 pub mod upstream;
+pub mod usage;

@@ -1,0 +1,251 @@
+//! Counting tokens from provider responses (SPEC §11), pure: a [`Counter`]
+//! is fed the JSON of a whole response or of each stream event, in order,
+//! and ends with the [`Usage`] the response reported. It never changes a
+//! byte; the caller decides what to forward.
+//!
+//! The traps each protocol sets: Anthropic's `message_delta.usage` and
+//! Gemini's `usageMetadata` are cumulative — the last value of each field
+//! counts, never a sum; OpenAI's `cached_tokens` are part of
+//! `prompt_tokens`, Anthropic's cache reads and writes are not part of
+//! `input_tokens`; Gemini's output is `candidatesTokenCount +
+//! thoughtsTokenCount`; some OpenAI-compatible servers repeat usage in every
+//! chunk (the last counts).
+
+use serde_json::Value;
+
+/// How a preset's API reports usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// Tokens of one response, as §11 records them. `input_tokens` is
+/// everything the provider read: fresh input, cache writes and cache reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Cache reads (priced as `cached_input` / `cache_read`).
+    pub cached_tokens: u64,
+    /// Cache writes (priced as `cache_write`).
+    pub cache_write_tokens: u64,
+    /// The model the response names (`model`, `modelVersion`), if any.
+    pub model: Option<String>,
+}
+
+/// Reads usage from a response's JSON, event by event.
+#[derive(Debug)]
+pub struct Counter {
+    protocol: Protocol,
+    /// The last value seen of each field (cumulative protocols), or `None`.
+    input: Option<u64>,
+    output: Option<u64>,
+    cached: Option<u64>,
+    cache_write: Option<u64>,
+    /// Gemini: candidates and thoughts are reported apart.
+    thoughts: Option<u64>,
+    model: Option<String>,
+}
+
+impl Counter {
+    pub fn new(protocol: Protocol) -> Counter {
+        Counter { protocol, input: None, output: None, cached: None, cache_write: None, thoughts: None, model: None }
+    }
+
+    /// Feeds one JSON document: a whole response, or one stream event's data.
+    pub fn feed(&mut self, v: &Value) {
+        match self.protocol {
+            Protocol::OpenAi => self.openai(v),
+            Protocol::Anthropic => self.anthropic(v),
+            Protocol::Gemini => self.gemini(v),
+        }
+    }
+
+    /// True once any usage figure was reported.
+    pub fn saw_usage(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+
+    /// What the response reported; `None` when it reported nothing (the
+    /// caller then estimates, §11).
+    pub fn finish(self) -> Option<Usage> {
+        if !self.saw_usage() {
+            return None;
+        }
+        let cached = self.cached.unwrap_or(0);
+        let cache_write = self.cache_write.unwrap_or(0);
+        let (input, output) = match self.protocol {
+            // prompt_tokens already include the cached ones.
+            Protocol::OpenAi => (self.input.unwrap_or(0), self.output.unwrap_or(0)),
+            // input_tokens exclude cache reads and writes.
+            Protocol::Anthropic => (self.input.unwrap_or(0) + cached + cache_write, self.output.unwrap_or(0)),
+            Protocol::Gemini => (self.input.unwrap_or(0), self.output.unwrap_or(0) + self.thoughts.unwrap_or(0)),
+        };
+        Some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+            cache_write_tokens: cache_write,
+            model: self.model,
+        })
+    }
+
+    fn model_from(&mut self, v: Option<&Value>) {
+        if let Some(m) = v.and_then(Value::as_str) {
+            self.model = Some(m.to_owned());
+        }
+    }
+
+    fn openai(&mut self, v: &Value) {
+        // A Responses API stream's last event holds the response.
+        let v = match v.get("type").and_then(Value::as_str) {
+            Some("response.completed") => v.get("response").unwrap_or(v),
+            _ => v,
+        };
+        self.model_from(v.get("model"));
+        let Some(u) = v.get("usage").filter(|u| u.is_object()) else { return };
+        // Chat completions and embeddings, or the Responses API.
+        let input = num(u, "prompt_tokens").or_else(|| num(u, "input_tokens"));
+        let output = num(u, "completion_tokens").or_else(|| num(u, "output_tokens"));
+        let cached = u
+            .pointer("/prompt_tokens_details/cached_tokens")
+            .or_else(|| u.pointer("/input_tokens_details/cached_tokens"))
+            .and_then(Value::as_u64);
+        // Repeated on every chunk by some servers: the last report counts.
+        if input.is_some() || output.is_some() {
+            self.input = input.or(self.input);
+            self.output = Some(output.unwrap_or(0));
+            self.cached = cached.or(self.cached);
+        }
+    }
+
+    fn anthropic(&mut self, v: &Value) {
+        let usage = match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let message = v.get("message");
+                self.model_from(message.and_then(|m| m.get("model")));
+                message.and_then(|m| m.get("usage"))
+            }
+            Some("message_delta") => v.get("usage"),
+            // A whole (non-streamed) message.
+            Some("message") => {
+                self.model_from(v.get("model"));
+                v.get("usage")
+            }
+            _ => None,
+        };
+        let Some(u) = usage else { return };
+        // Cumulative: a field present replaces the one before, never adds.
+        for (field, slot) in [
+            ("input_tokens", &mut self.input),
+            ("output_tokens", &mut self.output),
+            ("cache_read_input_tokens", &mut self.cached),
+            ("cache_creation_input_tokens", &mut self.cache_write),
+        ] {
+            if let Some(n) = num(u, field) {
+                *slot = Some(n);
+            }
+        }
+    }
+
+    fn gemini(&mut self, v: &Value) {
+        self.model_from(v.get("modelVersion"));
+        let Some(u) = v.get("usageMetadata") else { return };
+        for (field, slot) in [
+            ("promptTokenCount", &mut self.input),
+            ("candidatesTokenCount", &mut self.output),
+            ("thoughtsTokenCount", &mut self.thoughts),
+            ("cachedContentTokenCount", &mut self.cached),
+        ] {
+            if let Some(n) = num(u, field) {
+                *slot = Some(n);
+            }
+        }
+    }
+}
+
+fn num(v: &Value, field: &str) -> Option<u64> {
+    v.get(field).and_then(Value::as_u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn count(protocol: Protocol, docs: &[Value]) -> Option<Usage> {
+        let mut c = Counter::new(protocol);
+        for d in docs {
+            c.feed(d);
+        }
+        c.finish()
+    }
+
+    fn usage(input: u64, output: u64, cached: u64, cache_write: u64, model: Option<&str>) -> Option<Usage> {
+        Some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+            cache_write_tokens: cache_write,
+            model: model.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn openai() {
+        let chat = json!({"model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":4}}});
+        assert_eq!(count(Protocol::OpenAi, &[chat]), usage(9, 12, 4, 0, Some("gpt-4o-mini-2024-07-18")));
+        // A stream: content chunks, then the one usage chunk.
+        let chunk = json!({"model":"gpt-4o","choices":[{"delta":{"content":"Hi"}}]});
+        let last = json!({"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}});
+        assert_eq!(count(Protocol::OpenAi, &[chunk.clone(), chunk.clone(), last]), usage(5, 2, 0, 0, Some("gpt-4o")));
+        // No usage at all: nothing reported (the caller estimates).
+        assert_eq!(count(Protocol::OpenAi, &[chunk]), None);
+        // Repeated on every chunk: the last counts, never a sum.
+        let rep = |n: u64| json!({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":n}});
+        assert_eq!(count(Protocol::OpenAi, &[rep(1), rep(2), rep(3)]), usage(5, 3, 0, 0, None));
+        // Responses API, JSON and the stream's response.completed.
+        let responses = json!({"model":"o4-mini","usage":{"input_tokens":20,"output_tokens":7,"input_tokens_details":{"cached_tokens":10}}});
+        assert_eq!(count(Protocol::OpenAi, &[responses.clone()]), usage(20, 7, 10, 0, Some("o4-mini")));
+        let completed = json!({"type":"response.completed","response":responses});
+        let delta = json!({"type":"response.output_text.delta","delta":"x"});
+        assert_eq!(count(Protocol::OpenAi, &[delta, completed]), usage(20, 7, 10, 0, Some("o4-mini")));
+        // Embeddings: input only.
+        let emb = json!({"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}});
+        assert_eq!(count(Protocol::OpenAi, &[emb]), usage(8, 0, 0, 0, Some("text-embedding-3-small")));
+    }
+
+    #[test]
+    fn anthropic() {
+        let start = json!({"type":"message_start","message":{"model":"claude-sonnet-4-5","usage":{"input_tokens":25,"cache_creation_input_tokens":100,"cache_read_input_tokens":50,"output_tokens":1}}});
+        let ping = json!({"type":"ping"});
+        let d1 = json!({"type":"message_delta","usage":{"output_tokens":10}});
+        let d2 = json!({"type":"message_delta","usage":{"output_tokens":15}});
+        // Cumulative deltas: 15, not 1 + 10 + 15. Input counts cache reads and writes.
+        let got = count(Protocol::Anthropic, &[start.clone(), ping, d1, d2]);
+        assert_eq!(got, usage(175, 15, 50, 100, Some("claude-sonnet-4-5")));
+        // A delta that repeats the input fields replaces them.
+        let d3 =
+            json!({"type":"message_delta","usage":{"input_tokens":25,"cache_read_input_tokens":50,"output_tokens":16}});
+        assert_eq!(count(Protocol::Anthropic, &[start.clone(), d3]).unwrap().output_tokens, 16);
+        // A cut stream keeps what message_start reported.
+        assert_eq!(count(Protocol::Anthropic, &[start]), usage(175, 1, 50, 100, Some("claude-sonnet-4-5")));
+        let whole = json!({"type":"message","model":"claude-haiku-4-5","usage":{"input_tokens":3,"output_tokens":4}});
+        assert_eq!(count(Protocol::Anthropic, &[whole]), usage(3, 4, 0, 0, Some("claude-haiku-4-5")));
+    }
+
+    #[test]
+    fn gemini() {
+        let first = json!({"candidates":[],"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9},"modelVersion":"gemini-2.5-pro"});
+        let last = json!({"candidates":[],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":12,"thoughtsTokenCount":310,"totalTokenCount":331},"modelVersion":"gemini-2.5-pro"});
+        // Cumulative; output = candidates + thoughts.
+        assert_eq!(count(Protocol::Gemini, &[first.clone(), last]), usage(9, 322, 0, 0, Some("gemini-2.5-pro")));
+        assert_eq!(count(Protocol::Gemini, &[first]), usage(9, 0, 0, 0, Some("gemini-2.5-pro")));
+        let cached =
+            json!({"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":5}});
+        assert_eq!(count(Protocol::Gemini, &[cached]), usage(100, 5, 60, 0, None));
+        assert_eq!(count(Protocol::Gemini, &[json!({"candidates":[]})]), None);
+    }
+}
