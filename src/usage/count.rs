@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(count(Protocol::OpenAi, &[rep(1), rep(2), rep(3)]), usage(5, 3, 0, 0, None));
         // Responses API, JSON and the stream's response.completed.
         let responses = json!({"model":"o4-mini","usage":{"input_tokens":20,"output_tokens":7,"input_tokens_details":{"cached_tokens":10}}});
-        assert_eq!(count(Protocol::OpenAi, &[responses.clone()]), usage(20, 7, 10, 0, Some("o4-mini")));
+        assert_eq!(count(Protocol::OpenAi, std::slice::from_ref(&responses)), usage(20, 7, 10, 0, Some("o4-mini")));
         let completed = json!({"type":"response.completed","response":responses});
         let delta = json!({"type":"response.output_text.delta","delta":"x"});
         assert_eq!(count(Protocol::OpenAi, &[delta, completed]), usage(20, 7, 10, 0, Some("o4-mini")));
