@@ -18,6 +18,9 @@
 //!    [`monitor`].
 //! 5. `error` turns anything that failed into one JSON error response.
 //!
+//! [`client`] and [`jwt`] know the callers' tokens; [`usage`] reads what a
+//! response cost (limits and the store build on it).
+//!
 //! [`config`] is validated once into a snapshot that every request loads
 //! once; state that outlives a request (transports, pools, metrics) lives
 //! beside it in the `proxy::App`.
