@@ -152,11 +152,13 @@ fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
 /// token (16–128 of `[A-Za-z0-9_-]`) is hashed against the clients'.
 pub fn identify<'a>(path: &'a str, header_token: Option<&[u8]>, admin: &Token, clients: &Clients) -> Identified<'a> {
     if let Some((first, after)) = segment(path) {
-        let candidate = admin.matches(first.as_bytes())
-            || (!clients.is_empty() && is_token_shaped(first))
+        if admin.matches(first.as_bytes()) {
+            return Identified { caller: Caller::Admin, presented: Presented::Path, rest: after };
+        }
+        let candidate = (!clients.is_empty() && is_token_shaped(first))
             || (clients.accepts_jwts() && crate::jwt::is_jwt_shaped(first));
-        if candidate && let Some(caller) = holder(first.as_bytes(), admin, clients) {
-            return Identified { caller, presented: Presented::Path, rest: after };
+        if candidate && let Some(client) = clients.find(first.as_bytes()) {
+            return Identified { caller: Caller::Client(client), presented: Presented::Path, rest: after };
         }
     }
     match header_token {

@@ -34,7 +34,6 @@ pub(crate) struct FetchTransport {
     pool: Arc<Pool>,
     checked: reqwest::Client,
     trusted: reqwest::Client,
-    own: SocketAddr,
     settings: UpstreamSettings,
 }
 
@@ -90,24 +89,21 @@ impl FetchTransport {
             }
             b.build()
         };
-        Ok(FetchTransport { pool, checked: build(true)?, trusted: build(false)?, own, settings })
+        Ok(FetchTransport { pool, checked: build(true)?, trusted: build(false)?, settings })
     }
 
     /// Sends `req`; the response body streams as it arrives.
     pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
         let host = req.origin.host.to_string();
         let client = if req.check.allow_private { &self.trusted } else { &self.checked };
-        if !req.check.allow_private {
-            let literal = match req.origin.host {
-                Host::V4(a) => Some(IpAddr::V4(a)),
-                Host::V6(a) => Some(IpAddr::V6(a)),
-                Host::Name(_) => None,
-            };
-            if let Some(ip) = literal {
-                // reqwest does not resolve IP literals: checked here, the same way.
-                let check = TargetCheck { allow_private: false, own: self.own };
-                check.admit(&host, [SocketAddr::new(ip, req.origin.port)], true)?;
-            }
+        // reqwest does not resolve IP literals: the request's own check, here.
+        let literal = match req.origin.host {
+            Host::V4(a) => Some(IpAddr::V4(a)),
+            Host::V6(a) => Some(IpAddr::V6(a)),
+            Host::Name(_) => None,
+        };
+        if let Some(ip) = literal {
+            req.check.admit(&host, [SocketAddr::new(ip, req.origin.port)], true)?;
         }
         let url = format!("{}{}", req.origin, req.path);
         let url = reqwest::Url::parse(&url)
