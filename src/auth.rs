@@ -101,6 +101,14 @@ impl Caller {
 
     /// May this caller use the preset `route`? (Anonymous callers are
     /// decided by the route: that depends on the configuration.)
+    /// The client, when the caller is one.
+    pub fn client(&self) -> Option<Arc<Client>> {
+        match self {
+            Caller::Client(c) => Some(Arc::clone(c)),
+            _ => None,
+        }
+    }
+
     pub fn may_use_preset(&self, route: &str) -> bool {
         match self {
             Caller::Anonymous => false,
@@ -179,6 +187,18 @@ pub fn is_token_shaped(segment: &str) -> bool {
 pub fn bearer(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
     let presented = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
     holder(presented, admin, clients).unwrap_or(Caller::Anonymous)
+}
+
+/// The caller of `Authorization: Bearer <token>`, else of
+/// `x-veilgate-token` (`/usage`).
+pub fn from_headers(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
+    match bearer(headers, admin, clients) {
+        Caller::Anonymous => headers
+            .get("x-veilgate-token")
+            .and_then(|v| holder(v.as_bytes(), admin, clients))
+            .unwrap_or(Caller::Anonymous),
+        known => known,
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use ring::digest::{SHA256, digest};
 
 use crate::config::ConfigError;
 use crate::jwt::{JwtAuth, is_jwt_shaped};
+use crate::usage::ledger::Limits;
 
 /// One `[[clients]]` entry, validated.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct Client {
     pub presets: Option<Vec<String>>,
     /// Generic routes and tunnels to generic targets.
     pub generic: bool,
+    /// `[clients.limits]` (or `[auth.jwt_limits]` for a JWT's client).
+    pub limits: Limits,
 }
 
 impl Client {
@@ -34,7 +37,7 @@ impl Client {
         if !ok {
             return Err(ConfigError(format!("clients: the name \"{name}\" must match [a-z0-9_.@-]{{1,64}}")));
         }
-        Ok(Client { name: Arc::from(name), token_sha256, presets, generic })
+        Ok(Client { name: Arc::from(name), token_sha256, presets, generic, limits: Limits::default() })
     }
 
     /// True when this client may use the preset `route`.
@@ -48,6 +51,8 @@ impl Client {
 pub struct Clients {
     list: Vec<Arc<Client>>,
     jwt: Option<JwtAuth>,
+    /// The limits of every JWT's client.
+    jwt_limits: Limits,
 }
 
 impl Clients {
@@ -62,9 +67,16 @@ impl Clients {
         Ok(())
     }
 
-    /// Accepts HS256 JWTs as client tokens from now on.
-    pub(crate) fn accept_jwts(&mut self, jwt: JwtAuth) {
+    /// Accepts HS256 JWTs as client tokens from now on, each client with
+    /// `limits`.
+    pub(crate) fn accept_jwts(&mut self, jwt: JwtAuth, limits: Limits) {
         self.jwt = Some(jwt);
+        self.jwt_limits = limits;
+    }
+
+    /// The limits of JWT clients.
+    pub fn jwt_limits(&self) -> &Limits {
+        &self.jwt_limits
     }
 
     /// True when no client token can exist (no `[[clients]]`, no `[auth]`).
@@ -96,7 +108,9 @@ impl Clients {
         {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let name = jwt.verify(text, now).ok()?;
-            return Client::new(&name, [0; 32], None, false).ok().map(Arc::new);
+            let mut client = Client::new(&name, [0; 32], None, false).ok()?;
+            client.limits = self.jwt_limits;
+            return Some(Arc::new(client));
         }
         if self.list.is_empty() {
             return None;

@@ -19,6 +19,9 @@ use crate::jwt::JwtAuth;
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
 use crate::preset::{Monitor, Preset, Presets, Target};
+use crate::usage::count::Protocol;
+use crate::usage::ledger::Limits as ClientLimits;
+use crate::usage::price::{Price, Pricing};
 
 /// A configuration error. The message names the key or variable at fault
 /// and never repeats a secret value.
@@ -81,6 +84,81 @@ pub struct RawConfig {
     clients: Vec<RawClient>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<RawAuth>,
+    #[serde(default)]
+    usage: RawUsage,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pricing: BTreeMap<String, RawPrice>,
+}
+
+/// `[clients.limits]`, `[auth.jwt_limits]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monthly_cost_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_minute: Option<u64>,
+}
+
+impl RawClientLimits {
+    fn build(self, key: &str) -> Result<ClientLimits, ConfigError> {
+        if self.monthly_cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
+            return err(format!("{key}.monthly_cost_usd must be a number of dollars, 0 or more"));
+        }
+        Ok(ClientLimits {
+            monthly_requests: self.monthly_requests,
+            monthly_tokens: self.monthly_tokens,
+            monthly_cost_usd: self.monthly_cost_usd,
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+        })
+    }
+
+    fn of(l: &ClientLimits) -> Option<RawClientLimits> {
+        (!l.is_empty()).then_some(RawClientLimits {
+            monthly_requests: l.monthly_requests,
+            monthly_tokens: l.monthly_tokens,
+            monthly_cost_usd: l.monthly_cost_usd,
+            requests_per_minute: l.requests_per_minute,
+            tokens_per_minute: l.tokens_per_minute,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inject_stream_usage: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reserve_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_headers: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unpriced: Option<String>,
+}
+
+/// USD per million tokens of one model.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached_input: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_write: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -90,6 +168,8 @@ struct RawAuth {
     jwt_hs256_secret: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt_claim: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt_limits: Option<RawClientLimits>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -105,6 +185,8 @@ struct RawClient {
     presets: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     generic: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<RawClientLimits>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -167,6 +249,8 @@ struct RawPreset {
     enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     monitor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -317,6 +401,8 @@ pub struct Config {
     /// Set in the file or `AUTH_TOKEN`; otherwise see [`Config::resolve_token`].
     pub auth_token: Option<Token>,
     pub data_dir: Option<PathBuf>,
+    /// `data_dir`, or the default one (where the token and usage live).
+    pub state_dir: Option<PathBuf>,
     pub preset_auth: bool,
     pub danger_public_presets: bool,
     /// Lowercase host names accepted in `Host` while listening on loopback.
@@ -339,6 +425,59 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `[[clients]]`: callers with their own tokens (SPEC §9).
     pub clients: Clients,
+    pub usage: UsageConfig,
+    pub pricing: Pricing,
+}
+
+/// Where settled requests are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `<data_dir>/veilgate.db`.
+    Sqlite,
+    Memory,
+}
+
+/// Which figures responses on metered routes carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostHeaders {
+    Veilgate,
+    /// The seed aiproxy's `cost`, `monthlyCost`, `monthlyRequests`.
+    Aiproxy,
+    Both,
+    None,
+}
+
+/// `[usage]`.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageConfig {
+    pub store: StoreKind,
+    pub inject_stream_usage: bool,
+    pub reserve_output_tokens: u64,
+    pub cost_headers: CostHeaders,
+    /// `unpriced = "free"`: a client with a cost limit may use a model
+    /// without a price (it costs nothing).
+    pub unpriced_free: bool,
+}
+
+/// The protocol of a built-in preset: how its API reports usage.
+fn builtin_protocol(route: &str) -> Option<Protocol> {
+    match route {
+        "claude" => Some(Protocol::Anthropic),
+        "gemini" => Some(Protocol::Gemini),
+        "openai" | "groq" | "xai" | "openrouter" | "mistral" | "deepseek" | "cerebras" | "together" | "fireworks"
+        | "sambanova" | "novita" | "github" | "deepinfra" | "friendli" | "portkey" | "poe" | "chutes" | "targon"
+        | "perplexity" => Some(Protocol::OpenAi),
+        _ => None,
+    }
+}
+
+fn protocol_name(p: Option<Protocol>) -> &'static str {
+    match p {
+        Some(Protocol::OpenAi) => "openai",
+        Some(Protocol::Anthropic) => "anthropic",
+        Some(Protocol::Gemini) => "gemini",
+        None => "none",
+    }
 }
 
 /// Built-in presets (route, display name, target); all socket-first.
@@ -372,7 +511,7 @@ const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
 ];
 
 /// Route segments that can never be preset names.
-const RESERVED_NAMES: &[&str] = &["healthz", "metrics", "test", "http", "https", "ws", "wss"];
+const RESERVED_NAMES: &[&str] = &["healthz", "metrics", "test", "usage", "http", "https", "ws", "wss"];
 
 /// Reads environment variables; tests pass a closure over a map.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -562,12 +701,61 @@ impl Config {
         let mut clients = build_clients(raw.clients, &presets, env)?;
         if let Some(auth) = raw.auth {
             let secret = resolve_secret(&auth.jwt_hs256_secret, "auth.jwt_hs256_secret", env)?;
-            clients.accept_jwts(JwtAuth::new(secret.as_bytes(), auth.jwt_claim.unwrap_or_else(|| "email".to_owned())));
+            let limits = auth.jwt_limits.unwrap_or_default().build("auth.jwt_limits")?;
+            let jwt = JwtAuth::new(secret.as_bytes(), auth.jwt_claim.unwrap_or_else(|| "email".to_owned()));
+            clients.accept_jwts(jwt, limits);
         }
+        let u = raw.usage;
+        let usage = UsageConfig {
+            store: match u.store.as_deref().unwrap_or("sqlite") {
+                "sqlite" => StoreKind::Sqlite,
+                "memory" => StoreKind::Memory,
+                _ => return err("usage.store must be \"sqlite\" or \"memory\""),
+            },
+            inject_stream_usage: u.inject_stream_usage.unwrap_or(true),
+            reserve_output_tokens: u.reserve_output_tokens.unwrap_or(4096),
+            cost_headers: match u.cost_headers.as_deref().unwrap_or("veilgate") {
+                "veilgate" => CostHeaders::Veilgate,
+                "aiproxy" => CostHeaders::Aiproxy,
+                "both" => CostHeaders::Both,
+                "none" => CostHeaders::None,
+                _ => return err("usage.cost_headers must be \"veilgate\", \"aiproxy\", \"both\" or \"none\""),
+            },
+            unpriced_free: match u.unpriced.as_deref().unwrap_or("refuse") {
+                "refuse" => false,
+                "free" => true,
+                _ => return err("usage.unpriced must be \"refuse\" or \"free\""),
+            },
+        };
+        let mut prices = Vec::new();
+        for (model, p) in raw.pricing {
+            let key = format!("pricing.\"{model}\"");
+            if model.is_empty() {
+                return err("pricing: a model name may not be empty");
+            }
+            if p.cached_input.is_some() && p.cache_read.is_some() {
+                return err(format!("{key}: cached_input and cache_read are the same rate; set one"));
+            }
+            let rates = [Some(p.input), p.output, p.cached_input, p.cache_read, p.cache_write];
+            if rates.iter().flatten().any(|r| !r.is_finite() || *r < 0.0) {
+                return err(format!("{key}: rates are USD per million tokens, 0 or more"));
+            }
+            let cache_read = p.cached_input.or(p.cache_read).unwrap_or(p.input);
+            let price = Price {
+                input: p.input,
+                output: p.output.unwrap_or(0.0),
+                cache_read,
+                cache_write: p.cache_write.unwrap_or(p.input),
+            };
+            prices.push((model, price));
+        }
+        let pricing = Pricing::new(prices);
 
+        let state_dir = data_dir_of(raw.data_dir.as_deref(), env);
         let config = Config {
             listen,
             auth_token,
+            state_dir,
             data_dir: raw.data_dir,
             preset_auth,
             danger_public_presets,
@@ -587,6 +775,8 @@ impl Config {
             websocket_max_message_bytes,
             tls,
             clients,
+            usage,
+            pricing,
         };
         config.check_exposure()?;
         Ok(config)
@@ -619,15 +809,7 @@ impl Config {
 
     /// Where a generated token lives.
     pub fn token_path(&self, env: Env<'_>) -> Option<PathBuf> {
-        let dir = match &self.data_dir {
-            Some(d) => d.clone(),
-            None => match (env("XDG_DATA_HOME"), env("HOME")) {
-                (Some(x), _) => PathBuf::from(x).join("veilgate"),
-                (None, Some(h)) => PathBuf::from(h).join(".local/share/veilgate"),
-                (None, None) => return None,
-            },
-        };
-        Some(dir.join("token"))
+        data_dir_of(self.data_dir.as_deref(), env).map(|d| d.join("token"))
     }
 
     /// The configured token, or the one stored in `<data_dir>/token`,
@@ -684,6 +866,7 @@ impl Config {
                         Monitor::Gemini => "gemini".to_owned(),
                         Monitor::None => "none".to_owned(),
                     }),
+                    protocol: Some(protocol_name(p.protocol).to_owned()),
                 };
                 (p.route.clone(), raw)
             })
@@ -769,12 +952,49 @@ impl Config {
                     token: None,
                     presets: c.presets.clone(),
                     generic: Some(c.generic),
+                    limits: RawClientLimits::of(&c.limits),
                 })
                 .collect(),
-            auth: self
-                .clients
-                .jwt_claim()
-                .map(|claim| RawAuth { jwt_hs256_secret: "***".to_owned(), jwt_claim: Some(claim.to_owned()) }),
+            auth: self.clients.jwt_claim().map(|claim| RawAuth {
+                jwt_hs256_secret: "***".to_owned(),
+                jwt_claim: Some(claim.to_owned()),
+                jwt_limits: RawClientLimits::of(self.clients.jwt_limits()),
+            }),
+            usage: RawUsage {
+                store: Some(
+                    match self.usage.store {
+                        StoreKind::Sqlite => "sqlite",
+                        StoreKind::Memory => "memory",
+                    }
+                    .to_owned(),
+                ),
+                inject_stream_usage: Some(self.usage.inject_stream_usage),
+                reserve_output_tokens: Some(self.usage.reserve_output_tokens),
+                cost_headers: Some(
+                    match self.usage.cost_headers {
+                        CostHeaders::Veilgate => "veilgate",
+                        CostHeaders::Aiproxy => "aiproxy",
+                        CostHeaders::Both => "both",
+                        CostHeaders::None => "none",
+                    }
+                    .to_owned(),
+                ),
+                unpriced: Some(if self.usage.unpriced_free { "free" } else { "refuse" }.to_owned()),
+            },
+            pricing: self
+                .pricing
+                .iter()
+                .map(|(model, p)| {
+                    let raw = RawPrice {
+                        input: p.input,
+                        output: Some(p.output),
+                        cached_input: Some(p.cache_read),
+                        cache_read: None,
+                        cache_write: Some(p.cache_write),
+                    };
+                    (model.to_owned(), raw)
+                })
+                .collect(),
         }
     }
 }
@@ -821,9 +1041,17 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             Some("gemini") => Monitor::Gemini,
             Some(_) => return err(format!("{key}.monitor must be \"gemini\" or \"none\"")),
         };
+        let protocol = match over.protocol.as_deref() {
+            None if builtin.is_some() => builtin_protocol(&route),
+            None | Some("none") => None,
+            Some("openai") => Some(Protocol::OpenAi),
+            Some("anthropic") => Some(Protocol::Anthropic),
+            Some("gemini") => Some(Protocol::Gemini),
+            Some(_) => return err(format!("{key}.protocol must be \"openai\", \"anthropic\", \"gemini\" or \"none\"")),
+        };
         let display_name =
             over.name.unwrap_or_else(|| builtin.map(|(n, _)| n.to_owned()).unwrap_or_else(|| route.clone()));
-        presets.push(Preset::new(
+        let mut preset = Preset::new(
             route,
             display_name,
             targets,
@@ -833,9 +1061,24 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             user_agent,
             over.enabled.unwrap_or(true),
             monitor,
-        ));
+        );
+        preset.protocol = protocol;
+        presets.push(preset);
     }
     Ok(presets)
+}
+
+/// `data_dir`, else `$XDG_DATA_HOME/veilgate`, else
+/// `$HOME/.local/share/veilgate`.
+fn data_dir_of(data_dir: Option<&Path>, env: Env<'_>) -> Option<PathBuf> {
+    match data_dir {
+        Some(d) => Some(d.to_path_buf()),
+        None => match (env("XDG_DATA_HOME"), env("HOME")) {
+            (Some(x), _) => Some(PathBuf::from(x).join("veilgate")),
+            (None, Some(h)) => Some(PathBuf::from(h).join(".local/share/veilgate")),
+            (None, None) => None,
+        },
+    }
 }
 
 /// `[[clients]]` → [`Clients`]: a name, one of `token_sha256` or `token`
@@ -854,7 +1097,9 @@ fn build_clients(raw: Vec<RawClient>, presets: &Presets, env: Env<'_>) -> Result
         {
             return err(format!("{key}.presets: no preset named \"{unknown}\""));
         }
-        clients.push(Client::new(&c.name, hash, c.presets, c.generic.unwrap_or(false))?)?;
+        let mut client = Client::new(&c.name, hash, c.presets, c.generic.unwrap_or(false))?;
+        client.limits = c.limits.unwrap_or_default().build(&format!("{key}.limits"))?;
+        clients.push(client)?;
     }
     Ok(clients)
 }

@@ -46,6 +46,14 @@ pub(crate) enum Error {
     NotHttp,
     #[error("request target too long")]
     UriTooLong,
+    /// A client's limit (§11); nothing reached an upstream.
+    #[error("this client's limit {limit} is reached; it resets at {reset}")]
+    LimitReached { limit: &'static str, reset: String, retry_after: u64 },
+    /// A client with a cost limit asked for a model without a price.
+    #[error("the model {model} has no price in [pricing], and this client has a cost limit")]
+    Unpriced { model: String },
+    #[error("{0}")]
+    BadQuery(String),
 }
 
 impl Error {
@@ -63,6 +71,9 @@ impl Error {
             Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotHttp => StatusCode::BAD_REQUEST,
             Error::UriTooLong => StatusCode::URI_TOO_LONG,
+            Error::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unpriced { .. } => StatusCode::FORBIDDEN,
+            Error::BadQuery(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -76,7 +87,12 @@ impl Error {
 
     /// The JSON error response (with the transports' failures when known).
     pub(crate) fn to_response(&self) -> Response<Body> {
-        error_response(self.status(), &self.to_string(), self.attempts())
+        let mut resp = error_response(self.status(), &self.to_string(), self.attempts());
+        if let Error::LimitReached { limit, retry_after, .. } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            resp.headers_mut().insert("x-veilgate-limit", HeaderValue::from_static(limit));
+        }
+        resp
     }
 
     /// The same as the bytes of a whole HTTP/1.1 response that closes the

@@ -31,6 +31,16 @@ enum Command {
     CheckConfig,
     /// Print a new random client token and the `token_sha256` line for it.
     Token,
+    /// Print each client's usage of a month from the usage store (also
+    /// while a server runs).
+    Usage {
+        /// The month, YYYY-MM (default: this month, UTC).
+        #[arg(long)]
+        month: Option<String>,
+        /// Only this client.
+        #[arg(long)]
+        client: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +58,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Command::Usage { month, client }) = &cli.command {
+        return match print_usage(&config, month.as_deref(), client.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("veilgate: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::CheckConfig) = cli.command {
         // What the server would refuse at start, check-config refuses too.
         if let Err(e) = veilgate::server::check_files(&config) {
@@ -64,6 +83,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `veilgate usage`: a table of each client's month.
+fn print_usage(config: &Config, month: Option<&str>, client: Option<&str>) -> Result<(), String> {
+    use veilgate::usage::time;
+    let now = time::unix_ms(std::time::SystemTime::now());
+    let month = month.map_or_else(|| time::month_of(now), str::to_owned);
+    if !time::is_month(&month) {
+        return Err("--month must be YYYY-MM".into());
+    }
+    let dir = config.state_dir.as_deref().ok_or("no data_dir (nor XDG_DATA_HOME or HOME) to read from")?;
+    let rows = veilgate::usage::store::month_totals(dir, &month, client).map_err(|e| e.to_string())?;
+    println!(
+        "{:<24} {:>10} {:>14} {:>14} {:>12} {:>10}",
+        "client", "requests", "input_tokens", "output_tokens", "cost_usd", "estimated"
+    );
+    for (name, t) in &rows {
+        println!(
+            "{name:<24} {:>10} {:>14} {:>14} {:>12.6} {:>10}",
+            t.requests, t.input_tokens, t.output_tokens, t.cost_usd, t.estimated_requests
+        );
+    }
+    if rows.is_empty() {
+        println!("(no requests in {month})");
+    }
+    Ok(())
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

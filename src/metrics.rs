@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Body, BoxError};
+use crate::usage::ledger::Record;
 
 type Labels = Vec<(&'static str, String)>;
 /// `route`, `transport`, `status`: built per request without allocating
@@ -34,6 +36,11 @@ pub(crate) struct Metrics {
     continuations: Family<Labels, Counter>,
     tunnels_open: Gauge,
     pool_connections: Gauge,
+    client_requests: Family<Labels, Counter>,
+    client_tokens: Family<Labels, Counter>,
+    client_cost: Family<Labels, Counter<f64, AtomicU64>>,
+    limit_refusals: Family<Labels, Counter>,
+    store_errors: Counter,
 }
 
 impl Metrics {
@@ -46,6 +53,24 @@ impl Metrics {
         let continuations = Family::<Labels, Counter>::default();
         let tunnels_open = Gauge::default();
         let pool_connections = Gauge::default();
+        let client_requests = Family::<Labels, Counter>::default();
+        let client_tokens = Family::<Labels, Counter>::default();
+        let client_cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        let limit_refusals = Family::<Labels, Counter>::default();
+        let store_errors = Counter::default();
+        registry.register("veilgate_client_requests", "Requests of each client, by status", client_requests.clone());
+        registry.register(
+            "veilgate_client_tokens",
+            "Tokens of each client's requests, by kind (input, output, cached, cache_write)",
+            client_tokens.clone(),
+        );
+        registry.register("veilgate_client_cost_usd", "Cost of each client's requests in USD", client_cost.clone());
+        registry.register(
+            "veilgate_limit_refusals",
+            "Requests refused by a client's limit, by limit",
+            limit_refusals.clone(),
+        );
+        registry.register("veilgate_store_errors", "Failed writes to the usage store", store_errors.clone());
         registry.register(
             "veilgate_requests",
             "Requests answered, by route, transport and status class",
@@ -82,7 +107,43 @@ impl Metrics {
             continuations,
             tunnels_open,
             pool_connections,
+            client_requests,
+            client_tokens,
+            client_cost,
+            limit_refusals,
+            store_errors,
         }
+    }
+
+    /// The usage store's error counter (the store moves it).
+    pub(crate) fn store_errors(&self) -> Counter {
+        self.store_errors.clone()
+    }
+
+    /// One settled request of a client.
+    pub(crate) fn client_request(&self, r: &Record) {
+        let client = r.client.to_string();
+        self.client_requests.get_or_create(&vec![("client", client.clone()), ("status", r.status.to_string())]).inc();
+        for (kind, n) in [
+            ("input", r.input_tokens),
+            ("output", r.output_tokens),
+            ("cached", r.cached_tokens),
+            ("cache_write", r.cache_write_tokens),
+        ] {
+            if n > 0 {
+                self.client_tokens
+                    .get_or_create(&vec![("client", client.clone()), ("kind", kind.to_owned())])
+                    .inc_by(n);
+            }
+        }
+        if r.cost_usd > 0.0 {
+            self.client_cost.get_or_create(&vec![("client", client)]).inc_by(r.cost_usd);
+        }
+    }
+
+    /// A request refused by a client's limit (or a price it lacks).
+    pub(crate) fn limit_refusal(&self, client: &str, limit: &'static str) {
+        self.limit_refusals.get_or_create(&vec![("client", client.to_owned()), ("limit", limit.to_owned())]).inc();
     }
 
     pub(crate) fn upstream_head(&self, seconds: f64) {

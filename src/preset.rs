@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::ConfigError;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::{Origin, parse_url};
+use crate::usage::count::Protocol;
 
 /// What watches a preset's responses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Preset {
     pub user_agent: Option<UserAgent>,
     pub enabled: bool,
     pub monitor: Monitor,
+    /// How the preset's API reports usage (`None`: it is not read).
+    pub protocol: Option<Protocol>,
 }
 
 impl Preset {
@@ -63,7 +66,7 @@ impl Preset {
         enabled: bool,
         monitor: Monitor,
     ) -> Preset {
-        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor }
+        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor, protocol: None }
     }
 }
 

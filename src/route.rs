@@ -27,6 +27,10 @@ pub enum Route {
     Metrics,
     /// `GET /test`
     Test,
+    /// `GET /usage` (the caller is checked by the handler)
+    Usage,
+    /// `GET /usage/requests`
+    UsageRequests,
     /// `/<name>/<remainder>` with an enabled preset.
     Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
@@ -163,6 +167,8 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         "/healthz" => Some(Route::Health),
         "/metrics" => Some(Route::Metrics),
         "/test" => Some(Route::Test),
+        "/usage" => Some(Route::Usage),
+        "/usage/requests" => Some(Route::UsageRequests),
         _ => None,
     };
     if let Some(local) = local {

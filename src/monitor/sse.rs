@@ -83,6 +83,15 @@ impl SseParser {
         self.buf.len()
     }
 
+    /// Takes every byte held (an unfinished block at the end of a stream),
+    /// leaving the parser empty.
+    pub fn take_pending(&mut self) -> Bytes {
+        self.line_start = 0;
+        self.pos = 0;
+        self.skip_lf = false;
+        self.buf.split().freeze()
+    }
+
     /// The next complete block, if there is one.
     pub fn next_item(&mut self) -> Result<Option<Item>, SseError> {
         if self.skip_lf && !self.buf.is_empty() {

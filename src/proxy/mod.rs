@@ -15,6 +15,7 @@
 mod local;
 mod plan;
 mod shape;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ use crate::upstream::choose::Transports;
 use crate::upstream::connect::Egress;
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
+use crate::usage::ledger::Ledger;
+use crate::usage::meter::{self, Meter, Metered};
 
 /// Everything a request handler needs, shared by all connections: the
 /// configuration's snapshot, and the state that outlives requests —
@@ -60,6 +63,9 @@ pub(crate) struct App {
     pub transports: Arc<Transports>,
     pub metrics: Arc<Metrics>,
     rotation: Rotation,
+    /// Clients' usage and limits; `None` while no client is configured
+    /// (nothing is metered, no store is opened).
+    pub(crate) ledger: Option<Arc<Ledger>>,
 }
 
 impl App {
@@ -82,9 +88,17 @@ impl App {
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let rotation = Rotation::new(&config.presets);
-        let config = ArcSwap::from_pointee(config);
         let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));
-        Ok(App { config, token, listen, transports, metrics, rotation })
+        let ledger = usage::open_ledger(&config, &metrics)?.map(Arc::new);
+        let config = ArcSwap::from_pointee(config);
+        Ok(App { config, token, listen, transports, metrics, rotation, ledger })
+    }
+
+    /// Commits every settled request to the usage store (at shutdown).
+    pub(crate) fn flush_usage(&self) {
+        if let Some(ledger) = &self.ledger {
+            ledger.store().flush();
+        }
     }
 
     /// The configuration in force now.
@@ -104,6 +118,13 @@ impl App {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
         };
+        if let Some(mut meter) = cx.meter.take() {
+            // The request ended without a body to watch (an error, a
+            // tunnel's 101): settled now, with the status the client got.
+            meter.status = resp.status().as_u16();
+            let before = *meter.before();
+            meter::figure_headers(resp.headers_mut(), meter.client(), &before, None, config.usage.cost_headers);
+        }
         local::apply_cors(resp.headers_mut(), cx.request_origin.as_ref(), &config.cors);
         self.record(resp, cx)
     }
@@ -119,17 +140,20 @@ impl App {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),
             Plan::Metrics => return local::metrics(self, config, req.headers()),
+            Plan::Usage => return usage::report(self, config, &req),
+            Plan::UsageRequests => return usage::requests(self, config, &req).await,
             Plan::Forward(forward) => forward,
         };
         cx.kind = forward.kind;
         cx.preset = forward.preset.clone();
         cx.client = forward.client.clone();
         if forward.from_client && tunnel::is_upgrade(req.headers()) {
+            cx.meter = usage::open_meter(self, config, &forward, b"")?.map(|(m, _)| m);
             return self.tunnel(config, req, forward, cx).await;
         }
         let public_host = public_host(&req);
         let sending = Sending { redirect: forward.redirect.take(), public_host };
-        let (upstream, gemini) = self.upstream_request(config, req, forward).await?;
+        let (upstream, gemini) = self.upstream_request(config, req, forward, cx).await?;
         self.send(config, upstream, sending, gemini, cx).await
     }
 
@@ -189,21 +213,29 @@ impl App {
         config: &Config,
         req: Request<Incoming>,
         forward: Forward,
+        cx: &mut Ctx,
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
         let policy = policy(config, forward.user_agent.as_ref());
-        let Forward { origin, path, check, transport, .. } = forward;
-        let egress = Egress::Direct;
         if !forward.from_client {
+            let Forward { origin, path, check, transport, .. } = forward;
             let headers = policy.request_headers(&HeaderMap::new());
-            let body = Bytes::new();
-            let req = UpstreamRequest { method: Method::GET, origin, path, headers, body, check, transport, egress };
+            let (method, body, egress) = (Method::GET, Bytes::new(), Egress::Direct);
+            let req = UpstreamRequest { method, origin, path, headers, body, check, transport, egress };
             return Ok((req, None));
         }
         let (parts, body) = req.into_parts();
         let headers = policy.request_headers(&parts.headers);
         let limits = &config.limits;
-        let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
-        let gemini = if forward.monitor {
+        let mut body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
+        if let Some((meter, injected)) = usage::open_meter(self, config, &forward, &body)? {
+            if let Some(injected) = injected {
+                body = injected;
+            }
+            cx.meter = Some(meter);
+        }
+        let Forward { origin, path, check, transport, monitor, .. } = forward;
+        let egress = Egress::Direct;
+        let gemini = if monitor {
             gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
         } else {
             None
@@ -227,6 +259,9 @@ impl App {
             Ok(served) => served,
             Err(failure) => {
                 cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
+                if let Some(meter) = &mut cx.meter {
+                    meter.attempts = failure.attempts.len().max(1) as u32;
+                }
                 return Err(Error::Transports(failure));
             }
         };
@@ -264,6 +299,25 @@ impl App {
             }
             _ => body,
         };
+        let Some(mut meter) = cx.meter.take() else { return Ok(Response::from_parts(parts, body)) };
+        meter.status = parts.status.as_u16();
+        meter.attempts = 1 + u32::from(served.fallback.is_some());
+        if !parts.status.is_success() {
+            // Counted as a request without tokens when the response is done.
+            cx.meter = Some(meter);
+            return Ok(Response::from_parts(parts, body));
+        }
+        let mode = config.usage.cost_headers;
+        if usage::read_whole(&parts.headers) {
+            return Ok(usage::answer_whole(parts, body, meter, mode).await);
+        }
+        let before = *meter.before();
+        meter::figure_headers(&mut parts.headers, meter.client(), &before, None, mode);
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        let body = Metered::new(body, meter, content_type.as_ref()).boxed_unsync();
+        if body.size_hint().exact().is_none() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         Ok(Response::from_parts(parts, body))
     }
 
@@ -309,6 +363,8 @@ struct Ctx {
     preset: Option<String>,
     client: Option<Arc<str>>,
     transport: Option<&'static str>,
+    /// A client's request: its reservation until it is settled.
+    meter: Option<Meter>,
 }
 
 impl Ctx {
@@ -321,6 +377,7 @@ impl Ctx {
             preset: None,
             client: None,
             transport: None,
+            meter: None,
         }
     }
 }

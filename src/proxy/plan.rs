@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::Token;
+use crate::client::Client;
 use crate::config::Config;
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
@@ -15,6 +16,7 @@ use crate::preset::{Monitor, Rotation};
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
 use crate::upstream::connect::TargetCheck;
+use crate::usage::count::Protocol;
 
 use super::shape::Redirect;
 
@@ -27,6 +29,8 @@ pub(super) enum Plan {
     Dashboard,
     Health,
     Metrics,
+    Usage,
+    UsageRequests,
     Forward(Forward),
 }
 
@@ -40,6 +44,10 @@ pub(super) struct Forward {
     pub(super) preset: Option<String>,
     /// The caller's name for the access record (`admin`, a client's).
     pub(super) client: Option<Arc<str>>,
+    /// The client whose usage this is (metered), if the caller is one.
+    pub(super) account: Option<Arc<Client>>,
+    /// How the preset's API reports usage.
+    pub(super) protocol: Option<Protocol>,
     pub(super) origin: Origin,
     /// Path and query for the upstream, byte for byte.
     pub(super) path: String,
@@ -78,12 +86,16 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::Dashboard => return Plan::Dashboard,
         Route::Health => return Plan::Health,
         Route::Metrics => return Plan::Metrics,
+        Route::Usage => return Plan::Usage,
+        Route::UsageRequests => return Plan::UsageRequests,
         Route::Test => {
             let (origin, path) = s.config.default_dst.clone();
             Forward {
                 kind: RouteKind::Test,
                 preset: None,
                 client: None,
+                account: None,
+                protocol: None,
                 origin,
                 path,
                 user_agent: None,
@@ -101,6 +113,8 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 kind: RouteKind::Preset,
                 preset: Some(preset.route.clone()),
                 client: caller.name(),
+                account: caller.client(),
+                protocol: preset.protocol,
                 origin: target.origin.clone(),
                 path: upstream_path(&target.base_path, &remainder, query.as_deref()),
                 user_agent: preset.user_agent.clone(),
@@ -117,6 +131,8 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 kind: RouteKind::Generic,
                 preset: None,
                 client: caller.name(),
+                account: caller.client(),
+                protocol: None,
                 origin,
                 path: upstream_path("", &remainder, query.as_deref()),
                 user_agent: None,

@@ -150,6 +150,10 @@ impl Server {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
+        // Everything settled so far is committed before the process exits;
+        // requests cut by the end of the grace period are committed when
+        // their connections are dropped (the store's last write).
+        self.app.flush_usage();
     }
 }
 

@@ -47,11 +47,22 @@ pub struct Counter {
     /// Gemini: candidates and thoughts are reported apart.
     thoughts: Option<u64>,
     model: Option<String>,
+    /// Bytes of answer text seen, for an estimate when usage is missing.
+    text_bytes: u64,
 }
 
 impl Counter {
     pub fn new(protocol: Protocol) -> Counter {
-        Counter { protocol, input: None, output: None, cached: None, cache_write: None, thoughts: None, model: None }
+        Counter {
+            protocol,
+            input: None,
+            output: None,
+            cached: None,
+            cache_write: None,
+            thoughts: None,
+            model: None,
+            text_bytes: 0,
+        }
     }
 
     /// Feeds one JSON document: a whole response, or one stream event's data.
@@ -61,6 +72,19 @@ impl Counter {
             Protocol::Anthropic => self.anthropic(v),
             Protocol::Gemini => self.gemini(v),
         }
+    }
+
+    /// Bytes of answer text seen so far (output estimates: ⌈bytes / 4⌉).
+    pub fn text_bytes(&self) -> u64 {
+        self.text_bytes
+    }
+
+    /// The input tokens reported so far (kept when the rest is estimated).
+    pub fn reported_input(&self) -> Option<u64> {
+        self.input.map(|i| match self.protocol {
+            Protocol::Anthropic => i + self.cached.unwrap_or(0) + self.cache_write.unwrap_or(0),
+            _ => i,
+        })
     }
 
     /// True once any usage figure was reported.
@@ -98,12 +122,29 @@ impl Counter {
         }
     }
 
+    fn text(&mut self, v: Option<&Value>) {
+        if let Some(t) = v.and_then(Value::as_str) {
+            self.text_bytes += t.len() as u64;
+        }
+    }
+
     fn openai(&mut self, v: &Value) {
         // A Responses API stream's last event holds the response.
         let v = match v.get("type").and_then(Value::as_str) {
             Some("response.completed") => v.get("response").unwrap_or(v),
+            Some("response.output_text.delta") => {
+                self.text(v.get("delta"));
+                return;
+            }
             _ => v,
         };
+        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+            for c in choices {
+                self.text(
+                    c.pointer("/delta/content").or_else(|| c.pointer("/message/content")).or_else(|| c.get("text")),
+                );
+            }
+        }
         self.model_from(v.get("model"));
         let Some(u) = v.get("usage").filter(|u| u.is_object()) else { return };
         // Chat completions and embeddings, or the Responses API.
@@ -129,9 +170,19 @@ impl Counter {
                 message.and_then(|m| m.get("usage"))
             }
             Some("message_delta") => v.get("usage"),
+            Some("content_block_delta") => {
+                let d = v.get("delta");
+                self.text(
+                    d.and_then(|d| d.get("text").or_else(|| d.get("thinking")).or_else(|| d.get("partial_json"))),
+                );
+                None
+            }
             // A whole (non-streamed) message.
             Some("message") => {
                 self.model_from(v.get("model"));
+                for block in v.get("content").and_then(Value::as_array).into_iter().flatten() {
+                    self.text(block.get("text"));
+                }
                 v.get("usage")
             }
             _ => None,
@@ -152,6 +203,11 @@ impl Counter {
 
     fn gemini(&mut self, v: &Value) {
         self.model_from(v.get("modelVersion"));
+        for c in v.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+            for part in c.pointer("/content/parts").and_then(Value::as_array).into_iter().flatten() {
+                self.text(part.get("text"));
+            }
+        }
         let Some(u) = v.get("usageMetadata") else { return };
         for (field, slot) in [
             ("promptTokenCount", &mut self.input),

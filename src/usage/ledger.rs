@@ -139,6 +139,8 @@ pub struct Refusal {
 /// What is held for a request in flight; settled with [`Ledger::settle`].
 #[derive(Debug)]
 pub struct Reservation {
+    /// The client's month figures before this request.
+    pub before: Totals,
     client: Arc<str>,
     id: u64,
     tokens: u64,
@@ -258,7 +260,7 @@ impl Ledger {
         live.tokens += tokens;
         live.cost += cost;
         live.minute.push_back(Recent { at_ms: now_ms, id, tokens });
-        Ok(Reservation { client: Arc::clone(client), id, tokens, cost })
+        Ok(Reservation { before: used, client: Arc::clone(client), id, tokens, cost })
     }
 
     /// Replaces a reservation by what the request counted, and hands the

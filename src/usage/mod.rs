@@ -5,6 +5,7 @@
 
 pub mod count;
 pub mod ledger;
+pub(crate) mod meter;
 pub mod price;
 pub mod store;
 pub mod time;

@@ -43,6 +43,11 @@ impl Pricing {
         Pricing { exact, globs }
     }
 
+    /// Every price, exact keys first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Price)> {
+        self.exact.iter().chain(&self.globs).map(|(k, p)| (k.as_str(), p))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.globs.is_empty()
     }

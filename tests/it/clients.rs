@@ -132,7 +132,10 @@ async fn client_entries_are_checked_at_start() {
             "[[clients]]\nname = \"a\"\ntoken = \"x_0123456789abcdef\"\n[[clients]]\nname = \"a\"\ntoken = \"y_0123456789abcdef\"",
             "twice",
         ),
-        ("[[clients]]\nname = \"a\"\ntoken = \"x_0123456789abcdef\"\n[clients.limits]\nmonthly_requests = 1", "limits"),
+        (
+            "[[clients]]\nname = \"a\"\ntoken = \"x_0123456789abcdef\"\n[clients.limits]\nmonthly_dollars = 1",
+            "monthly_dollars",
+        ),
     ];
     for (toml, named) in bad {
         let error = veilgate::config::RawConfig::from_toml(toml)

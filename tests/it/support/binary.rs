@@ -40,6 +40,9 @@ pub async fn start_after(config: &str, env: &[(&str, &str)], prelude: Option<&st
         }
     };
     cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    // Each run has a data directory of its own (token, usage store) unless
+    // the test says otherwise.
+    cmd.env("XDG_DATA_HOME", dir.path().join("data"));
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -23,13 +23,17 @@ pub const TOKEN: &str = "test_token_0123456789";
 pub struct Veilgate {
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
+    /// `data_dir` (token, usage store) unless the test names its own.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Veilgate {
     /// Starts veilgate with `extra` TOML added to a config that listens on a
     /// free loopback port and uses [`TOKEN`].
     pub async fn start(extra: &str) -> Veilgate {
-        let toml = format!("listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\n{extra}");
+        let dir = (!extra.contains("data_dir")).then(|| tempfile::tempdir().expect("tempdir"));
+        let data_dir = dir.as_ref().map(|d| format!("data_dir = {:?}\n", d.path())).unwrap_or_default();
+        let toml = format!("listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\n{data_dir}{extra}");
         let raw = RawConfig::from_toml(&toml).expect("test config parses");
         let config = Config::from_raw(raw, &|_| None).expect("test config is valid");
         let (token, _) = config.resolve_token(&|_| None).expect("token");
@@ -39,7 +43,7 @@ impl Veilgate {
         tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        Veilgate { addr, _stop: stop }
+        Veilgate { addr, _stop: stop, _dir: dir }
     }
 
     /// `http://127.0.0.1:PORT`

@@ -1,0 +1,468 @@
+//! One metered request (§11): what its body asks for ([`inspect`]), the
+//! [`Meter`] that holds its reservation and settles it, and the
+//! [`Metered`] response body that reads usage as the bytes pass — the
+//! client gets them unchanged, except the one usage chunk veilgate asked an
+//! OpenAI stream for on the client's behalf.
+//!
+//! A meter settles exactly once: when its body ends or is dropped (the
+//! client went away), or when the request ends without a body to watch.
+//! What the response did not report is estimated (⌈bytes / 4⌉), marked so.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use serde_json::Value;
+
+use super::count::{Counter, Protocol, Usage};
+use super::ledger::{Ledger, Record, Reservation, Totals};
+use super::time::unix_ms;
+use crate::body::{Body, BoxError};
+use crate::config::{Config, CostHeaders};
+use crate::metrics::Metrics;
+use crate::monitor::sse::{Item, SseParser};
+
+/// A JSON answer is read for its usage up to this size (larger ones are
+/// estimated).
+const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+/// A non-streaming JSON answer up to this size with a known length is read
+/// whole before it is answered, so its headers include it.
+pub(crate) const READ_WHOLE_BYTES: u64 = 1024 * 1024;
+
+/// What a metered request's body says.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Inspected {
+    /// The request's model (`model`, or Gemini's path).
+    pub model: Option<String>,
+    /// `max_tokens`, `max_completion_tokens`, `max_output_tokens` or
+    /// `generationConfig.maxOutputTokens`.
+    pub max_output: Option<u64>,
+    /// The body with `stream_options.include_usage = true`, when veilgate
+    /// asked for the usage chunk the client did not.
+    pub injected: Option<Bytes>,
+}
+
+/// Reads a request body (JSON or not: never an error) for its model and
+/// output cap, and asks an OpenAI chat stream for usage when told to.
+pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], inject: bool) -> Inspected {
+    let route = path.split('?').next().unwrap_or(path);
+    let path_model =
+        route.split_once("/models/").map(|(_, rest)| rest.split([':', '/']).next().unwrap_or(rest).to_owned());
+    let mut out = Inspected { model: path_model.filter(|m| !m.is_empty()), ..Inspected::default() };
+    if protocol.is_none() || body.is_empty() {
+        return out;
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else { return out };
+    if let Some(m) = v.get("model").and_then(Value::as_str) {
+        out.model = Some(m.to_owned());
+    }
+    out.max_output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| v.get(k).and_then(Value::as_u64))
+        .or_else(|| v.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64));
+    let asks_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    if inject
+        && protocol == Some(Protocol::OpenAi)
+        && route.ends_with("/chat/completions")
+        && v.get("stream").and_then(Value::as_bool) == Some(true)
+        && !asks_usage
+        && let Some(obj) = v.as_object_mut()
+    {
+        let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+        if !options.is_object() {
+            *options = Value::Object(Default::default());
+        }
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".to_owned(), Value::Bool(true));
+        }
+        out.injected = serde_json::to_vec(&v).ok().map(Bytes::from);
+    }
+    out
+}
+
+/// ⌈bytes / 4⌉, the estimate of §11.
+pub(crate) fn estimate(bytes: u64) -> u64 {
+    bytes.div_ceil(4)
+}
+
+/// The request side of a meter, set when it is made.
+pub(crate) struct MeterSpec {
+    pub ledger: Arc<Ledger>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    pub reservation: Option<Reservation>,
+    pub client: Arc<str>,
+    pub preset: Option<String>,
+    pub protocol: Option<Protocol>,
+    pub model: Option<String>,
+    pub request_bytes: u64,
+    /// The usage chunk of the stream is veilgate's, not the client's.
+    pub injected: bool,
+    pub started: Instant,
+    /// The month's figures before this request (for a stream's headers).
+    pub before: Totals,
+}
+
+/// A request's reservation until it is settled.
+pub(crate) struct Meter {
+    spec: MeterSpec,
+    pub status: u16,
+    pub attempts: u32,
+    counter: Option<Counter>,
+    /// The answer ended as it should (not cut, not abandoned).
+    ended: bool,
+    answer_bytes: u64,
+    settled: Option<f64>,
+}
+
+impl Meter {
+    pub(crate) fn new(spec: MeterSpec) -> Meter {
+        let counter = spec.protocol.map(Counter::new);
+        Meter { spec, status: 0, attempts: 1, counter, ended: false, answer_bytes: 0, settled: None }
+    }
+
+    pub(crate) fn before(&self) -> &Totals {
+        &self.spec.before
+    }
+
+    pub(crate) fn client(&self) -> &str {
+        &self.spec.client
+    }
+
+    fn feed(&mut self, v: &Value) {
+        if let Some(c) = &mut self.counter {
+            c.feed(v);
+        }
+    }
+
+    /// Counts a whole JSON answer.
+    pub(crate) fn feed_json(&mut self, bytes: &[u8]) {
+        self.answer_bytes += bytes.len() as u64;
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            self.feed(&v);
+        }
+    }
+
+    pub(crate) fn mark_ended(&mut self) {
+        self.ended = true;
+    }
+
+    /// Settles the reservation to what was counted (once); returns this
+    /// request's cost when it has a price.
+    pub(crate) fn settle(&mut self) -> Option<f64> {
+        if self.settled.is_some() {
+            return self.settled.filter(|c| c.is_finite());
+        }
+        let ok = (200..300).contains(&self.status);
+        let s = &self.spec;
+        let (usage, estimated) = match self.counter.take() {
+            Some(counter) if ok => {
+                let text = if counter.text_bytes() > 0 { counter.text_bytes() } else { self.answer_bytes };
+                let reported_input = counter.reported_input();
+                let saw = counter.saw_usage();
+                let mut usage = counter.finish().unwrap_or_default();
+                if self.ended && saw {
+                    (usage, false)
+                } else {
+                    usage.input_tokens = reported_input.unwrap_or_else(|| estimate(s.request_bytes));
+                    usage.output_tokens = usage.output_tokens.max(estimate(text));
+                    (usage, true)
+                }
+            }
+            _ => (Usage::default(), false),
+        };
+        let model = usage.model.clone().or_else(|| s.model.clone());
+        let pricing = &s.config.pricing;
+        let price = usage
+            .model
+            .as_deref()
+            .and_then(|m| pricing.of(m))
+            .or_else(|| s.model.as_deref().and_then(|m| pricing.of(m)));
+        let cost = price.map(|p| p.cost(&usage));
+        let record = Record {
+            time_ms: unix_ms(SystemTime::now()),
+            client: Arc::clone(&s.client),
+            preset: s.preset.clone(),
+            model,
+            status: self.status,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            cost_usd: cost.unwrap_or(0.0),
+            estimated,
+            attempts: self.attempts,
+            duration_ms: s.started.elapsed().as_millis() as u64,
+        };
+        s.metrics.client_request(&record);
+        let reservation = self.spec.reservation.take();
+        self.spec.ledger.settle(reservation, record);
+        self.settled = Some(cost.unwrap_or(f64::NAN));
+        cost
+    }
+
+    /// The month's figures now (after settling, they include this request).
+    pub(crate) fn totals_now(&self) -> Totals {
+        self.spec.ledger.month_totals(&self.spec.client, unix_ms(SystemTime::now()))
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// The figure headers of §11 on a metered response.
+pub(crate) fn figure_headers(h: &mut HeaderMap, client: &str, totals: &Totals, cost: Option<f64>, mode: CostHeaders) {
+    if let Ok(v) = HeaderValue::from_str(client) {
+        h.insert("x-veilgate-client", v);
+    }
+    let num = |n: u64| HeaderValue::from(n);
+    let usd = |c: f64| HeaderValue::from_str(&usd(c)).unwrap_or(HeaderValue::from_static("0"));
+    if matches!(mode, CostHeaders::Veilgate | CostHeaders::Both) {
+        h.insert("x-veilgate-monthly-requests", num(totals.requests));
+        h.insert("x-veilgate-monthly-tokens", num(totals.tokens()));
+        h.insert("x-veilgate-monthly-cost-usd", usd(totals.cost_usd));
+        if let Some(c) = cost {
+            h.insert("x-veilgate-cost-usd", usd(c));
+        }
+    }
+    if matches!(mode, CostHeaders::Aiproxy | CostHeaders::Both) {
+        h.insert("monthlyrequests", num(totals.requests));
+        h.insert("monthlycost", usd(totals.cost_usd));
+        if let Some(c) = cost {
+            h.insert("cost", usd(c));
+        }
+    }
+}
+
+/// Dollars as a plain decimal, at most 9 places, no trailing zeros.
+pub(crate) fn usd(c: f64) -> String {
+    let s = format!("{:.9}", c.max(0.0));
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() { "0".to_owned() } else { s.to_owned() }
+}
+
+/// How the answer is read.
+enum Read {
+    /// Passed through untouched (an unknown type); bytes counted.
+    Bytes,
+    Json(BytesMut),
+    Sse(SseParser),
+}
+
+/// A response body whose usage is read as it passes.
+pub(crate) struct Metered {
+    inner: Body,
+    meter: Meter,
+    read: Read,
+    /// Forward complete events only, minus veilgate's usage chunk.
+    rewrite: bool,
+    done: bool,
+}
+
+impl Metered {
+    pub(crate) fn new(inner: Body, meter: Meter, content_type: Option<&HeaderValue>) -> Metered {
+        let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+        let read = if meter.counter.is_none() {
+            Read::Bytes
+        } else if ct.starts_with("text/event-stream") {
+            Read::Sse(SseParser::default())
+        } else if ct.contains("json") {
+            Read::Json(BytesMut::new())
+        } else {
+            Read::Bytes
+        };
+        let rewrite = meter.spec.injected && matches!(read, Read::Sse(_));
+        Metered { inner, meter, read, rewrite, done: false }
+    }
+
+    /// Reads one chunk; returns what the client gets when rewriting.
+    fn take(&mut self, data: &Bytes) -> Option<Bytes> {
+        self.meter.answer_bytes += data.len() as u64;
+        match &mut self.read {
+            Read::Bytes => None,
+            Read::Json(buf) => {
+                if buf.len() + data.len() <= MAX_JSON_BYTES {
+                    buf.extend_from_slice(data);
+                } else {
+                    self.read = Read::Bytes;
+                }
+                None
+            }
+            Read::Sse(parser) => {
+                parser.push(data);
+                let mut out = self.rewrite.then(BytesMut::new);
+                loop {
+                    match parser.next_item() {
+                        Ok(Some(Item::Event(e))) => {
+                            let drop = match serde_json::from_str::<Value>(&e.data) {
+                                Ok(v) => {
+                                    let ours = self.rewrite && is_usage_chunk(&v);
+                                    if let Some(c) = &mut self.meter.counter {
+                                        c.feed(&v);
+                                    }
+                                    ours
+                                }
+                                Err(_) => false,
+                            };
+                            if let Some(out) = &mut out
+                                && !drop
+                            {
+                                out.extend_from_slice(&e.raw);
+                            }
+                        }
+                        Ok(Some(Item::Other(raw))) => {
+                            if let Some(out) = &mut out {
+                                out.extend_from_slice(&raw);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            // Not a stream veilgate can read: the rest passes as it is.
+                            let rest = parser.take_pending();
+                            if let Some(out) = &mut out {
+                                out.extend_from_slice(&rest);
+                            }
+                            self.read = Read::Bytes;
+                            self.rewrite = false;
+                            break;
+                        }
+                    }
+                }
+                out.map(BytesMut::freeze)
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        self.meter.mark_ended();
+        match std::mem::replace(&mut self.read, Read::Bytes) {
+            Read::Json(buf) => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                    self.meter.feed(&v);
+                }
+                None
+            }
+            Read::Sse(mut parser) => self.rewrite.then(|| parser.take_pending()).filter(|b| !b.is_empty()),
+            Read::Bytes => None,
+        }
+    }
+}
+
+/// OpenAI's usage chunk: no choices, a usage object.
+fn is_usage_chunk(v: &Value) -> bool {
+    v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
+        && v.get("usage").is_some_and(Value::is_object)
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Some(data) = frame.data_ref() else { return Poll::Ready(Some(Ok(frame))) };
+                    match this.take(data) {
+                        None => return Poll::Ready(Some(Ok(frame))),
+                        Some(out) if out.is_empty() => continue,
+                        Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    let rest = this.finish();
+                    this.meter.settle();
+                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (!self.rewrite && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.rewrite { SizeHint::default() } else { self.inner.size_hint() }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // An empty body hyper never polled ended as it should.
+        if !self.done && self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspect_reads_model_caps_and_injects_only_where_it_should() {
+        let chat = br#"{"model":"gpt-4o-mini","stream":true,"max_tokens":50,"messages":[]}"#;
+        let i = inspect(Some(Protocol::OpenAi), "/v1/chat/completions", chat, true);
+        assert_eq!(i.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(i.max_output, Some(50));
+        let body: Value = serde_json::from_slice(i.injected.as_deref().unwrap()).unwrap();
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["max_tokens"], 50);
+        // Other stream_options are kept; include_usage false is overridden.
+        let b = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let i = inspect(Some(Protocol::OpenAi), "/v1/chat/completions?a=b", b, true);
+        let body: Value = serde_json::from_slice(i.injected.as_deref().unwrap()).unwrap();
+        assert_eq!(body["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+        // Asked already, not streaming, turned off, another protocol or path: untouched.
+        let asked = br#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(inspect(Some(Protocol::OpenAi), "/v1/chat/completions", asked, true).injected.is_none());
+        let plain = br#"{"model":"m"}"#;
+        assert!(inspect(Some(Protocol::OpenAi), "/v1/chat/completions", plain, true).injected.is_none());
+        assert!(inspect(Some(Protocol::OpenAi), "/v1/chat/completions", chat, false).injected.is_none());
+        assert!(inspect(Some(Protocol::Anthropic), "/v1/chat/completions", chat, true).injected.is_none());
+        assert!(inspect(Some(Protocol::OpenAi), "/v1/responses", chat, true).injected.is_none());
+        // Gemini names the model in the path; caps in generationConfig.
+        let g = br#"{"generationConfig":{"maxOutputTokens":77}}"#;
+        let i =
+            inspect(Some(Protocol::Gemini), "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", g, true);
+        assert_eq!((i.model.as_deref(), i.max_output), (Some("gemini-2.5-flash"), Some(77)));
+        // Not JSON: nothing, no error.
+        let i = inspect(Some(Protocol::OpenAi), "/v1/chat/completions", b"\xff not json", true);
+        assert_eq!(i, Inspected::default());
+        assert_eq!(
+            inspect(Some(Protocol::Anthropic), "/v1/messages", br#"{"max_tokens":1e400}"#, true).max_output,
+            None
+        );
+    }
+
+    #[test]
+    fn dollars() {
+        assert_eq!(usd(0.0), "0");
+        assert_eq!(usd(0.000_123), "0.000123");
+        assert_eq!(usd(12.5), "12.5");
+        assert_eq!(usd(-1.0), "0");
+        assert_eq!(estimate(0), 0);
+        assert_eq!(estimate(5), 2);
+    }
+
+    #[test]
+    fn the_usage_chunk_is_known_by_its_shape() {
+        assert!(is_usage_chunk(&serde_json::json!({"choices": [], "usage": {"prompt_tokens": 1}})));
+        assert!(!is_usage_chunk(&serde_json::json!({"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1}})));
+        assert!(!is_usage_chunk(&serde_json::json!({"choices": [], "usage": null})));
+    }
+}
