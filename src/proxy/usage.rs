@@ -362,7 +362,13 @@ pub(super) async fn requests(app: &App, config: &Config, req: &Request<Incoming>
     let records: Vec<Record> = match &app.ledger {
         Some(ledger) => {
             let ledger = Arc::clone(ledger);
-            tokio::task::spawn_blocking(move || ledger.store().recent(only.as_deref(), limit)).await.unwrap_or_default()
+            // Everything settled before this request is listed.
+            tokio::task::spawn_blocking(move || {
+                ledger.store().flush();
+                ledger.store().recent(only.as_deref(), limit)
+            })
+            .await
+            .unwrap_or_default()
         }
         None => Vec::new(),
     };

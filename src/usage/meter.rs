@@ -264,6 +264,8 @@ pub(crate) struct Metered {
     /// Forward complete events only, minus veilgate's usage chunk.
     rewrite: bool,
     done: bool,
+    /// The answer was cut (an error frame).
+    failed: bool,
 }
 
 impl Metered {
@@ -279,7 +281,7 @@ impl Metered {
             Read::Bytes
         };
         let rewrite = meter.spec.injected && matches!(read, Read::Sse(_));
-        Metered { inner, meter, read, rewrite, done: false }
+        Metered { inner, meter, read, rewrite, done: false, failed: false }
     }
 
     /// Reads one chunk; returns what the client gets when rewriting.
@@ -380,7 +382,12 @@ impl HttpBody for Metered {
                         Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                     }
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Err(e)) => {
+                    // Cut: settled now, with what arrived (and estimates).
+                    this.failed = true;
+                    this.meter.settle();
+                    return Poll::Ready(Some(Err(e)));
+                }
                 None => {
                     this.done = true;
                     let rest = this.finish();
@@ -403,7 +410,7 @@ impl HttpBody for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         // An empty body hyper never polled ended as it should.
-        if !self.done && self.inner.is_end_stream() {
+        if !self.done && !self.failed && self.inner.is_end_stream() {
             self.finish();
         }
     }

@@ -16,3 +16,4 @@ mod sdk;
 mod support;
 mod transport;
 mod tunnel;
+mod usage;
