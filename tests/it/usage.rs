@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde_json::{Value, json};
 
 use crate::support::client::{Reply, send};
-use crate::support::origin::{RawOrigin, Step, json_response};
+use crate::support::origin::{RawOrigin, Step};
 use crate::support::{TOKEN, Veilgate, preset_at};
 
 pub const ALICE: &str = "alice_token_0123456789abcdef";
