@@ -148,7 +148,7 @@ async fn client_entries_are_checked_at_start() {
 }
 
 /// An HS256 JWT as the seed aiproxy signs them.
-fn jwt(secret: &[u8], header: &str, claims: &str) -> String {
+pub fn jwt(secret: &[u8], header: &str, claims: &str) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let signed = format!("{}.{}", b64.encode(header), b64.encode(claims));

@@ -409,3 +409,104 @@ async fn usage_for_clients_and_the_admin() {
     }
     assert!(!metrics.contains(ALICE) && !metrics.contains(BOB));
 }
+
+/// Runs `veilgate usage` on `config` and returns its stdout.
+fn usage_cli(config: &std::path::Path, month: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_veilgate"));
+    cmd.arg("--config").arg(config).arg("usage");
+    if let Some(m) = month {
+        cmd.args(["--month", m]);
+    }
+    let out = cmd.output().expect("run veilgate usage");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn requests_of(table: &str, client: &str) -> Option<u64> {
+    table.lines().find(|l| l.split_whitespace().next() == Some(client))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn totals_and_limits_survive_a_restart_and_a_crash() {
+    use crate::support::binary;
+    let origin = RawOrigin::json(r#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":10,"completion_tokens":5}}"#).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\ndata_dir = {:?}\n{}",
+        dir.path().join("state"),
+        config(origin.addr, "monthly_requests = 4", "")
+    );
+    let config_file = dir.path().join("veilgate.toml");
+    std::fs::write(&config_file, &config).unwrap();
+    let ask = json!({"model": "gpt-4o-mini"});
+    let chat = |addr: SocketAddr| {
+        let body = ask.to_string();
+        async move {
+            let headers = [("x-veilgate-token", ALICE), ("content-type", "application/json")];
+            send(addr, "POST", "/openai/v1/chat/completions", &headers, body.as_bytes()).await.status
+        }
+    };
+
+    let mut first = binary::start(&config, &[]).await;
+    assert_eq!(chat(first.addr).await, 200);
+    assert_eq!(chat(first.addr).await, 200);
+    // A second veilgate on the same data_dir is refused.
+    let second =
+        std::process::Command::new(env!("CARGO_BIN_EXE_veilgate")).arg("--config").arg(&config_file).output().unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another veilgate is running"), "{said}");
+    // The file is readable while the server runs (what is committed so far).
+    assert!(usage_cli(&config_file, None).starts_with("client"));
+    let pid = first.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(first.child.wait().await.unwrap().success());
+    let table = usage_cli(&config_file, None);
+    assert_eq!(requests_of(&table, "alice"), Some(2), "SIGTERM commits everything: {table}");
+    assert!(usage_cli(&config_file, Some("2001-01")).contains("no requests"));
+
+    // Restarted: the totals are there; one more request, then a crash.
+    let mut again = binary::start(&config, &[]).await;
+    let alice = usage(&Veilgate::at(again.addr), ALICE, "").await.json()["data"][0].clone();
+    assert_eq!((alice["requests"].as_u64(), alice["input_tokens"].as_u64()), (Some(2), Some(20)));
+    assert_eq!(chat(again.addr).await, 200);
+    // /usage/requests answers once everything settled is committed.
+    assert_eq!(
+        usage(&Veilgate::at(again.addr), TOKEN, "/requests?client=alice").await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    again.child.start_kill().unwrap();
+    again.child.wait().await.unwrap();
+
+    // After SIGKILL: nothing committed was lost, and the limit holds.
+    let last = binary::start(&config, &[]).await;
+    assert_eq!(chat(last.addr).await, 200, "the 4th of 4");
+    assert_eq!(chat(last.addr).await, 429, "the limit survived the restarts");
+    assert_eq!(origin.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn signed_tokens_have_the_jwt_limits() {
+    let origin = RawOrigin::json(r#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":1,"completion_tokens":1}}"#).await;
+    let vg = Veilgate::start(&format!(
+        "{}[auth]\njwt_hs256_secret = \"jwt-secret-0123456789\"\n[auth.jwt_limits]\nmonthly_requests = 1\n",
+        preset_at("openai", origin.addr)
+    ))
+    .await;
+    let token = crate::clients::jwt(
+        b"jwt-secret-0123456789",
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        r#"{"email":"dana@team.example"}"#,
+    );
+    let ask = json!({"model": "gpt-4o-mini"});
+    let reply = post(&vg, &token, "/openai/v1/chat/completions", &ask).await;
+    assert_eq!((reply.status, reply.header("x-veilgate-client")), (200, Some("dana@team.example")));
+    post(&vg, &token, "/openai/v1/chat/completions", &ask).await.assert_proxy_error(429);
+    let mine = usage(&vg, &token, "").await.json();
+    assert_eq!(mine["data"][0]["limits"], json!({"monthly_requests": 1}));
+    assert_eq!(mine["data"][0]["requests"], 1);
+    assert_eq!(origin.requests().len(), 1);
+}

@@ -46,6 +46,12 @@ impl Veilgate {
         Veilgate { addr, _stop: stop, _dir: dir }
     }
 
+    /// A veilgate started elsewhere (the binary), to talk to.
+    pub fn at(addr: SocketAddr) -> Veilgate {
+        let (stop, _) = oneshot::channel::<()>();
+        Veilgate { addr, _stop: stop, _dir: None }
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
