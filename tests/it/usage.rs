@@ -510,3 +510,86 @@ async fn signed_tokens_have_the_jwt_limits() {
     assert_eq!(mine["data"][0]["requests"], 1);
     assert_eq!(origin.requests().len(), 1);
 }
+
+/// An origin that answers as OpenAI (a chat stream, the usage chunk only
+/// when asked), Anthropic (a message) and Gemini (a stream) do.
+async fn three_providers() -> RawOrigin {
+    RawOrigin::start(|req| {
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let target = req.target().to_owned();
+        if target.starts_with("/v1/chat/completions") {
+            let chunk = |content: &str| data(&json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]}));
+            let mut events = vec![chunk("Hello "), chunk("from OpenAI")];
+            if body.pointer("/stream_options/include_usage") == Some(&json!(true)) {
+                events.push(data(&json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}})));
+            }
+            events.push("data: [DONE]\n\n".into());
+            sse_response(&events)
+        } else if target.starts_with("/v1/messages") {
+            let m = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from Claude"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":7,"output_tokens":5,"cache_read_input_tokens":2}}"#;
+            crate::support::origin::json_response(m)
+        } else {
+            let part = |text: &str, finish: bool, cand: u64| {
+                let mut c = json!({"content":{"parts":[{"text":text}],"role":"model"},"index":0});
+                if finish {
+                    c["finishReason"] = json!("STOP");
+                }
+                data(&json!({"candidates":[c],"usageMetadata":{"promptTokenCount":6,"candidatesTokenCount":cand,"thoughtsTokenCount":3},"modelVersion":"gemini-2.5-pro"}))
+            };
+            sse_response(&[part("Hello ", false, 1), part("from Gemini", true, 4)])
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_three_sdks_as_a_client_are_counted() {
+    use crate::sdk::{python, python_has};
+    if !python_has("openai") || !python_has("anthropic") || !python_has("google.genai") {
+        return;
+    }
+    const SDK_TOKEN: &str = "sdk_client_token_0123456789";
+    let origin = three_providers().await;
+    let vg = Veilgate::start(&format!(
+        "{}{}{}[[clients]]\nname = \"sdk\"\ntoken = \"{SDK_TOKEN}\"\n[clients.limits]\nmonthly_tokens = 100000\n",
+        preset_at("openai", origin.addr),
+        preset_at("claude", origin.addr),
+        preset_at("gemini", origin.addr),
+    ))
+    .await;
+    let run = |script: &str, base: String| {
+        let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+        async move {
+            let out =
+                tokio::process::Command::new(python()).arg(&script).arg(base).arg(SDK_TOKEN).output().await.unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let openai = run("openai_stream.py", format!("{}/openai/v1", vg.url())).await;
+    assert_eq!(openai, "Hello from OpenAI\n0\n", "the SDK never sees veilgate's usage chunk");
+    let claude = run("anthropic_messages.py", format!("{}/claude", vg.url())).await;
+    assert_eq!(claude.trim(), "Hello from Claude");
+    let gemini = run("genai_stream.py", format!("{}/gemini", vg.url())).await;
+    assert_eq!(gemini.trim(), "Hello from Gemini");
+
+    let mine = usage(&vg, SDK_TOKEN, "").await.json()["data"][0].clone();
+    assert_eq!((mine["requests"].as_u64(), mine["estimated_requests"].as_u64()), (Some(3), Some(0)), "{mine}");
+    let by_model: Vec<(String, u64, u64)> = mine["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_owned(),
+                m["input_tokens"].as_u64().unwrap(),
+                m["output_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_model,
+        [("claude-sonnet-4-5".into(), 9, 5), ("gemini-2.5-pro".into(), 6, 7), ("gpt-4o-mini".into(), 9, 4)],
+        "Anthropic's cache reads are input; Gemini's thoughts are output"
+    );
+}

@@ -1,14 +1,16 @@
 """Streams one answer through veilgate with the official google-genai SDK.
 
-usage: genai_stream.py BASE_URL
-Prints the answer text (thoughts left out).
+usage: genai_stream.py BASE_URL [VEILGATE_TOKEN]
+Prints the answer text (thoughts left out). With a token, the SDK sends it
+in x-veilgate-token (a client of veilgate's [[clients]]).
 """
 import sys
 
 from google import genai
 from google.genai import types
 
-client = genai.Client(api_key="AIza-test-key", http_options=types.HttpOptions(base_url=sys.argv[1]))
+headers = {"x-veilgate-token": sys.argv[2]} if len(sys.argv) > 2 else None
+client = genai.Client(api_key="AIza-test-key", http_options=types.HttpOptions(base_url=sys.argv[1], headers=headers))
 text = []
 for chunk in client.models.generate_content_stream(
     model="gemini-2.5-pro",
