@@ -6,9 +6,12 @@ run; instruction counts do not, so this is the figure to compare when
 changing the hot path. The kernel's share (syscalls, loopback) is not
 counted: this measures veilgate's own code and the crates it links.
 
-    cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH]
+    cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH] [--client]
 
-(`--binary` compares another build, e.g. a copy of an older commit's.)
+(`--binary` compares another build, e.g. a copy of an older commit's.
+`--client` sends the requests as a client of `[[clients]]` with limits and
+a priced model: the cost of metering, SPEC §11; the usage store is SQLite
+in a temporary `data_dir`.)
 
 veilgate runs under `valgrind --tool=callgrind`, pinned to one core like in
 `cargo bench --bench proxy`, with `RUST_LOG=warn` (no access log lines),
@@ -35,8 +38,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "veilgate")
 ANSWER = (
     b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":'
-    b'{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}]}'
+    b'{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":10,"total_tokens":19}}'
 )
+CLIENT_TOKEN = "bench_client_token_0123456789"
+CLIENT = f"""protocol = "openai"
+[[clients]]
+name = "bench"
+token = "{CLIENT_TOKEN}"
+[clients.limits]
+monthly_requests = 100000000
+monthly_tokens = 100000000000
+monthly_cost_usd = 1000000.0
+requests_per_minute = 100000000
+[pricing]
+"gpt-4o-mini*" = {{ input = 0.15, output = 0.60 }}
+"""
 REQUEST = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
 
@@ -61,14 +78,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def count(binary, requests, origin_port, workdir):
+def count(binary, requests, origin_port, workdir, client):
     port = free_port()
     config = os.path.join(workdir, "veilgate.toml")
+    state = os.path.join(workdir, f"state.{requests}")
+    text = (
+        f'listen = "127.0.0.1:{port}"\nauth_token = "bench_token_0123456789"\ndata_dir = "{state}"\n'
+        f'[presets.plain]\ntargets = ["http://127.0.0.1:{origin_port}"]\n'
+    )
+    if client:
+        text += CLIENT
     with open(config, "w") as f:
-        f.write(
-            f'listen = "127.0.0.1:{port}"\nauth_token = "bench_token_0123456789"\n'
-            f'[presets.plain]\ntargets = ["http://127.0.0.1:{origin_port}"]\n'
-        )
+        f.write(text)
     out = os.path.join(workdir, f"callgrind.{requests}")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "--config", config]
     if shutil.which("taskset"):
@@ -91,6 +112,8 @@ def count(binary, requests, origin_port, workdir):
             time.sleep(0.1)
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+        if client:
+            headers["x-veilgate-token"] = CLIENT_TOKEN
         for _ in range(requests):
             c.request("POST", "/plain/v1/chat/completions", body=REQUEST, headers=headers)
             r = c.getresponse()
@@ -112,6 +135,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--binary", default=BINARY)
+    parser.add_argument("--client", action="store_true", help="as a metered client with limits and a price")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -120,12 +144,13 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory() as workdir:
-        few = count(args.binary, 100, server.server_address[1], workdir)
-        many = count(args.binary, 100 + args.requests, server.server_address[1], workdir)
+        few = count(args.binary, 100, server.server_address[1], workdir, args.client)
+        many = count(args.binary, 100 + args.requests, server.server_address[1], workdir, args.client)
     server.shutdown()
     per = (many - few) / args.requests
+    who = "as a metered client" if args.client else "no clients"
     print(f"veilgate: {per:,.0f} instructions per proxied request "
-          f"(callgrind, {args.requests} keep-alive POSTs, small JSON both ways)")
+          f"(callgrind, {args.requests} keep-alive POSTs, small JSON both ways, {who})")
 
 
 if __name__ == "__main__":

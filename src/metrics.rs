@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,7 +18,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Body, BoxError};
-use crate::usage::ledger::Record;
 
 type Labels = Vec<(&'static str, String)>;
 /// `route`, `transport`, `status`: built per request without allocating
@@ -36,9 +34,6 @@ pub(crate) struct Metrics {
     continuations: Family<Labels, Counter>,
     tunnels_open: Gauge,
     pool_connections: Gauge,
-    client_requests: Family<Labels, Counter>,
-    client_tokens: Family<Labels, Counter>,
-    client_cost: Family<Labels, Counter<f64, AtomicU64>>,
     limit_refusals: Family<Labels, Counter>,
     store_errors: Counter,
 }
@@ -53,18 +48,8 @@ impl Metrics {
         let continuations = Family::<Labels, Counter>::default();
         let tunnels_open = Gauge::default();
         let pool_connections = Gauge::default();
-        let client_requests = Family::<Labels, Counter>::default();
-        let client_tokens = Family::<Labels, Counter>::default();
-        let client_cost = Family::<Labels, Counter<f64, AtomicU64>>::default();
         let limit_refusals = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
-        registry.register("veilgate_client_requests", "Requests of each client, by status", client_requests.clone());
-        registry.register(
-            "veilgate_client_tokens",
-            "Tokens of each client's requests, by kind (input, output, cached, cache_write)",
-            client_tokens.clone(),
-        );
-        registry.register("veilgate_client_cost_usd", "Cost of each client's requests in USD", client_cost.clone());
         registry.register(
             "veilgate_limit_refusals",
             "Requests refused by a client's limit, by limit",
@@ -107,9 +92,6 @@ impl Metrics {
             continuations,
             tunnels_open,
             pool_connections,
-            client_requests,
-            client_tokens,
-            client_cost,
             limit_refusals,
             store_errors,
         }
@@ -118,27 +100,6 @@ impl Metrics {
     /// The usage store's error counter (the store moves it).
     pub(crate) fn store_errors(&self) -> Counter {
         self.store_errors.clone()
-    }
-
-    /// One settled request of a client.
-    pub(crate) fn client_request(&self, r: &Record) {
-        let client = r.client.to_string();
-        self.client_requests.get_or_create(&vec![("client", client.clone()), ("status", r.status.to_string())]).inc();
-        for (kind, n) in [
-            ("input", r.input_tokens),
-            ("output", r.output_tokens),
-            ("cached", r.cached_tokens),
-            ("cache_write", r.cache_write_tokens),
-        ] {
-            if n > 0 {
-                self.client_tokens
-                    .get_or_create(&vec![("client", client.clone()), ("kind", kind.to_owned())])
-                    .inc_by(n);
-            }
-        }
-        if r.cost_usd > 0.0 {
-            self.client_cost.get_or_create(&vec![("client", client)]).inc_by(r.cost_usd);
-        }
     }
 
     /// A request refused by a client's limit (or a price it lacks).
@@ -163,11 +124,17 @@ impl Metrics {
         self.continuations.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
 
-    /// The Prometheus text exposition, gauges refreshed.
-    pub(crate) fn render(&self, pool_idle: usize) -> String {
+    /// The Prometheus text exposition, gauges refreshed; `extra` (families
+    /// kept elsewhere, already in the exposition format) goes before the
+    /// end marker.
+    pub(crate) fn render(&self, pool_idle: usize, extra: &str) -> String {
         self.pool_connections.set(pool_idle as i64);
         let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
+        if encode(&mut out, &self.registry).is_ok() {
+            if let Some(at) = out.rfind("# EOF") {
+                out.insert_str(at, extra);
+            }
+        } else {
             out.clear();
         }
         out

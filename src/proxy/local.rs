@@ -48,7 +48,8 @@ pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result
     if !auth::bearer(headers, &app.token, &config.clients).is_admin() {
         return Err(Error::Route(crate::route::RouteError::Unauthorized));
     }
-    let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count())));
+    let usage = app.ledger.as_ref().map(|l| l.render_metrics()).unwrap_or_default();
+    let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count(), &usage)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -93,7 +93,6 @@ pub(super) fn open_meter(
     };
     let spec = MeterSpec {
         ledger: Arc::clone(ledger),
-        metrics: Arc::clone(&app.metrics),
         config: app.snapshot(),
         reservation,
         client: Arc::clone(&client.name),

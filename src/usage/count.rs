@@ -11,6 +11,9 @@
 //! thoughtsTokenCount`; some OpenAI-compatible servers repeat usage in every
 //! chunk (the last counts).
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::Value;
 
 /// How a preset's API reports usage.
@@ -65,12 +68,27 @@ impl Counter {
         }
     }
 
-    /// Feeds one JSON document: a whole response, or one stream event's data.
+    /// Feeds one JSON document (a whole response, or one stream event's
+    /// data), read into the few fields usage needs — no `Value` tree. A
+    /// document of another shape is skipped.
+    pub fn feed_json(&mut self, json: &[u8]) {
+        if let Ok(doc) = serde_json::from_slice::<Doc<'_>>(json) {
+            self.feed_doc(doc);
+        }
+    }
+
+    /// As [`Counter::feed_json`], for a document already parsed.
     pub fn feed(&mut self, v: &Value) {
+        if let Ok(doc) = Doc::deserialize(v) {
+            self.feed_doc(doc);
+        }
+    }
+
+    fn feed_doc(&mut self, doc: Doc<'_>) {
         match self.protocol {
-            Protocol::OpenAi => self.openai(v),
-            Protocol::Anthropic => self.anthropic(v),
-            Protocol::Gemini => self.gemini(v),
+            Protocol::OpenAi => self.openai(doc),
+            Protocol::Anthropic => self.anthropic(doc),
+            Protocol::Gemini => self.gemini(doc),
         }
     }
 
@@ -116,44 +134,33 @@ impl Counter {
         })
     }
 
-    fn model_from(&mut self, v: Option<&Value>) {
-        if let Some(m) = v.and_then(Value::as_str) {
-            self.model = Some(m.to_owned());
+    fn model_from(&mut self, m: Option<String>) {
+        if m.is_some() {
+            self.model = m;
         }
     }
 
-    fn text(&mut self, v: Option<&Value>) {
-        if let Some(t) = v.and_then(Value::as_str) {
-            self.text_bytes += t.len() as u64;
-        }
-    }
-
-    fn openai(&mut self, v: &Value) {
-        // A Responses API stream's last event holds the response.
-        let v = match v.get("type").and_then(Value::as_str) {
-            Some("response.completed") => v.get("response").unwrap_or(v),
+    fn openai(&mut self, doc: Doc<'_>) {
+        self.text_bytes += doc.choices.0 + doc.text.0 + doc.output.0;
+        // A Responses API stream's text deltas, and its last event, which
+        // holds the response.
+        let doc = match doc.kind.as_deref() {
             Some("response.output_text.delta") => {
-                self.text(v.get("delta"));
+                self.text_bytes += doc.delta.0;
                 return;
             }
-            _ => v,
+            Some("response.completed") => match doc.response {
+                Some(r) => *r,
+                None => return,
+            },
+            _ => doc,
         };
-        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-            for c in choices {
-                self.text(
-                    c.pointer("/delta/content").or_else(|| c.pointer("/message/content")).or_else(|| c.get("text")),
-                );
-            }
-        }
-        self.model_from(v.get("model"));
-        let Some(u) = v.get("usage").filter(|u| u.is_object()) else { return };
+        self.model_from(doc.model);
+        let Some(u) = doc.usage else { return };
         // Chat completions and embeddings, or the Responses API.
-        let input = num(u, "prompt_tokens").or_else(|| num(u, "input_tokens"));
-        let output = num(u, "completion_tokens").or_else(|| num(u, "output_tokens"));
-        let cached = u
-            .pointer("/prompt_tokens_details/cached_tokens")
-            .or_else(|| u.pointer("/input_tokens_details/cached_tokens"))
-            .and_then(Value::as_u64);
+        let input = u.prompt_tokens.or(u.input_tokens);
+        let output = u.completion_tokens.or(u.output_tokens);
+        let cached = u.prompt_tokens_details.or(u.input_tokens_details).and_then(|d| d.cached_tokens);
         // Repeated on every chunk by some servers: the last report counts.
         if input.is_some() || output.is_some() {
             self.input = input.or(self.input);
@@ -162,68 +169,190 @@ impl Counter {
         }
     }
 
-    fn anthropic(&mut self, v: &Value) {
-        let usage = match v.get("type").and_then(Value::as_str) {
+    fn anthropic(&mut self, doc: Doc<'_>) {
+        let usage = match doc.kind.as_deref() {
             Some("message_start") => {
-                let message = v.get("message");
-                self.model_from(message.and_then(|m| m.get("model")));
-                message.and_then(|m| m.get("usage"))
+                let Some(message) = doc.message else { return };
+                self.model_from(message.model);
+                message.usage
             }
-            Some("message_delta") => v.get("usage"),
+            Some("message_delta") => doc.usage,
             Some("content_block_delta") => {
-                let d = v.get("delta");
-                self.text(
-                    d.and_then(|d| d.get("text").or_else(|| d.get("thinking")).or_else(|| d.get("partial_json"))),
-                );
+                self.text_bytes += doc.delta.0;
                 None
             }
             // A whole (non-streamed) message.
             Some("message") => {
-                self.model_from(v.get("model"));
-                for block in v.get("content").and_then(Value::as_array).into_iter().flatten() {
-                    self.text(block.get("text"));
-                }
-                v.get("usage")
+                self.model_from(doc.model);
+                self.text_bytes += doc.content.0;
+                doc.usage
             }
             _ => None,
         };
         let Some(u) = usage else { return };
         // Cumulative: a field present replaces the one before, never adds.
-        for (field, slot) in [
-            ("input_tokens", &mut self.input),
-            ("output_tokens", &mut self.output),
-            ("cache_read_input_tokens", &mut self.cached),
-            ("cache_creation_input_tokens", &mut self.cache_write),
+        for (n, slot) in [
+            (u.input_tokens, &mut self.input),
+            (u.output_tokens, &mut self.output),
+            (u.cache_read_input_tokens, &mut self.cached),
+            (u.cache_creation_input_tokens, &mut self.cache_write),
         ] {
-            if let Some(n) = num(u, field) {
-                *slot = Some(n);
+            if n.is_some() {
+                *slot = n;
             }
         }
     }
 
-    fn gemini(&mut self, v: &Value) {
-        self.model_from(v.get("modelVersion"));
-        for c in v.get("candidates").and_then(Value::as_array).into_iter().flatten() {
-            for part in c.pointer("/content/parts").and_then(Value::as_array).into_iter().flatten() {
-                self.text(part.get("text"));
-            }
-        }
-        let Some(u) = v.get("usageMetadata") else { return };
-        for (field, slot) in [
-            ("promptTokenCount", &mut self.input),
-            ("candidatesTokenCount", &mut self.output),
-            ("thoughtsTokenCount", &mut self.thoughts),
-            ("cachedContentTokenCount", &mut self.cached),
+    fn gemini(&mut self, doc: Doc<'_>) {
+        self.model_from(doc.model_version);
+        self.text_bytes += doc.candidates.0;
+        let Some(u) = doc.usage_metadata else { return };
+        for (n, slot) in [
+            (u.prompt, &mut self.input),
+            (u.candidates, &mut self.output),
+            (u.thoughts, &mut self.thoughts),
+            (u.cached, &mut self.cached),
         ] {
-            if let Some(n) = num(u, field) {
-                *slot = Some(n);
+            if n.is_some() {
+                *slot = n;
             }
         }
     }
 }
 
-fn num(v: &Value, field: &str) -> Option<u64> {
-    v.get(field).and_then(Value::as_u64)
+/// The fields of a response document that usage needs, for all three
+/// protocols (a missing field is `None`; unknown fields are skipped).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Doc<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    model: Option<String>,
+    #[serde(rename = "modelVersion")]
+    model_version: Option<String>,
+    usage: Option<RawUsage>,
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<GeminiUsage>,
+    /// Responses API: `response.completed`.
+    #[serde(borrow)]
+    response: Option<Box<Doc<'a>>>,
+    /// Anthropic: `message_start`.
+    #[serde(borrow)]
+    message: Option<Box<Doc<'a>>>,
+    choices: TextLen,
+    delta: TextLen,
+    content: TextLen,
+    text: TextLen,
+    /// Responses API: the output items.
+    output: TextLen,
+    candidates: TextLen,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GeminiUsage {
+    #[serde(rename = "promptTokenCount")]
+    prompt: Option<u64>,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates: Option<u64>,
+    #[serde(rename = "thoughtsTokenCount")]
+    thoughts: Option<u64>,
+    #[serde(rename = "cachedContentTokenCount")]
+    cached: Option<u64>,
+}
+
+/// The bytes of answer text in a value of any shape: a string's length, or
+/// the sum over the text-bearing keys of an object (`text`, `content`,
+/// `delta`, `message`, `parts`, `thinking`, `partial_json`) and over the
+/// items of an array. Never an error, whatever the value.
+#[derive(Debug, Default)]
+struct TextLen(u64);
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TextLen, D::Error> {
+        d.deserialize_any(TextLenVisitor)
+    }
+}
+
+struct TextLenVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextLenVisitor {
+    type Value = TextLen;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<TextLen, E> {
+        Ok(TextLen(s.len() as u64))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_unit<E>(self) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_none<E>(self) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<TextLen, D::Error> {
+        TextLen::deserialize(d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TextLen, A::Error> {
+        let mut n = 0;
+        while let Some(TextLen(m)) = seq.next_element()? {
+            n += m;
+        }
+        Ok(TextLen(n))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TextLen, A::Error> {
+        let mut n = 0;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if matches!(&*key, "text" | "content" | "delta" | "message" | "parts" | "thinking" | "partial_json") {
+                n += map.next_value::<TextLen>()?.0;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(TextLen(n))
+    }
 }
 
 #[cfg(test)]

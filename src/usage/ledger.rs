@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use super::store::{Aggregate, Store};
-use super::time::{day_of, month_end, month_of};
+use super::time::{Calendar, month_end};
 
 /// A client's limits (`[clients.limits]`, `[auth.jwt_limits]`); all optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -172,12 +172,25 @@ impl Live {
     }
 }
 
+/// A client's counters since start (the `veilgate_client_*` metrics).
+#[derive(Debug, Default)]
+struct Counters {
+    by_status: Vec<(u16, u64)>,
+    input: u64,
+    output: u64,
+    cached: u64,
+    cache_write: u64,
+    cost: f64,
+}
+
 #[derive(Default)]
 struct Inner {
+    counters: HashMap<Arc<str>, Counters>,
     /// month → client → figures.
     months: HashMap<String, HashMap<Arc<str>, ClientMonth>>,
     live: HashMap<Arc<str>, Live>,
     next_id: u64,
+    calendar: Calendar,
 }
 
 /// The ledger of every client; one per server.
@@ -212,9 +225,10 @@ impl Ledger {
     /// admitted while used + reserved is below every limit; the
     /// reservation is capped at what is left.
     pub fn reserve(&self, client: &Arc<str>, limits: &Limits, ask: Ask, now_ms: i64) -> Result<Reservation, Refusal> {
-        let mut inner = self.lock();
-        let month = month_of(now_ms);
-        let used = inner.months.get(&month).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let (month, _) = inner.calendar.at(now_ms);
+        let used = inner.months.get(month).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default();
         inner.next_id += 1;
         let id = inner.next_id;
         let live = inner.live.entry(Arc::clone(client)).or_default();
@@ -268,7 +282,8 @@ impl Ledger {
     /// limits (nothing was held).
     pub fn settle(&self, reservation: Option<Reservation>, record: Record) {
         {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             if let Some(r) = reservation
                 && let Some(live) = inner.live.get_mut(&r.client)
             {
@@ -279,17 +294,70 @@ impl Ledger {
                     recent.tokens = record.input_tokens + record.output_tokens;
                 }
             }
-            let month = month_of(record.time_ms);
-            let cm = inner.months.entry(month).or_default().entry(Arc::clone(&record.client)).or_default();
-            cm.add(&day_of(record.time_ms), record.model.as_deref().unwrap_or("-"), &Totals::of(&record));
+            let (month, day) = inner.calendar.at(record.time_ms);
+            let clients = match inner.months.get_mut(month) {
+                Some(m) => m,
+                None => inner.months.entry(month.to_owned()).or_default(),
+            };
+            let cm = clients.entry(Arc::clone(&record.client)).or_default();
+            cm.add(day, record.model.as_deref().unwrap_or("-"), &Totals::of(&record));
+            let c = match inner.counters.get_mut(&record.client) {
+                Some(c) => c,
+                None => inner.counters.entry(Arc::clone(&record.client)).or_default(),
+            };
+            match c.by_status.iter_mut().find(|(s, _)| *s == record.status) {
+                Some((_, n)) => *n += 1,
+                None => c.by_status.push((record.status, 1)),
+            }
+            c.input += record.input_tokens;
+            c.output += record.output_tokens;
+            c.cached += record.cached_tokens;
+            c.cache_write += record.cache_write_tokens;
+            c.cost += record.cost_usd;
         }
         self.store.append(record);
     }
 
     /// A client's totals in the month of `now_ms` (for response headers).
     pub fn month_totals(&self, client: &str, now_ms: i64) -> Totals {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let (month, _) = inner.calendar.at(now_ms);
+        inner.months.get(month).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default()
+    }
+
+    /// The `veilgate_client_*` families in the OpenMetrics text format
+    /// (kept here, under the lock settling takes anyway, instead of in the
+    /// registry: a label lookup per request costs more than the request's
+    /// accounting).
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
         let inner = self.lock();
-        inner.months.get(&month_of(now_ms)).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default()
+        let mut clients: Vec<(&Arc<str>, &Counters)> = inner.counters.iter().collect();
+        clients.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::new();
+        out.push_str("# HELP veilgate_client_requests Requests of each client, by status.\n");
+        out.push_str("# TYPE veilgate_client_requests counter\n");
+        for (name, c) in &clients {
+            for (status, n) in &c.by_status {
+                let _ = writeln!(out, "veilgate_client_requests_total{{client=\"{name}\",status=\"{status}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP veilgate_client_tokens Tokens of each client's requests, by kind.\n");
+        out.push_str("# TYPE veilgate_client_tokens counter\n");
+        for (name, c) in &clients {
+            for (kind, n) in
+                [("input", c.input), ("output", c.output), ("cached", c.cached), ("cache_write", c.cache_write)]
+            {
+                let _ = writeln!(out, "veilgate_client_tokens_total{{client=\"{name}\",kind=\"{kind}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP veilgate_client_cost_usd Cost of each client's requests in USD.\n");
+        out.push_str("# TYPE veilgate_client_cost_usd counter\n");
+        for (name, c) in &clients {
+            let _ = writeln!(out, "veilgate_client_cost_usd_total{{client=\"{name}\"}} {}", c.cost);
+        }
+        out
     }
 
     /// Every client's figures of `month` (or one client's), cloned out of

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::Value;
 
@@ -23,7 +23,6 @@ use super::ledger::{Ledger, Record, Reservation, Totals};
 use super::time::unix_ms;
 use crate::body::{Body, BoxError};
 use crate::config::{Config, CostHeaders};
-use crate::metrics::Metrics;
 use crate::monitor::sse::{Item, SseParser};
 
 /// A JSON answer is read for its usage up to this size (larger ones are
@@ -56,20 +55,46 @@ pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], injec
     if protocol.is_none() || body.is_empty() {
         return out;
     }
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else { return out };
-    if let Some(m) = v.get("model").and_then(Value::as_str) {
-        out.model = Some(m.to_owned());
+    // The few fields needed, read without building a tree.
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Peek {
+        model: Option<String>,
+        max_completion_tokens: Option<u64>,
+        max_tokens: Option<u64>,
+        max_output_tokens: Option<u64>,
+        #[serde(rename = "generationConfig")]
+        generation_config: Option<GenerationConfig>,
+        stream: Option<bool>,
+        stream_options: Option<StreamOptions>,
     }
-    out.max_output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| v.get(k).and_then(Value::as_u64))
-        .or_else(|| v.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64));
-    let asks_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct GenerationConfig {
+        #[serde(rename = "maxOutputTokens")]
+        max_output_tokens: Option<u64>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+    let Ok(peek) = serde_json::from_slice::<Peek>(body) else { return out };
+    if peek.model.is_some() {
+        out.model = peek.model;
+    }
+    out.max_output = peek
+        .max_completion_tokens
+        .or(peek.max_tokens)
+        .or(peek.max_output_tokens)
+        .or(peek.generation_config.and_then(|g| g.max_output_tokens));
+    let asks_usage = peek.stream_options.and_then(|o| o.include_usage) == Some(true);
     if inject
         && protocol == Some(Protocol::OpenAi)
         && route.ends_with("/chat/completions")
-        && v.get("stream").and_then(Value::as_bool) == Some(true)
+        && peek.stream == Some(true)
         && !asks_usage
+        && let Ok(mut v) = serde_json::from_slice::<Value>(body)
         && let Some(obj) = v.as_object_mut()
     {
         let options = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
@@ -92,7 +117,6 @@ pub(crate) fn estimate(bytes: u64) -> u64 {
 /// The request side of a meter, set when it is made.
 pub(crate) struct MeterSpec {
     pub ledger: Arc<Ledger>,
-    pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub reservation: Option<Reservation>,
     pub client: Arc<str>,
@@ -133,18 +157,16 @@ impl Meter {
         &self.spec.client
     }
 
-    fn feed(&mut self, v: &Value) {
+    fn feed(&mut self, json: &[u8]) {
         if let Some(c) = &mut self.counter {
-            c.feed(v);
+            c.feed_json(json);
         }
     }
 
     /// Counts a whole JSON answer.
     pub(crate) fn feed_json(&mut self, bytes: &[u8]) {
         self.answer_bytes += bytes.len() as u64;
-        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-            self.feed(&v);
-        }
+        self.feed(bytes);
     }
 
     pub(crate) fn mark_ended(&mut self) {
@@ -198,7 +220,6 @@ impl Meter {
             attempts: self.attempts,
             duration_ms: s.started.elapsed().as_millis() as u64,
         };
-        s.metrics.client_request(&record);
         let reservation = self.spec.reservation.take();
         self.spec.ledger.settle(reservation, record);
         self.settled = Some(cost.unwrap_or(f64::NAN));
@@ -217,35 +238,69 @@ impl Drop for Meter {
     }
 }
 
+const CLIENT: HeaderName = HeaderName::from_static("x-veilgate-client");
+const MONTHLY_REQUESTS: HeaderName = HeaderName::from_static("x-veilgate-monthly-requests");
+const MONTHLY_TOKENS: HeaderName = HeaderName::from_static("x-veilgate-monthly-tokens");
+const MONTHLY_COST: HeaderName = HeaderName::from_static("x-veilgate-monthly-cost-usd");
+const COST: HeaderName = HeaderName::from_static("x-veilgate-cost-usd");
+const AIPROXY_REQUESTS: HeaderName = HeaderName::from_static("monthlyrequests");
+const AIPROXY_MONTHLY_COST: HeaderName = HeaderName::from_static("monthlycost");
+const AIPROXY_COST: HeaderName = HeaderName::from_static("cost");
+
 /// The figure headers of §11 on a metered response.
 pub(crate) fn figure_headers(h: &mut HeaderMap, client: &str, totals: &Totals, cost: Option<f64>, mode: CostHeaders) {
     if let Ok(v) = HeaderValue::from_str(client) {
-        h.insert("x-veilgate-client", v);
+        h.insert(CLIENT, v);
     }
-    let num = |n: u64| HeaderValue::from(n);
     let usd = |c: f64| HeaderValue::from_str(&usd(c)).unwrap_or(HeaderValue::from_static("0"));
-    if matches!(mode, CostHeaders::Veilgate | CostHeaders::Both) {
-        h.insert("x-veilgate-monthly-requests", num(totals.requests));
-        h.insert("x-veilgate-monthly-tokens", num(totals.tokens()));
-        h.insert("x-veilgate-monthly-cost-usd", usd(totals.cost_usd));
-        if let Some(c) = cost {
-            h.insert("x-veilgate-cost-usd", usd(c));
+    let (veilgate, aiproxy) = match mode {
+        CostHeaders::Veilgate => (true, false),
+        CostHeaders::Aiproxy => (false, true),
+        CostHeaders::Both => (true, true),
+        CostHeaders::None => return,
+    };
+    let monthly_cost = usd(totals.cost_usd);
+    let this = cost.map(usd);
+    if veilgate {
+        h.insert(MONTHLY_REQUESTS, HeaderValue::from(totals.requests));
+        h.insert(MONTHLY_TOKENS, HeaderValue::from(totals.tokens()));
+        h.insert(MONTHLY_COST, monthly_cost.clone());
+        if let Some(c) = &this {
+            h.insert(COST, c.clone());
         }
     }
-    if matches!(mode, CostHeaders::Aiproxy | CostHeaders::Both) {
-        h.insert("monthlyrequests", num(totals.requests));
-        h.insert("monthlycost", usd(totals.cost_usd));
-        if let Some(c) = cost {
-            h.insert("cost", usd(c));
+    if aiproxy {
+        h.insert(AIPROXY_REQUESTS, HeaderValue::from(totals.requests));
+        h.insert(AIPROXY_MONTHLY_COST, monthly_cost);
+        if let Some(c) = this {
+            h.insert(AIPROXY_COST, c);
         }
     }
 }
 
-/// Dollars as a plain decimal, at most 9 places, no trailing zeros.
+/// Dollars as a plain decimal, at most 9 places, no trailing zeros
+/// (integer arithmetic: float formatting costs more than the rest of the
+/// headers together).
 pub(crate) fn usd(c: f64) -> String {
-    let s = format!("{:.9}", c.max(0.0));
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() { "0".to_owned() } else { s.to_owned() }
+    let nano = (c.max(0.0) * 1e9).round();
+    if !nano.is_finite() || nano >= 1e19 {
+        return format!("{:.0}", c.max(0.0));
+    }
+    let nano = nano as u64;
+    let (whole, mut frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
+    let mut out = whole.to_string();
+    if frac > 0 {
+        let mut places = 9;
+        while frac % 10 == 0 {
+            frac /= 10;
+            places -= 1;
+        }
+        out.push('.');
+        let digits = frac.to_string();
+        out.extend(std::iter::repeat_n('0', places - digits.len()));
+        out.push_str(&digits);
+    }
+    out
 }
 
 /// How the answer is read.
@@ -303,16 +358,8 @@ impl Metered {
                 loop {
                     match parser.next_item() {
                         Ok(Some(Item::Event(e))) => {
-                            let drop = match serde_json::from_str::<Value>(&e.data) {
-                                Ok(v) => {
-                                    let ours = self.rewrite && is_usage_chunk(&v);
-                                    if let Some(c) = &mut self.meter.counter {
-                                        c.feed(&v);
-                                    }
-                                    ours
-                                }
-                                Err(_) => false,
-                            };
+                            let drop = self.rewrite && is_usage_chunk(e.data.as_bytes());
+                            self.meter.feed(e.data.as_bytes());
                             if let Some(out) = &mut out
                                 && !drop
                             {
@@ -346,9 +393,7 @@ impl Metered {
         self.meter.mark_ended();
         match std::mem::replace(&mut self.read, Read::Bytes) {
             Read::Json(buf) => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                    self.meter.feed(&v);
-                }
+                self.meter.feed(&buf);
                 None
             }
             Read::Sse(mut parser) => self.rewrite.then(|| parser.take_pending()).filter(|b| !b.is_empty()),
@@ -358,9 +403,15 @@ impl Metered {
 }
 
 /// OpenAI's usage chunk: no choices, a usage object.
-fn is_usage_chunk(v: &Value) -> bool {
-    v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
-        && v.get("usage").is_some_and(Value::is_object)
+fn is_usage_chunk(json: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<serde_json::Map<String, Value>>,
+    }
+    serde_json::from_slice::<Chunk>(json).is_ok_and(|c| c.choices.is_some_and(|ch| ch.is_empty()) && c.usage.is_some())
 }
 
 impl HttpBody for Metered {
@@ -462,14 +513,18 @@ mod tests {
         assert_eq!(usd(0.000_123), "0.000123");
         assert_eq!(usd(12.5), "12.5");
         assert_eq!(usd(-1.0), "0");
+        assert_eq!(usd(0.0000045), "0.0000045");
+        assert_eq!(usd(3.000000001), "3.000000001");
+        assert_eq!(usd(1e30), "1000000000000000019884624838656");
         assert_eq!(estimate(0), 0);
         assert_eq!(estimate(5), 2);
     }
 
     #[test]
     fn the_usage_chunk_is_known_by_its_shape() {
-        assert!(is_usage_chunk(&serde_json::json!({"choices": [], "usage": {"prompt_tokens": 1}})));
-        assert!(!is_usage_chunk(&serde_json::json!({"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1}})));
-        assert!(!is_usage_chunk(&serde_json::json!({"choices": [], "usage": null})));
+        assert!(is_usage_chunk(br#"{"choices": [], "usage": {"prompt_tokens": 1}}"#));
+        assert!(!is_usage_chunk(br#"{"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1}}"#));
+        assert!(!is_usage_chunk(br#"{"choices": [], "usage": null}"#));
+        assert!(!is_usage_chunk(b"[DONE]"));
     }
 }

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::ledger::{Record, Totals};
-use super::time::{day_of, month_of};
+use super::time::Calendar;
 use crate::config::ConfigError;
 
 /// The database file inside `data_dir`.
@@ -99,7 +99,6 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE requests (
         attempts INTEGER NOT NULL,
         duration_ms INTEGER NOT NULL
     );
-    CREATE INDEX requests_month_client ON requests (month, client);
     CREATE INDEX requests_client_id ON requests (client, id);"];
 
 enum Msg {
@@ -287,34 +286,58 @@ fn totals_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
     })
 }
 
-/// The writer: takes what has arrived, commits it in one transaction; a
-/// failed commit keeps the batch and is retried after a second.
+/// How long the writer gathers records after the first before it commits
+/// them in one transaction (a commit per request would cost more than the
+/// request); a flush commits at once.
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
+/// A failed commit is retried after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The writer: gathers what arrives for [`BATCH_WINDOW`], commits it in
+/// one transaction; a failed commit keeps the batch and is retried.
 fn write_loop(mut conn: Connection, rx: Receiver<Msg>, errors: Counter) {
+    let mut calendar = Calendar::default();
     let mut pending: Vec<Record> = Vec::new();
     let mut acks = Vec::new();
     let mut open = true;
+    let mut failing = false;
     while open || !pending.is_empty() {
-        let first = if pending.is_empty() {
+        // Wait for the first record (or, while failing, for the retry).
+        let first = if failing {
+            rx.recv_timeout(RETRY_AFTER)
+        } else if pending.is_empty() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
-            rx.recv_timeout(Duration::from_secs(1))
-        };
-        let mut take = |msg: Msg| match msg {
-            Msg::Record(r) => pending.push(*r),
-            Msg::Flush(ack) => acks.push(ack),
+            Err(RecvTimeoutError::Timeout)
         };
         match first {
-            Ok(msg) => take(msg),
+            Ok(msg) => take(msg, &mut pending, &mut acks),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while open && acks.is_empty() && !failing && pending.len() < 10_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(msg) => take(msg, &mut pending, &mut acks),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
         while let Ok(msg) = rx.try_recv() {
-            take(msg);
+            take(msg, &mut pending, &mut acks);
         }
         if !pending.is_empty() {
-            match insert(&mut conn, &pending) {
-                Ok(()) => pending.clear(),
+            match insert(&mut conn, &pending, &mut calendar) {
+                Ok(()) => {
+                    pending.clear();
+                    failing = false;
+                }
                 Err(e) => {
+                    failing = true;
                     errors.inc();
                     tracing::error!(error = %e, held = pending.len(), "usage store: write failed; retrying");
                     if pending.len() > MAX_PENDING {
@@ -336,7 +359,14 @@ fn write_loop(mut conn: Connection, rx: Receiver<Msg>, errors: Counter) {
     }
 }
 
-fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
+fn take(msg: Msg, pending: &mut Vec<Record>, acks: &mut Vec<mpsc::SyncSender<()>>) {
+    match msg {
+        Msg::Record(r) => pending.push(*r),
+        Msg::Flush(ack) => acks.push(ack),
+    }
+}
+
+fn insert(conn: &mut Connection, records: &[Record], calendar: &mut Calendar) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
@@ -345,10 +375,11 @@ fn insert(conn: &mut Connection, records: &[Record]) -> rusqlite::Result<()> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
         for r in records {
+            let (month, day) = calendar.at(r.time_ms);
             stmt.execute(params![
                 r.time_ms,
-                month_of(r.time_ms),
-                day_of(r.time_ms),
+                month,
+                day,
                 &*r.client,
                 r.preset,
                 r.model,

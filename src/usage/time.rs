@@ -60,6 +60,28 @@ pub fn month_end(ms: i64) -> i64 {
     days_from_civil(ny, nm, 1) * 86_400_000
 }
 
+/// The month and day of recent times, computed once per day (the ledger
+/// and the store ask for them on every request).
+#[derive(Debug, Default)]
+pub struct Calendar {
+    day_number: Option<i64>,
+    month: String,
+    day: String,
+}
+
+impl Calendar {
+    /// `(YYYY-MM, YYYY-MM-DD)` of `ms`.
+    pub fn at(&mut self, ms: i64) -> (&str, &str) {
+        let n = ms.div_euclid(86_400_000);
+        if self.day_number != Some(n) {
+            self.day_number = Some(n);
+            self.month = month_of(ms);
+            self.day = day_of(ms);
+        }
+        (&self.month, &self.day)
+    }
+}
+
 /// A `month=` query value: `YYYY-MM` with a real month.
 pub fn is_month(s: &str) -> bool {
     let b = s.as_bytes();
@@ -98,5 +120,9 @@ mod tests {
         assert!(is_month("2026-12") && !is_month("2026-13") && !is_month("2026-1") && !is_month("abcd-12"));
         assert_eq!(seconds_until(2500, 1000), 2);
         assert_eq!(seconds_until(0, 1000), 1);
+        let mut cal = Calendar::default();
+        assert_eq!(cal.at(t), ("2026-12", "2026-12-01"));
+        assert_eq!(cal.at(month_end(t) - 1), ("2026-12", "2026-12-31"));
+        assert_eq!(cal.at(month_end(t)), ("2027-01", "2027-01-01"));
     }
 }
