@@ -128,7 +128,17 @@ def count(binary, requests, origin_port, workdir, client):
         totals = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
     if not totals:
         sys.exit("no callgrind totals")
-    return int(totals.group(1))
+    return int(totals.group(1)), writer_share(out)
+
+
+def writer_share(out):
+    """Instructions of the usage store's writer thread (SQLite, off the
+    request path), from callgrind_annotate's inclusive figures; 0 without it."""
+    if not shutil.which("callgrind_annotate"):
+        return 0
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", out], capture_output=True, text=True).stdout
+    m = re.search(r"^\s*([\d,]+) .*usage::store::write_loop \[", text, re.M)
+    return int(m.group(1).replace(",", "")) if m else 0
 
 
 def main():
@@ -144,13 +154,17 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory() as workdir:
-        few = count(args.binary, 100, server.server_address[1], workdir, args.client)
-        many = count(args.binary, 100 + args.requests, server.server_address[1], workdir, args.client)
+        few, few_writer = count(args.binary, 100, server.server_address[1], workdir, args.client)
+        many, many_writer = count(args.binary, 100 + args.requests, server.server_address[1], workdir, args.client)
     server.shutdown()
     per = (many - few) / args.requests
+    writer = (many_writer - few_writer) / args.requests
     who = "as a metered client" if args.client else "no clients"
     print(f"veilgate: {per:,.0f} instructions per proxied request "
           f"(callgrind, {args.requests} keep-alive POSTs, small JSON both ways, {who})")
+    if writer:
+        print(f"  of which {writer:,.0f} in the usage store's writer thread (SQLite, off the request path); "
+              f"request path: {per - writer:,.0f}")
 
 
 if __name__ == "__main__":

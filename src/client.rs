@@ -23,6 +23,8 @@ pub struct Client {
     pub generic: bool,
     /// `[clients.limits]` (or `[auth.jwt_limits]` for a JWT's client).
     pub limits: Limits,
+    /// The name as the `x-veilgate-client` header value.
+    pub header: http::HeaderValue,
 }
 
 impl Client {
@@ -37,7 +39,9 @@ impl Client {
         if !ok {
             return Err(ConfigError(format!("clients: the name \"{name}\" must match [a-z0-9_.@-]{{1,64}}")));
         }
-        Ok(Client { name: Arc::from(name), token_sha256, presets, generic, limits: Limits::default() })
+        // The charset above is all visible ASCII: always a header value.
+        let header = http::HeaderValue::from_str(name).map_err(|_| ConfigError(format!("clients: bad name {name}")))?;
+        Ok(Client { name: Arc::from(name), token_sha256, presets, generic, limits: Limits::default(), header })
     }
 
     /// True when this client may use the preset `route`.

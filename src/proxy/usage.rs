@@ -96,6 +96,7 @@ pub(super) fn open_meter(
         config: app.snapshot(),
         reservation,
         client: Arc::clone(&client.name),
+        client_header: client.header.clone(),
         preset: forward.preset.clone(),
         protocol,
         model: inspected.model,

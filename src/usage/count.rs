@@ -72,19 +72,30 @@ impl Counter {
     /// data), read into the few fields usage needs — no `Value` tree. A
     /// document of another shape is skipped.
     pub fn feed_json(&mut self, json: &[u8]) {
-        if let Ok(doc) = serde_json::from_slice::<Doc<'_>>(json) {
+        if let Ok(doc) = serde_json::from_slice::<Doc<'_, TextLen>>(json) {
             self.feed_doc(doc);
+        }
+    }
+
+    /// Feeds a whole (non-streamed) answer: its usage is read first, with
+    /// the text skipped, and the text only measured when there was none.
+    pub fn feed_whole(&mut self, json: &[u8]) {
+        if let Ok(doc) = serde_json::from_slice::<Doc<'_, NoText>>(json) {
+            self.feed_doc(doc);
+        }
+        if !self.saw_usage() {
+            self.feed_json(json);
         }
     }
 
     /// As [`Counter::feed_json`], for a document already parsed.
     pub fn feed(&mut self, v: &Value) {
-        if let Ok(doc) = Doc::deserialize(v) {
+        if let Ok(doc) = Doc::<TextLen>::deserialize(v) {
             self.feed_doc(doc);
         }
     }
 
-    fn feed_doc(&mut self, doc: Doc<'_>) {
+    fn feed_doc<T: Text>(&mut self, doc: Doc<'_, T>) {
         match self.protocol {
             Protocol::OpenAi => self.openai(doc),
             Protocol::Anthropic => self.anthropic(doc),
@@ -140,13 +151,13 @@ impl Counter {
         }
     }
 
-    fn openai(&mut self, doc: Doc<'_>) {
-        self.text_bytes += doc.choices.0 + doc.text.0 + doc.output.0;
+    fn openai<T: Text>(&mut self, doc: Doc<'_, T>) {
+        self.text_bytes += doc.choices.bytes() + doc.text.bytes() + doc.output.bytes();
         // A Responses API stream's text deltas, and its last event, which
         // holds the response.
         let doc = match doc.kind.as_deref() {
             Some("response.output_text.delta") => {
-                self.text_bytes += doc.delta.0;
+                self.text_bytes += doc.delta.bytes();
                 return;
             }
             Some("response.completed") => match doc.response {
@@ -169,7 +180,7 @@ impl Counter {
         }
     }
 
-    fn anthropic(&mut self, doc: Doc<'_>) {
+    fn anthropic<T: Text>(&mut self, doc: Doc<'_, T>) {
         let usage = match doc.kind.as_deref() {
             Some("message_start") => {
                 let Some(message) = doc.message else { return };
@@ -178,13 +189,13 @@ impl Counter {
             }
             Some("message_delta") => doc.usage,
             Some("content_block_delta") => {
-                self.text_bytes += doc.delta.0;
+                self.text_bytes += doc.delta.bytes();
                 None
             }
             // A whole (non-streamed) message.
             Some("message") => {
                 self.model_from(doc.model);
-                self.text_bytes += doc.content.0;
+                self.text_bytes += doc.content.bytes();
                 doc.usage
             }
             _ => None,
@@ -203,9 +214,9 @@ impl Counter {
         }
     }
 
-    fn gemini(&mut self, doc: Doc<'_>) {
+    fn gemini<T: Text>(&mut self, doc: Doc<'_, T>) {
         self.model_from(doc.model_version);
-        self.text_bytes += doc.candidates.0;
+        self.text_bytes += doc.candidates.bytes();
         let Some(u) = doc.usage_metadata else { return };
         for (n, slot) in [
             (u.prompt, &mut self.input),
@@ -223,8 +234,8 @@ impl Counter {
 /// The fields of a response document that usage needs, for all three
 /// protocols (a missing field is `None`; unknown fields are skipped).
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Doc<'a> {
+#[serde(default, bound(deserialize = "T: Text"))]
+struct Doc<'a, T> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
     model: Option<String>,
@@ -235,17 +246,45 @@ struct Doc<'a> {
     usage_metadata: Option<GeminiUsage>,
     /// Responses API: `response.completed`.
     #[serde(borrow)]
-    response: Option<Box<Doc<'a>>>,
+    response: Option<Box<Doc<'a, T>>>,
     /// Anthropic: `message_start`.
     #[serde(borrow)]
-    message: Option<Box<Doc<'a>>>,
-    choices: TextLen,
-    delta: TextLen,
-    content: TextLen,
-    text: TextLen,
+    message: Option<Box<Doc<'a, T>>>,
+    choices: T,
+    delta: T,
+    content: T,
+    text: T,
     /// Responses API: the output items.
-    output: TextLen,
-    candidates: TextLen,
+    output: T,
+    candidates: T,
+}
+
+/// How a document's answer text is read: measured ([`TextLen`]) or skipped
+/// ([`NoText`]).
+trait Text: Default + for<'de> Deserialize<'de> {
+    fn bytes(&self) -> u64;
+}
+
+impl Text for TextLen {
+    fn bytes(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Text skipped unread.
+#[derive(Debug, Default)]
+struct NoText;
+
+impl<'de> Deserialize<'de> for NoText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NoText, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| NoText)
+    }
+}
+
+impl Text for NoText {
+    fn bytes(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

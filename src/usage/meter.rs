@@ -120,6 +120,8 @@ pub(crate) struct MeterSpec {
     pub config: Arc<Config>,
     pub reservation: Option<Reservation>,
     pub client: Arc<str>,
+    /// The client's name as a header value.
+    pub client_header: HeaderValue,
     pub preset: Option<String>,
     pub protocol: Option<Protocol>,
     pub model: Option<String>,
@@ -153,8 +155,8 @@ impl Meter {
         &self.spec.before
     }
 
-    pub(crate) fn client(&self) -> &str {
-        &self.spec.client
+    pub(crate) fn client(&self) -> &HeaderValue {
+        &self.spec.client_header
     }
 
     fn feed(&mut self, json: &[u8]) {
@@ -166,7 +168,9 @@ impl Meter {
     /// Counts a whole JSON answer.
     pub(crate) fn feed_json(&mut self, bytes: &[u8]) {
         self.answer_bytes += bytes.len() as u64;
-        self.feed(bytes);
+        if let Some(c) = &mut self.counter {
+            c.feed_whole(bytes);
+        }
     }
 
     pub(crate) fn mark_ended(&mut self) {
@@ -248,10 +252,15 @@ const AIPROXY_MONTHLY_COST: HeaderName = HeaderName::from_static("monthlycost");
 const AIPROXY_COST: HeaderName = HeaderName::from_static("cost");
 
 /// The figure headers of §11 on a metered response.
-pub(crate) fn figure_headers(h: &mut HeaderMap, client: &str, totals: &Totals, cost: Option<f64>, mode: CostHeaders) {
-    if let Ok(v) = HeaderValue::from_str(client) {
-        h.insert(CLIENT, v);
-    }
+pub(crate) fn figure_headers(
+    h: &mut HeaderMap,
+    client: &HeaderValue,
+    totals: &Totals,
+    cost: Option<f64>,
+    mode: CostHeaders,
+) {
+    h.reserve(8);
+    h.insert(CLIENT, client.clone());
     let usd = |c: f64| HeaderValue::from_str(&usd(c)).unwrap_or(HeaderValue::from_static("0"));
     let (veilgate, aiproxy) = match mode {
         CostHeaders::Veilgate => (true, false),
@@ -393,7 +402,9 @@ impl Metered {
         self.meter.mark_ended();
         match std::mem::replace(&mut self.read, Read::Bytes) {
             Read::Json(buf) => {
-                self.meter.feed(&buf);
+                if let Some(c) = &mut self.meter.counter {
+                    c.feed_whole(&buf);
+                }
                 None
             }
             Read::Sse(mut parser) => self.rewrite.then(|| parser.take_pending()).filter(|b| !b.is_empty()),
