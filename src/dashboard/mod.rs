@@ -69,6 +69,13 @@ mod tests {
         for external in ["src=\"http", "href=\"http", "@import", "url(http", "//fonts."] {
             assert!(!page.html.contains(external), "external resource: {external}");
         }
+        // The usage view asks this origin only, with a token kept in memory.
+        assert!(page.html.contains("fetch(`/usage?month="), "usage comes from /usage on the same origin");
+        assert!(page.html.contains("id=\"u-token\" type=\"password\""));
+        for storage in ["localStorage", "sessionStorage", "document.cookie", "indexedDB"] {
+            assert!(!page.html.contains(storage), "the token is never stored ({storage})");
+        }
+        assert!(page.html.contains("createElementNS(SVG"), "the per-day chart is inline SVG");
         let again = render(&c.presets, false, &[]);
         assert_eq!(page.etag, again.etag);
         let challenged = render(&c.presets, false, &[c.presets.enabled("openai").unwrap().targets[0].origin.clone()]);

@@ -36,7 +36,7 @@ pub(super) fn dashboard(app: &App, config: &Config, headers: &HeaderMap) -> Resp
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
         ),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
