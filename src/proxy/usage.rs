@@ -123,10 +123,7 @@ fn shown_model(model: Option<&str>) -> String {
 /// A non-streaming JSON answer of known length ≤ 1 MiB is read whole
 /// before it is answered.
 pub(super) fn read_whole(headers: &HeaderMap) -> bool {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+    let json = headers.get(header::CONTENT_TYPE).is_some_and(|v| meter::is_json(v.as_bytes()));
     let len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     json && len.is_some_and(|n| n <= READ_WHOLE_BYTES)
 }

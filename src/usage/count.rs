@@ -14,7 +14,6 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::Value;
 
 /// How a preset's API reports usage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +68,10 @@ impl Counter {
     }
 
     /// Feeds one JSON document (a whole response, or one stream event's
-    /// data), read into the few fields usage needs — no `Value` tree. A
-    /// document of another shape is skipped.
+    /// data). Only its top-level keys that usage needs are read (see
+    /// [`scan`]); a document of another shape is skipped.
     pub fn feed_json(&mut self, json: &[u8]) {
-        if let Ok(doc) = serde_json::from_slice::<Doc<'_, TextLen>>(json) {
+        if let Some(doc) = scan::<TextLen>(json) {
             self.feed_doc(doc);
         }
     }
@@ -80,18 +79,11 @@ impl Counter {
     /// Feeds a whole (non-streamed) answer: its usage is read first, with
     /// the text skipped, and the text only measured when there was none.
     pub fn feed_whole(&mut self, json: &[u8]) {
-        if let Ok(doc) = serde_json::from_slice::<Doc<'_, NoText>>(json) {
+        if let Some(doc) = scan::<NoText>(json) {
             self.feed_doc(doc);
         }
         if !self.saw_usage() {
             self.feed_json(json);
-        }
-    }
-
-    /// As [`Counter::feed_json`], for a document already parsed.
-    pub fn feed(&mut self, v: &Value) {
-        if let Ok(doc) = Doc::<TextLen>::deserialize(v) {
-            self.feed_doc(doc);
         }
     }
 
@@ -231,6 +223,103 @@ impl Counter {
     }
 }
 
+/// The top-level keys of a JSON object with where each value starts, in
+/// one pass that only tracks strings and nesting (no value is built);
+/// `None` when `json` is not an object.
+fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Option<()> {
+    let ws = |mut i: usize| {
+        while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 1usize;
+    let mut key_next = true;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                let start = i + 1;
+                let end = string_end(json, start)?;
+                i = end + 1;
+                if depth == 1 && key_next {
+                    let colon = ws(i);
+                    if json.get(colon) != Some(&b':') {
+                        return None;
+                    }
+                    i = ws(colon + 1);
+                    f(&json[start..end], i);
+                    key_next = false;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(());
+                }
+                i += 1;
+            }
+            b',' => {
+                key_next = depth == 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(())
+}
+
+/// The index of the quote that ends the string whose content starts at `i`.
+fn string_end(json: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let at = i + memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[at] == b'"' {
+            return Some(at);
+        }
+        i = at + 2;
+    }
+}
+
+/// One JSON value at the start of `v` (what follows it is not read).
+fn one<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
+    T::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok()
+}
+
+/// The document's fields that usage needs, read from its top-level keys:
+/// each value is parsed alone, the rest of the document only scanned.
+fn scan<T: Text>(json: &[u8]) -> Option<Doc<'_, T>> {
+    let mut doc = Doc::<T>::default();
+    top_level_keys(json, |key, at| {
+        let v = &json[at..];
+        match key {
+            b"type" => doc.kind = one::<&str>(v).map(Cow::Borrowed),
+            b"model" => doc.model = one(v),
+            b"modelVersion" => doc.model_version = one(v),
+            b"usage" => doc.usage = one::<Option<RawUsage>>(v).flatten(),
+            b"usageMetadata" => doc.usage_metadata = one::<Option<GeminiUsage>>(v).flatten(),
+            b"response" => doc.response = one::<Option<Box<Doc<'_, T>>>>(v).flatten(),
+            b"message" => doc.message = one::<Option<Box<Doc<'_, T>>>>(v).flatten(),
+            _ if !T::MEASURED => {}
+            b"choices" => doc.choices = one(v).unwrap_or_default(),
+            b"delta" => doc.delta = one(v).unwrap_or_default(),
+            b"content" => doc.content = one(v).unwrap_or_default(),
+            b"text" => doc.text = one(v).unwrap_or_default(),
+            b"output" => doc.output = one(v).unwrap_or_default(),
+            b"candidates" => doc.candidates = one(v).unwrap_or_default(),
+            _ => {}
+        }
+    })?;
+    Some(doc)
+}
+
 /// The fields of a response document that usage needs, for all three
 /// protocols (a missing field is `None`; unknown fields are skipped).
 #[derive(Debug, Default, Deserialize)]
@@ -262,10 +351,13 @@ struct Doc<'a, T> {
 /// How a document's answer text is read: measured ([`TextLen`]) or skipped
 /// ([`NoText`]).
 trait Text: Default + for<'de> Deserialize<'de> {
+    /// False when the text is not read at all.
+    const MEASURED: bool;
     fn bytes(&self) -> u64;
 }
 
 impl Text for TextLen {
+    const MEASURED: bool = true;
     fn bytes(&self) -> u64 {
         self.0
     }
@@ -282,6 +374,7 @@ impl<'de> Deserialize<'de> for NoText {
 }
 
 impl Text for NoText {
+    const MEASURED: bool = false;
     fn bytes(&self) -> u64 {
         0
     }
@@ -397,12 +490,12 @@ impl<'de> serde::de::Visitor<'de> for TextLenVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn count(protocol: Protocol, docs: &[Value]) -> Option<Usage> {
         let mut c = Counter::new(protocol);
         for d in docs {
-            c.feed(d);
+            c.feed_json(d.to_string().as_bytes());
         }
         c.finish()
     }
@@ -415,6 +508,36 @@ mod tests {
             cache_write_tokens: cache_write,
             model: model.map(str::to_owned),
         })
+    }
+
+    #[test]
+    fn only_top_level_keys_are_read() {
+        let keys = |json: &str| {
+            let mut out = Vec::new();
+            let ok = top_level_keys(json.as_bytes(), |k, at| {
+                out.push((String::from_utf8_lossy(k).into_owned(), json.as_bytes()[at] as char))
+            });
+            ok.map(|()| out)
+        };
+        let doc = r#" { "a" : {"usage": {"x": 1}}, "s": "a \"usage\": {} ,}", "usage":[1], "n" : 5 } "#;
+        let got = keys(doc).unwrap();
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["a", "s", "usage", "n"]);
+        assert_eq!(got.iter().map(|(_, c)| *c).collect::<String>(), "{\"[5");
+        assert!(keys("[1]").is_none() && keys("nope").is_none() && keys("").is_none());
+        assert!(keys(r#"{"a" 1}"#).is_none());
+        // A nested usage never counts; a top-level one after it does.
+        let nested = br#"{"candidates":[{"args":{"usage":{"prompt_tokens":99}}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let mut c = Counter::new(Protocol::OpenAi);
+        c.feed_whole(nested);
+        assert_eq!(c.finish().map(|u| u.input_tokens), Some(3));
+        let mut c = Counter::new(Protocol::OpenAi);
+        c.feed_whole(br#"{"x":{"usage":{"prompt_tokens":99,"completion_tokens":1}}}"#);
+        assert!(c.finish().is_none());
+        // Text is measured when there is no usage.
+        let mut c = Counter::new(Protocol::Anthropic);
+        c.feed_whole(br#"{"type":"message","content":[{"type":"text","text":"12345678"}]}"#);
+        assert_eq!(c.text_bytes(), 8);
     }
 
     #[test]

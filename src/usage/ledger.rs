@@ -162,11 +162,14 @@ struct Live {
     tokens: u64,
     cost: f64,
     minute: VecDeque<Recent>,
+    /// The sum of `minute`'s tokens.
+    minute_tokens: u64,
 }
 
 impl Live {
     fn prune(&mut self, now_ms: i64) {
-        while self.minute.front().is_some_and(|r| r.at_ms <= now_ms - 60_000) {
+        while let Some(r) = self.minute.front().filter(|r| r.at_ms <= now_ms - 60_000) {
+            self.minute_tokens -= r.tokens;
             self.minute.pop_front();
         }
     }
@@ -235,7 +238,7 @@ impl Ledger {
         live.prune(now_ms);
         let month_reset = month_end(now_ms);
         let minute_reset = live.minute.front().map_or(now_ms + 60_000, |r| r.at_ms + 60_000);
-        let minute_tokens: u64 = live.minute.iter().map(|r| r.tokens).sum();
+        let minute_tokens = live.minute_tokens;
         let minute_requests = live.minute.len() as u64;
 
         let mut tokens = ask.tokens;
@@ -273,7 +276,12 @@ impl Ledger {
         live.requests += 1;
         live.tokens += tokens;
         live.cost += cost;
-        live.minute.push_back(Recent { at_ms: now_ms, id, tokens });
+        // The minute is only kept for clients with a per-minute limit.
+        let in_minute = limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some();
+        if in_minute {
+            live.minute.push_back(Recent { at_ms: now_ms, id, tokens });
+            live.minute_tokens += tokens;
+        }
         Ok(Reservation { before: used, client: Arc::clone(client), id, tokens, cost })
     }
 
@@ -290,8 +298,13 @@ impl Ledger {
                 live.requests = live.requests.saturating_sub(1);
                 live.tokens = live.tokens.saturating_sub(r.tokens);
                 live.cost = (live.cost - r.cost).max(0.0);
-                if let Some(recent) = live.minute.iter_mut().find(|m| m.id == r.id) {
-                    recent.tokens = record.input_tokens + record.output_tokens;
+                // Ids grow with time: the window is sorted by them.
+                if let Ok(i) = live.minute.binary_search_by_key(&r.id, |m| m.id)
+                    && let Some(recent) = live.minute.get_mut(i)
+                {
+                    let counted = record.input_tokens + record.output_tokens;
+                    live.minute_tokens = live.minute_tokens - recent.tokens + counted;
+                    recent.tokens = counted;
                 }
             }
             let (month, day) = inner.calendar.at(record.time_ms);

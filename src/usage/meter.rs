@@ -259,7 +259,6 @@ pub(crate) fn figure_headers(
     cost: Option<f64>,
     mode: CostHeaders,
 ) {
-    h.reserve(8);
     h.insert(CLIENT, client.clone());
     let usd = |c: f64| HeaderValue::from_str(&usd(c)).unwrap_or(HeaderValue::from_static("0"));
     let (veilgate, aiproxy) = match mode {
@@ -334,12 +333,12 @@ pub(crate) struct Metered {
 
 impl Metered {
     pub(crate) fn new(inner: Body, meter: Meter, content_type: Option<&HeaderValue>) -> Metered {
-        let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+        let ct = content_type.map_or(&b""[..], HeaderValue::as_bytes);
         let read = if meter.counter.is_none() {
             Read::Bytes
-        } else if ct.starts_with("text/event-stream") {
+        } else if ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream") {
             Read::Sse(SseParser::default())
-        } else if ct.contains("json") {
+        } else if is_json(ct) {
             Read::Json(BytesMut::new())
         } else {
             Read::Bytes
@@ -411,6 +410,11 @@ impl Metered {
             Read::Bytes => None,
         }
     }
+}
+
+/// A JSON `content-type` (`application/json`, `…+json`, any case).
+pub(crate) fn is_json(content_type: &[u8]) -> bool {
+    content_type.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
 }
 
 /// OpenAI's usage chunk: no choices, a usage object.
