@@ -226,7 +226,7 @@ impl Counter {
 /// The top-level keys of a JSON object with where each value starts, in
 /// one pass that only tracks strings and nesting (no value is built);
 /// `None` when `json` is not an object.
-fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Option<()> {
+pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Option<()> {
     let ws = |mut i: usize| {
         while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
             i += 1;
@@ -289,7 +289,7 @@ fn string_end(json: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// One JSON value at the start of `v` (what follows it is not read).
-fn one<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
+pub(crate) fn one<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
     T::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok()
 }
 
@@ -303,8 +303,8 @@ fn scan<T: Text>(json: &[u8]) -> Option<Doc<'_, T>> {
             b"type" => doc.kind = one::<&str>(v).map(Cow::Borrowed),
             b"model" => doc.model = one(v),
             b"modelVersion" => doc.model_version = one(v),
-            b"usage" => doc.usage = one::<Option<RawUsage>>(v).flatten(),
-            b"usageMetadata" => doc.usage_metadata = one::<Option<GeminiUsage>>(v).flatten(),
+            b"usage" => doc.usage = RawUsage::scan(v),
+            b"usageMetadata" => doc.usage_metadata = GeminiUsage::scan(v),
             b"response" => doc.response = one::<Option<Box<Doc<'_, T>>>>(v).flatten(),
             b"message" => doc.message = one::<Option<Box<Doc<'_, T>>>>(v).flatten(),
             _ if !T::MEASURED => {}
@@ -393,10 +393,55 @@ struct RawUsage {
     cache_creation_input_tokens: Option<u64>,
 }
 
+impl RawUsage {
+    /// Reads a usage object by its keys, numbers digit by digit (`None`
+    /// for anything but an object).
+    fn scan(v: &[u8]) -> Option<RawUsage> {
+        let mut u = RawUsage::default();
+        top_level_keys(v, |key, at| {
+            let n = &v[at..];
+            match key {
+                b"prompt_tokens" => u.prompt_tokens = integer(n),
+                b"completion_tokens" => u.completion_tokens = integer(n),
+                b"input_tokens" => u.input_tokens = integer(n),
+                b"output_tokens" => u.output_tokens = integer(n),
+                b"cache_read_input_tokens" => u.cache_read_input_tokens = integer(n),
+                b"cache_creation_input_tokens" => u.cache_creation_input_tokens = integer(n),
+                b"prompt_tokens_details" => u.prompt_tokens_details = Details::scan(n),
+                b"input_tokens_details" => u.input_tokens_details = Details::scan(n),
+                _ => {}
+            }
+        })?;
+        Some(u)
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Details {
     cached_tokens: Option<u64>,
+}
+
+impl Details {
+    fn scan(v: &[u8]) -> Option<Details> {
+        let mut d = Details::default();
+        top_level_keys(v, |key, at| {
+            if key == b"cached_tokens" {
+                d.cached_tokens = integer(&v[at..]);
+            }
+        })?;
+        Some(d)
+    }
+}
+
+/// A JSON non-negative integer at the start of `v` (`None` for anything
+/// else: a fraction, an exponent, a string, a number past `u64`).
+fn integer(v: &[u8]) -> Option<u64> {
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || matches!(v.get(digits), Some(b'.' | b'e' | b'E')) || (digits > 1 && v[0] == b'0') {
+        return None;
+    }
+    v[..digits].iter().try_fold(0u64, |n, &b| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -410,6 +455,23 @@ struct GeminiUsage {
     thoughts: Option<u64>,
     #[serde(rename = "cachedContentTokenCount")]
     cached: Option<u64>,
+}
+
+impl GeminiUsage {
+    fn scan(v: &[u8]) -> Option<GeminiUsage> {
+        let mut u = GeminiUsage::default();
+        top_level_keys(v, |key, at| {
+            let n = &v[at..];
+            match key {
+                b"promptTokenCount" => u.prompt = integer(n),
+                b"candidatesTokenCount" => u.candidates = integer(n),
+                b"thoughtsTokenCount" => u.thoughts = integer(n),
+                b"cachedContentTokenCount" => u.cached = integer(n),
+                _ => {}
+            }
+        })?;
+        Some(u)
+    }
 }
 
 /// The bytes of answer text in a value of any shape: a string's length, or
@@ -508,6 +570,24 @@ mod tests {
             cache_write_tokens: cache_write,
             model: model.map(str::to_owned),
         })
+    }
+
+    #[test]
+    fn integers_digit_by_digit() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("12,", Some(12)),
+            ("18446744073709551615}", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("1.5", None),
+            ("1e3", None),
+            ("-1", None),
+            ("01", None),
+            ("\"3\"", None),
+            ("", None),
+        ] {
+            assert_eq!(integer(text.as_bytes()), want, "{text}");
+        }
     }
 
     #[test]

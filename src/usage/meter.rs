@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::Value;
 
-use super::count::{Counter, Protocol, Usage};
+use super::count::{Counter, Protocol, Usage, one, top_level_keys};
 use super::ledger::{Ledger, Record, Reservation, Totals};
 use super::time::unix_ms;
 use crate::body::{Body, BoxError};
@@ -55,19 +55,8 @@ pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], injec
     if protocol.is_none() || body.is_empty() {
         return out;
     }
-    // The few fields needed, read without building a tree.
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct Peek {
-        model: Option<String>,
-        max_completion_tokens: Option<u64>,
-        max_tokens: Option<u64>,
-        max_output_tokens: Option<u64>,
-        #[serde(rename = "generationConfig")]
-        generation_config: Option<GenerationConfig>,
-        stream: Option<bool>,
-        stream_options: Option<StreamOptions>,
-    }
+    // The few top-level fields needed; the rest (the messages) is only
+    // scanned, never parsed.
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
     struct GenerationConfig {
@@ -79,20 +68,33 @@ pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], injec
     struct StreamOptions {
         include_usage: Option<bool>,
     }
-    let Ok(peek) = serde_json::from_slice::<Peek>(body) else { return out };
-    if peek.model.is_some() {
-        out.model = peek.model;
+    let (mut model, mut caps, mut stream, mut asks_usage) = (None, [None; 4], None, false);
+    let object = top_level_keys(body, |key, at| {
+        let v = &body[at..];
+        match key {
+            b"model" => model = one::<String>(v),
+            b"max_completion_tokens" => caps[0] = one::<u64>(v),
+            b"max_tokens" => caps[1] = one::<u64>(v),
+            b"max_output_tokens" => caps[2] = one::<u64>(v),
+            b"generationConfig" => caps[3] = one::<GenerationConfig>(v).and_then(|g| g.max_output_tokens),
+            b"stream" => stream = one::<bool>(v),
+            b"stream_options" => {
+                asks_usage = one::<StreamOptions>(v).and_then(|o| o.include_usage) == Some(true);
+            }
+            _ => {}
+        }
+    });
+    if object.is_none() {
+        return out;
     }
-    out.max_output = peek
-        .max_completion_tokens
-        .or(peek.max_tokens)
-        .or(peek.max_output_tokens)
-        .or(peek.generation_config.and_then(|g| g.max_output_tokens));
-    let asks_usage = peek.stream_options.and_then(|o| o.include_usage) == Some(true);
+    if model.is_some() {
+        out.model = model;
+    }
+    out.max_output = caps.into_iter().flatten().next();
     if inject
         && protocol == Some(Protocol::OpenAi)
         && route.ends_with("/chat/completions")
-        && peek.stream == Some(true)
+        && stream == Some(true)
         && !asks_usage
         && let Ok(mut v) = serde_json::from_slice::<Value>(body)
         && let Some(obj) = v.as_object_mut()
@@ -287,28 +289,43 @@ pub(crate) fn figure_headers(
 }
 
 /// Dollars as a plain decimal, at most 9 places, no trailing zeros
-/// (integer arithmetic: float formatting costs more than the rest of the
-/// headers together).
+/// (integer arithmetic into a stack buffer: float formatting cost more
+/// than the rest of the headers together).
 pub(crate) fn usd(c: f64) -> String {
     let nano = (c.max(0.0) * 1e9).round();
     if !nano.is_finite() || nano >= 1e19 {
         return format!("{:.0}", c.max(0.0));
     }
     let nano = nano as u64;
-    let (whole, mut frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
-    let mut out = whole.to_string();
+    let (whole, frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
+    let mut buf = [0u8; 32];
+    let mut at = buf.len();
+    // The fraction's nine digits, then the whole part, written backwards.
     if frac > 0 {
-        let mut places = 9;
-        while frac % 10 == 0 {
-            frac /= 10;
-            places -= 1;
+        let mut f = frac;
+        let mut started = false;
+        for _ in 0..9 {
+            let d = (f % 10) as u8;
+            f /= 10;
+            if d != 0 || started {
+                started = true;
+                at -= 1;
+                buf[at] = b'0' + d;
+            }
         }
-        out.push('.');
-        let digits = frac.to_string();
-        out.extend(std::iter::repeat_n('0', places - digits.len()));
-        out.push_str(&digits);
+        at -= 1;
+        buf[at] = b'.';
     }
-    out
+    let mut w = whole;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (w % 10) as u8;
+        w /= 10;
+        if w == 0 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf[at..]).into_owned()
 }
 
 /// How the answer is read.

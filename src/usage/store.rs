@@ -295,6 +295,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The writer: gathers what arrives for [`BATCH_WINDOW`], commits it in
 /// one transaction; a failed commit keeps the batch and is retried.
+// Never inlined: benches/instructions.py finds the writer's share by name.
+#[inline(never)]
 fn write_loop(mut conn: Connection, rx: Receiver<Msg>, errors: Counter) {
     let mut calendar = Calendar::default();
     let mut pending: Vec<Record> = Vec::new();
