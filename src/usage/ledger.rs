@@ -288,8 +288,9 @@ impl Ledger {
     /// Replaces a reservation by what the request counted, and hands the
     /// record to the store. `reservation` is `None` for a client without
     /// limits (nothing was held).
-    pub fn settle(&self, reservation: Option<Reservation>, record: Record) {
-        {
+    /// Returns the client's month figures with this request.
+    pub fn settle(&self, reservation: Option<Reservation>, record: Record) -> Totals {
+        let after = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             if let Some(r) = reservation
@@ -314,6 +315,7 @@ impl Ledger {
             };
             let cm = clients.entry(Arc::clone(&record.client)).or_default();
             cm.add(day, record.model.as_deref().unwrap_or("-"), &Totals::of(&record));
+            let totals = cm.totals;
             let c = match inner.counters.get_mut(&record.client) {
                 Some(c) => c,
                 None => inner.counters.entry(Arc::clone(&record.client)).or_default(),
@@ -327,8 +329,10 @@ impl Ledger {
             c.cached += record.cached_tokens;
             c.cache_write += record.cache_write_tokens;
             c.cost += record.cost_usd;
-        }
+            totals
+        };
         self.store.append(record);
+        after
     }
 
     /// A client's totals in the month of `now_ms` (for response headers).

@@ -145,12 +145,14 @@ pub(crate) struct Meter {
     ended: bool,
     answer_bytes: u64,
     settled: Option<f64>,
+    /// The month's figures once settled (this request included).
+    after: Option<Totals>,
 }
 
 impl Meter {
     pub(crate) fn new(spec: MeterSpec) -> Meter {
         let counter = spec.protocol.map(Counter::new);
-        Meter { spec, status: 0, attempts: 1, counter, ended: false, answer_bytes: 0, settled: None }
+        Meter { spec, status: 0, attempts: 1, counter, ended: false, answer_bytes: 0, settled: None, after: None }
     }
 
     pub(crate) fn before(&self) -> &Totals {
@@ -227,14 +229,17 @@ impl Meter {
             duration_ms: s.started.elapsed().as_millis() as u64,
         };
         let reservation = self.spec.reservation.take();
-        self.spec.ledger.settle(reservation, record);
+        self.after = Some(self.spec.ledger.settle(reservation, record));
         self.settled = Some(cost.unwrap_or(f64::NAN));
         cost
     }
 
     /// The month's figures now (after settling, they include this request).
     pub(crate) fn totals_now(&self) -> Totals {
-        self.spec.ledger.month_totals(&self.spec.client, unix_ms(SystemTime::now()))
+        match self.after {
+            Some(t) => t,
+            None => self.spec.ledger.month_totals(&self.spec.client, unix_ms(SystemTime::now())),
+        }
     }
 }
 
@@ -262,7 +267,7 @@ pub(crate) fn figure_headers(
     mode: CostHeaders,
 ) {
     h.insert(CLIENT, client.clone());
-    let usd = |c: f64| HeaderValue::from_str(&usd(c)).unwrap_or(HeaderValue::from_static("0"));
+    let usd = |c: f64| usd_header(c);
     let (veilgate, aiproxy) = match mode {
         CostHeaders::Veilgate => (true, false),
         CostHeaders::Aiproxy => (false, true),
@@ -288,13 +293,14 @@ pub(crate) fn figure_headers(
     }
 }
 
-/// Dollars as a plain decimal, at most 9 places, no trailing zeros
-/// (integer arithmetic into a stack buffer: float formatting cost more
-/// than the rest of the headers together).
-pub(crate) fn usd(c: f64) -> String {
+/// Dollars as a header value: a plain decimal, at most 9 places, no
+/// trailing zeros, written into a stack buffer with integer
+/// arithmetic (float formatting cost more than the rest of the headers
+/// together).
+fn usd_header(c: f64) -> HeaderValue {
     let nano = (c.max(0.0) * 1e9).round();
     if !nano.is_finite() || nano >= 1e19 {
-        return format!("{:.0}", c.max(0.0));
+        return HeaderValue::from_str(&format!("{:.0}", c.max(0.0))).unwrap_or(HeaderValue::from_static("0"));
     }
     let nano = nano as u64;
     let (whole, frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
@@ -325,7 +331,8 @@ pub(crate) fn usd(c: f64) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&buf[at..]).into_owned()
+    // Digits and a dot only: always a valid header value.
+    HeaderValue::from_bytes(&buf[at..]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// How the answer is read.
@@ -537,6 +544,10 @@ mod tests {
             inspect(Some(Protocol::Anthropic), "/v1/messages", br#"{"max_tokens":1e400}"#, true).max_output,
             None
         );
+    }
+
+    fn usd(c: f64) -> String {
+        String::from_utf8_lossy(usd_header(c).as_bytes()).into_owned()
     }
 
     #[test]
