@@ -64,7 +64,15 @@ pub(super) fn open_meter(
     let inspected = inspect(protocol, &forward.path, body, config.usage.inject_stream_usage);
     let price = inspected.model.as_deref().and_then(|m| config.pricing.of(m));
     let limits = &client.limits;
-    if protocol.is_some() && limits.monthly_cost_usd.is_some() && price.is_none() && !config.usage.unpriced_free {
+    // A request that names a model without a price, under a cost limit (one
+    // that names none — listing models, a body that is not JSON — costs
+    // what its answer's model costs, if it has a price).
+    if protocol.is_some()
+        && limits.monthly_cost_usd.is_some()
+        && inspected.model.is_some()
+        && price.is_none()
+        && !config.usage.unpriced_free
+    {
         app.metrics.limit_refusal(&client.name, "unpriced");
         return Err(Error::Unpriced { model: shown_model(inspected.model.as_deref()) });
     }

@@ -143,6 +143,7 @@ pub(crate) struct Meter {
     counter: Option<Counter>,
     /// The answer ended as it should (not cut, not abandoned).
     ended: bool,
+    /// Bytes of an answer not read as JSON or SSE (an estimate's input).
     answer_bytes: u64,
     settled: Option<f64>,
     /// The month's figures once settled (this request included).
@@ -171,7 +172,6 @@ impl Meter {
 
     /// Counts a whole JSON answer.
     pub(crate) fn feed_json(&mut self, bytes: &[u8]) {
-        self.answer_bytes += bytes.len() as u64;
         if let Some(c) = &mut self.counter {
             c.feed_whole(bytes);
         }
@@ -191,7 +191,9 @@ impl Meter {
         let s = &self.spec;
         let (usage, estimated) = match self.counter.take() {
             Some(counter) if ok => {
-                let text = if counter.text_bytes() > 0 { counter.text_bytes() } else { self.answer_bytes };
+                // Answer text of the documents read, and the bytes of an
+                // answer that could not be read as documents.
+                let text = counter.text_bytes() + self.answer_bytes;
                 let reported_input = counter.reported_input();
                 let saw = counter.saw_usage();
                 let mut usage = counter.finish().unwrap_or_default();
@@ -373,13 +375,17 @@ impl Metered {
 
     /// Reads one chunk; returns what the client gets when rewriting.
     fn take(&mut self, data: &Bytes) -> Option<Bytes> {
-        self.meter.answer_bytes += data.len() as u64;
         match &mut self.read {
-            Read::Bytes => None,
+            Read::Bytes => {
+                self.meter.answer_bytes += data.len() as u64;
+                None
+            }
             Read::Json(buf) => {
                 if buf.len() + data.len() <= MAX_JSON_BYTES {
                     buf.extend_from_slice(data);
                 } else {
+                    // Too large to read: measured by its bytes instead.
+                    self.meter.answer_bytes += (buf.len() + data.len()) as u64;
                     self.read = Read::Bytes;
                 }
                 None

@@ -314,15 +314,29 @@ async fn prices_caps_and_bodies_that_are_not_json() {
     // An absurd max_tokens is capped at what is left, not refused.
     let huge = json!({"model": "gpt-4o-mini", "max_tokens": 1_000_000_000_000_u64});
     assert_eq!(post(&vg, ALICE, "/openai/v1/chat/completions", &huge).await.status, 200);
-    // A body that is not JSON is forwarded and counted.
+    // A body that is not JSON names no model: forwarded, and counted by the
+    // answer's usage and its model's price.
     let headers = [("x-veilgate-token", ALICE), ("content-type", "application/json")];
-    let reply = send(vg.addr, "POST", "/openai/v1/chat/completions", &headers, b"\xff{not json").await;
-    assert_eq!(reply.status, 403, "no model, no price: refused under a cost limit");
-    let vg = Veilgate::start(&config(origin.addr, "monthly_tokens = 1000", "")).await;
     let reply = send(vg.addr, "POST", "/openai/v1/chat/completions", &headers, b"\xff{not json").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(origin.requests().last().unwrap().body, b"\xff{not json");
-    assert_eq!(last_request(&vg, "alice").await["input_tokens"], 10, "the answer's usage counts");
+    let r = last_request(&vg, "alice").await;
+    assert_eq!((r["input_tokens"].as_u64(), r["model"].as_str()), (Some(10), Some("gpt-4o-mini")));
+    assert!(r["cost_usd"].as_f64().unwrap() > 0.0);
+    // Listing models under a cost limit is not refused, and a list is not
+    // taken for answer text.
+    let models = RawOrigin::json(
+        r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"},{"id":"gpt-4o","object":"model"}]}"#,
+    )
+    .await;
+    let vg = Veilgate::start(&config(models.addr, "monthly_cost_usd = 1.0", "")).await;
+    let reply = send(vg.addr, "GET", "/openai/v1/models", &[("x-veilgate-token", ALICE)], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let r = last_request(&vg, "alice").await;
+    assert_eq!(
+        (r["input_tokens"].as_u64(), r["output_tokens"].as_u64(), r["estimated"].as_bool()),
+        (Some(0), Some(0), Some(true))
+    );
     // unpriced = "free"
     let vg = Veilgate::start(&config(origin.addr, "monthly_cost_usd = 1.0", "[usage]\nunpriced = \"free\"\n")).await;
     assert_eq!(post(&vg, ALICE, "/openai/v1/chat/completions", &json!({"model": "o9-unknown"})).await.status, 200);
