@@ -1322,6 +1322,41 @@ mod tests {
     }
 
     #[test]
+    fn describe_prints_usage_pricing_and_limits_without_secrets() {
+        let c = load(
+            "[[clients]]\nname = \"alice\"\ntoken = \"alice_secret_0123456789\"\n[clients.limits]\nmonthly_cost_usd = 5.0\n\
+             [auth]\njwt_hs256_secret = \"jwt_secret_0123456789\"\n[auth.jwt_limits]\nmonthly_requests = 3\n\
+             [usage]\ncost_headers = \"both\"\nunpriced = \"free\"\n\
+             [pricing]\n\"claude-*\" = { input = 3.0, output = 15.0, cache_read = 0.3 }\n\
+             [presets.mine]\ntargets = [\"http://127.0.0.1:1\"]\nprotocol = \"anthropic\"",
+        )
+        .unwrap();
+        let text = c.describe(&no_env);
+        assert!(!text.contains("alice_secret") && !text.contains("jwt_secret"), "{text}");
+        let table: toml::Table = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(table["clients"][0]["limits"]["monthly_cost_usd"].as_float(), Some(5.0));
+        assert_eq!(table["auth"]["jwt_limits"]["monthly_requests"].as_integer(), Some(3));
+        assert_eq!(table["usage"]["cost_headers"].as_str(), Some("both"));
+        assert_eq!(table["usage"]["unpriced"].as_str(), Some("free"));
+        assert_eq!(table["usage"]["store"].as_str(), Some("sqlite"));
+        assert_eq!(table["pricing"]["claude-*"]["cached_input"].as_float(), Some(0.3));
+        assert_eq!(table["presets"]["mine"]["protocol"].as_str(), Some("anthropic"));
+        assert_eq!(table["presets"]["claude"]["protocol"].as_str(), Some("anthropic"));
+        assert_eq!(table["presets"]["groq"]["protocol"].as_str(), Some("openai"));
+        assert_eq!(table["presets"]["telegram"]["protocol"].as_str(), Some("none"));
+        for (bad, named) in [
+            ("[usage]\nstore = \"redis\"", "usage.store"),
+            ("[usage]\ncost_headers = \"x\"", "usage.cost_headers"),
+            ("[pricing]\n\"m\" = { input = -1.0 }", "pricing"),
+            ("[pricing]\n\"m\" = { input = 1.0, cached_input = 1.0, cache_read = 1.0 }", "cached_input"),
+            ("[presets.openai]\nprotocol = \"soap\"", "presets.openai.protocol"),
+            ("[presets.usage]\ntargets = [\"http://127.0.0.1:1\"]", "reserved"),
+        ] {
+            assert!(error_of(load(bad)).contains(named), "{bad}: {}", error_of(load(bad)));
+        }
+    }
+
+    #[test]
     fn describe_masks_the_token() {
         let c = load("auth_token = \"super_secret_token_value\"").unwrap();
         let text = c.describe(&no_env);
