@@ -319,30 +319,22 @@ pub(super) fn report(app: &App, config: &Config, req: &Request<Incoming>) -> Res
             entry.extend(totals_json(&cm.totals));
             entry.insert("estimated_requests".into(), cm.totals.estimated_requests.into());
             entry.insert("limits".into(), limits_json(config, &caller, name));
-            let by_model: Vec<Value> = cm
-                .by_model
-                .iter()
-                .map(|(model, t)| {
-                    let mut m = totals_json(t);
-                    m.insert("model".into(), Value::from(model.as_str()));
-                    Value::Object(m)
-                })
-                .collect();
-            let by_day: Vec<Value> = cm
-                .by_day
-                .iter()
-                .map(|(day, t)| {
-                    let mut m = totals_json(t);
-                    m.insert("day".into(), Value::from(day.as_str()));
-                    Value::Object(m)
-                })
-                .collect();
-            entry.insert("by_model".into(), by_model.into());
-            entry.insert("by_day".into(), by_day.into());
+            entry.insert("by_model".into(), breakdown("model", &cm.by_model));
+            entry.insert("by_day".into(), breakdown("day", &cm.by_day));
             Value::Object(entry)
         })
         .collect();
     Ok(json_response(&json!({ "month": month, "data": data })))
+}
+
+/// `[{<key>: name, requests, …}]` of a month's figures by model or by day.
+fn breakdown(key: &str, figures: &std::collections::BTreeMap<String, Totals>) -> Value {
+    let rows = figures.iter().map(|(name, t)| {
+        let mut m = totals_json(t);
+        m.insert(key.to_owned(), Value::from(name.as_str()));
+        Value::Object(m)
+    });
+    Value::Array(rows.collect())
 }
 
 /// A client's limits as configured (JWT clients: `[auth.jwt_limits]`).
