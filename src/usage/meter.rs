@@ -189,7 +189,7 @@ impl Meter {
         }
         let ok = (200..300).contains(&self.status);
         let s = &self.spec;
-        let (usage, estimated) = match self.counter.take() {
+        let (mut usage, estimated) = match self.counter.take() {
             Some(counter) if ok => {
                 // Answer text of the documents read, and the bytes of an
                 // answer that could not be read as documents.
@@ -207,7 +207,6 @@ impl Meter {
             }
             _ => (Usage::default(), false),
         };
-        let model = usage.model.clone().or_else(|| s.model.clone());
         let pricing = &s.config.pricing;
         let price = usage
             .model
@@ -215,10 +214,13 @@ impl Meter {
             .and_then(|m| pricing.of(m))
             .or_else(|| s.model.as_deref().and_then(|m| pricing.of(m)));
         let cost = price.map(|p| p.cost(&usage));
+        // Settled once: the names move into the record.
+        let s = &mut self.spec;
+        let model = usage.model.take().or_else(|| s.model.take());
         let record = Record {
             time_ms: unix_ms(SystemTime::now()),
             client: Arc::clone(&s.client),
-            preset: s.preset.clone(),
+            preset: s.preset.take(),
             model,
             status: self.status,
             input_tokens: usage.input_tokens,
