@@ -349,8 +349,10 @@ enum Read {
 
 /// A response body whose usage is read as it passes.
 pub(crate) struct Metered {
-    inner: Body,
+    /// Before `inner`: dropped first, so a request is settled before its
+    /// upstream connection closes.
     meter: Meter,
+    inner: Body,
     read: Read,
     /// Forward complete events only, minus veilgate's usage chunk.
     rewrite: bool,

@@ -607,3 +607,37 @@ async fn the_three_sdks_as_a_client_are_counted() {
         "Anthropic's cache reads are input; Gemini's thoughts are output"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_charged_for_what_arrived() {
+    use std::sync::Arc;
+    use tokio::sync::{Notify, Semaphore};
+    let more = Arc::new(Semaphore::new(0));
+    let closed = Arc::new(Notify::new());
+    let (m, c) = (Arc::clone(&more), Arc::clone(&closed));
+    let events = anthropic_events();
+    let origin = RawOrigin::scripted(move |_| {
+        let mut head = sse_response(&events[..3]);
+        head.truncate(head.len() - 5);
+        let later = format!("{:x}\r\n{}\r\n", events[3].len(), events[3]);
+        vec![Step::Write(head), Step::Wait(Arc::clone(&m)), Step::text(&later), Step::AwaitClose(Arc::clone(&c))]
+    })
+    .await;
+    let vg = Veilgate::start(&config(origin.addr, "monthly_requests = 5", "")).await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": true}).to_string();
+    let headers = [("x-veilgate-token", ALICE), ("content-type", "application/json")];
+    let mut stream =
+        crate::support::client::open_with_body(vg.addr, "POST", "/claude/v1/messages", &headers, body.as_bytes()).await;
+    let first = stream.read_until(b"\n\n").await.unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    stream.read_until(b"\n\n").await.unwrap();
+    stream.read_until(b"\n\n").await.unwrap();
+    stream.reset();
+    more.add_permits(1);
+    // veilgate's write to the gone client fails; the upstream request ends.
+    closed.notified().await;
+    let r = last_request(&vg, "alice").await;
+    assert_eq!((r["estimated"].as_bool(), r["input_tokens"].as_u64()), (Some(true), Some(40)), "{r}");
+    assert!(r["output_tokens"].as_u64().unwrap() >= 5, "what arrived is charged: {r}");
+    assert_eq!(r["status"], 200);
+}

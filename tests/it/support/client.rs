@@ -192,6 +192,11 @@ impl Streaming {
         }
     }
 
+    /// Goes away with a reset (RST), as a killed client does.
+    pub fn reset(self) {
+        let _ = self.stream.set_zero_linger();
+    }
+
     /// Body bytes up to and including the next `delim` (an SSE event ends
     /// with a blank line).
     pub async fn read_until(&mut self, delim: &[u8]) -> Result<Vec<u8>, End> {
