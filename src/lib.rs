@@ -18,8 +18,10 @@
 //!    [`monitor`].
 //! 5. `error` turns anything that failed into one JSON error response.
 //!
-//! [`client`] and [`jwt`] know the callers' tokens; [`usage`] reads what a
-//! response cost (limits and the store build on it).
+//! [`client`] and [`jwt`] know the callers' tokens; [`usage`] meters a
+//! client's requests: the reservation against its limits before a request
+//! leaves, the usage read from the answer as it passes, the ledger of month
+//! figures and the SQLite store written off the request path.
 //!
 //! [`config`] is validated once into a snapshot that every request loads
 //! once; state that outlives a request (transports, pools, metrics) lives

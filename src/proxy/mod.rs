@@ -4,11 +4,15 @@
 //! 2. **route** — path → [`Route`] (pure, [`crate::route`]);
 //! 3. **plan** — local endpoint or a forward with its target, check,
 //!    transport preference, redirects and monitor (pure, [`plan`]);
-//! 4. **send** — a WebSocket tunnel, or the request through the transports
+//! 4. **meter** — a client's request reserves against its limits (429 and
+//!    nothing sent when one is reached), [`usage`];
+//! 5. **send** — a WebSocket tunnel, or the request through the transports
 //!    (socket first, fetch as the fallback);
-//! 5. **shape** — response headers for the client ([`shape`]), CORS, the
+//! 6. **shape** — response headers for the client ([`shape`]), CORS, the
 //!    Gemini monitor on its streams;
-//! 6. **record** — one access line and the metrics when the body ends.
+//! 7. **tap** — a client's answer is read for its usage as it passes and
+//!    the reservation settled ([`crate::usage::meter`]);
+//! 8. **record** — one access line and the metrics when the body ends.
 //!
 //! A per-request [`Ctx`] carries what later phases and the record need.
 
