@@ -252,7 +252,14 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
                         return None;
                     }
                     i = ws(colon + 1);
-                    f(&json[start..end], i);
+                    let raw = &json[start..end];
+                    if raw.contains(&b'\\') {
+                        // An escaped key (rare): compared by what it says.
+                        let key: String = one(&json[start - 1..=end])?;
+                        f(key.as_bytes(), i);
+                    } else {
+                        f(raw, i);
+                    }
                     key_next = false;
                 }
             }
@@ -437,6 +444,10 @@ impl Details {
 /// A JSON non-negative integer at the start of `v` (`None` for anything
 /// else: a fraction, an exponent, a string, a number past `u64`).
 fn integer(v: &[u8]) -> Option<u64> {
+    // `-0` is a JSON integer too (zero); any other minus is not a count.
+    if let Some(rest) = v.strip_prefix(b"-") {
+        return (integer(rest) == Some(0) && rest.first() == Some(&b'0')).then_some(0);
+    }
     let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || matches!(v.get(digits), Some(b'.' | b'e' | b'E')) || (digits > 1 && v[0] == b'0') {
         return None;
@@ -582,6 +593,8 @@ mod tests {
             ("1.5", None),
             ("1e3", None),
             ("-1", None),
+            ("-0", Some(0)),
+            ("-0.0", None),
             ("01", None),
             ("\"3\"", None),
             ("", None),
@@ -606,6 +619,8 @@ mod tests {
         assert_eq!(got.iter().map(|(_, c)| *c).collect::<String>(), "{\"[5");
         assert!(keys("[1]").is_none() && keys("nope").is_none() && keys("").is_none());
         assert!(keys(r#"{"a" 1}"#).is_none());
+        let escaped = keys(r#"{"us\u0061ge": 1, "a\"b": 2}"#).unwrap();
+        assert_eq!(escaped.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["usage", "a\"b"]);
         // A nested usage never counts; a top-level one after it does.
         let nested = br#"{"candidates":[{"args":{"usage":{"prompt_tokens":99}}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
         let mut c = Counter::new(Protocol::OpenAi);
