@@ -90,45 +90,15 @@ pub struct RawConfig {
     pricing: BTreeMap<String, RawPrice>,
 }
 
-/// `[clients.limits]`, `[auth.jwt_limits]`.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct RawClientLimits {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    monthly_requests: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    monthly_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    monthly_cost_usd: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    requests_per_minute: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tokens_per_minute: Option<u64>,
-}
-
-impl RawClientLimits {
-    fn build(self, key: &str) -> Result<ClientLimits, ConfigError> {
-        if self.monthly_cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
-            return err(format!("{key}.monthly_cost_usd must be a number of dollars, 0 or more"));
-        }
-        Ok(ClientLimits {
-            monthly_requests: self.monthly_requests,
-            monthly_tokens: self.monthly_tokens,
-            monthly_cost_usd: self.monthly_cost_usd,
-            requests_per_minute: self.requests_per_minute,
-            tokens_per_minute: self.tokens_per_minute,
-        })
+/// `[clients.limits]` and `[auth.jwt_limits]` are read as
+/// [`ClientLimits`] itself (its fields are the file's keys); this checks
+/// what serde cannot.
+fn check_limits(limits: Option<ClientLimits>, key: &str) -> Result<ClientLimits, ConfigError> {
+    let limits = limits.unwrap_or_default();
+    if limits.monthly_cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
+        return err(format!("{key}.monthly_cost_usd must be a number of dollars, 0 or more"));
     }
-
-    fn of(l: &ClientLimits) -> Option<RawClientLimits> {
-        (!l.is_empty()).then_some(RawClientLimits {
-            monthly_requests: l.monthly_requests,
-            monthly_tokens: l.monthly_tokens,
-            monthly_cost_usd: l.monthly_cost_usd,
-            requests_per_minute: l.requests_per_minute,
-            tokens_per_minute: l.tokens_per_minute,
-        })
-    }
+    Ok(limits)
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -169,7 +139,7 @@ struct RawAuth {
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt_claim: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    jwt_limits: Option<RawClientLimits>,
+    jwt_limits: Option<ClientLimits>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -186,7 +156,7 @@ struct RawClient {
     #[serde(skip_serializing_if = "Option::is_none")]
     generic: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<RawClientLimits>,
+    limits: Option<ClientLimits>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -701,7 +671,7 @@ impl Config {
         let mut clients = build_clients(raw.clients, &presets, env)?;
         if let Some(auth) = raw.auth {
             let secret = resolve_secret(&auth.jwt_hs256_secret, "auth.jwt_hs256_secret", env)?;
-            let limits = auth.jwt_limits.unwrap_or_default().build("auth.jwt_limits")?;
+            let limits = check_limits(auth.jwt_limits, "auth.jwt_limits")?;
             let jwt = JwtAuth::new(secret.as_bytes(), auth.jwt_claim.unwrap_or_else(|| "email".to_owned()));
             clients.accept_jwts(jwt, limits);
         }
@@ -952,13 +922,13 @@ impl Config {
                     token: None,
                     presets: c.presets.clone(),
                     generic: Some(c.generic),
-                    limits: RawClientLimits::of(&c.limits),
+                    limits: Some(c.limits).filter(|l| !l.is_empty()),
                 })
                 .collect(),
             auth: self.clients.jwt_claim().map(|claim| RawAuth {
                 jwt_hs256_secret: "***".to_owned(),
                 jwt_claim: Some(claim.to_owned()),
-                jwt_limits: RawClientLimits::of(self.clients.jwt_limits()),
+                jwt_limits: Some(*self.clients.jwt_limits()).filter(|l| !l.is_empty()),
             }),
             usage: RawUsage {
                 store: Some(
@@ -1098,7 +1068,7 @@ fn build_clients(raw: Vec<RawClient>, presets: &Presets, env: Env<'_>) -> Result
             return err(format!("{key}.presets: no preset named \"{unknown}\""));
         }
         let mut client = Client::new(&c.name, hash, c.presets, c.generic.unwrap_or(false))?;
-        client.limits = c.limits.unwrap_or_default().build(&format!("{key}.limits"))?;
+        client.limits = check_limits(c.limits, &format!("{key}.limits"))?;
         clients.push(client)?;
     }
     Ok(clients)

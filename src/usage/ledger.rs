@@ -7,13 +7,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::store::{Aggregate, Store};
 use super::time::{Calendar, month_end};
 
-/// A client's limits (`[clients.limits]`, `[auth.jwt_limits]`); all optional.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+/// A client's limits (`[clients.limits]`, `[auth.jwt_limits]`, read from
+/// the file as they are); all optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub monthly_requests: Option<u64>,
