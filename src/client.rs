@@ -2,8 +2,14 @@
 //! what they may use. veilgate keeps only the SHA-256 of each token; a
 //! presented token is hashed once and compared with every client's hash in
 //! constant time. Usage and limits of §11 build on these.
+//!
+//! A token that matched is remembered (in memory, at most one per client),
+//! so a client's next requests are found by a keyed hash and one
+//! constant-time comparison instead of a SHA-256 each.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 
 use ring::digest::{SHA256, digest};
 
@@ -57,6 +63,43 @@ pub struct Clients {
     jwt: Option<JwtAuth>,
     /// The limits of every JWT's client.
     jwt_limits: Limits,
+    seen: Seen,
+}
+
+/// Tokens that matched a client, by a randomly keyed hash of the token.
+/// Only a token whose SHA-256 matched is added, so there are never more
+/// entries than clients. `Debug` shows how many, never a token.
+#[derive(Default)]
+struct Seen {
+    keys: RandomState,
+    map: Mutex<HashMap<u64, (Box<[u8]>, Arc<Client>)>>,
+}
+
+impl Seen {
+    fn get(&self, token: &[u8]) -> Option<Arc<Client>> {
+        let key = self.keys.hash_one(token);
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (known, client) = map.get(&key)?;
+        constant_time_eq(known, token).then(|| Arc::clone(client))
+    }
+
+    fn insert(&self, token: &[u8], client: &Arc<Client>) {
+        let key = self.keys.hash_one(token);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, (token.into(), Arc::clone(client)));
+    }
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map_or(0, |m| m.len());
+        write!(f, "Seen({n} tokens)")
+    }
+}
+
+/// Equality of two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 impl Clients {
@@ -119,6 +162,9 @@ impl Clients {
         if self.list.is_empty() {
             return None;
         }
+        if let Some(client) = self.seen.get(token) {
+            return Some(client);
+        }
         let presented = sha256(token);
         let mut found = None;
         for client in &self.list {
@@ -127,7 +173,9 @@ impl Clients {
                 found = Some(client);
             }
         }
-        found.cloned()
+        let found = found?;
+        self.seen.insert(token, found);
+        Some(Arc::clone(found))
     }
 }
 
@@ -174,6 +222,27 @@ mod tests {
         assert!(clients.find(b"carol-token-0123456789").is_none());
         assert!(clients.push(client("alice", "other-token-0123456789")).is_err(), "names are unique");
         assert!(clients.push(client("carol", "bob-token-0123456789")).is_err(), "tokens are unique");
+    }
+
+    #[test]
+    fn a_token_seen_before_is_found_again_and_never_shown() {
+        let mut clients = Clients::default();
+        clients.push(client("alice", "alice-token-0123456789")).unwrap();
+        clients.push(client("bob", "bob-token-0123456789")).unwrap();
+        assert!(clients.find(b"alice-token-012345678").is_none());
+        assert_eq!(clients.seen.map.lock().unwrap().len(), 0, "a token that matched nothing is not kept");
+        for _ in 0..3 {
+            assert_eq!(&*clients.find(b"alice-token-0123456789").unwrap().name, "alice");
+        }
+        assert_eq!(clients.seen.map.lock().unwrap().len(), 1);
+        // Near misses of a remembered token are still refused.
+        for wrong in [&b"alice-token-012345678"[..], b"alice-token-01234567890", b"alice-token-0123456788", b""] {
+            assert!(clients.find(wrong).is_none(), "{wrong:?}");
+        }
+        assert_eq!(&*clients.find(b"bob-token-0123456789").unwrap().name, "bob");
+        let shown = format!("{clients:?}");
+        assert!(!shown.contains("alice-token") && !shown.contains("bob-token"), "{shown}");
+        assert!(shown.contains("Seen(2 tokens)"), "{shown}");
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub(super) fn open_meter(
         preset: forward.preset.clone(),
         protocol,
         model: inspected.model,
+        price: price.copied(),
         request_bytes: body.len() as u64,
         injected: inspected.injected.is_some(),
         started,

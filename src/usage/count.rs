@@ -223,6 +223,20 @@ impl Counter {
     }
 }
 
+/// The bytes [`top_level_keys`] stops at: 1 a quote, 2 an opening
+/// bracket, 3 a closing one, 4 a comma; everything else (0) is stepped over
+/// in a tight loop.
+static STOPS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = 1;
+    t[b'{' as usize] = 2;
+    t[b'[' as usize] = 2;
+    t[b'}' as usize] = 3;
+    t[b']' as usize] = 3;
+    t[b',' as usize] = 4;
+    t
+};
+
 /// The top-level keys of a JSON object with where each value starts, in
 /// one pass that only tracks strings and nesting (no value is built);
 /// `None` when `json` is not an object.
@@ -240,11 +254,15 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
     i += 1;
     let mut depth = 1usize;
     let mut key_next = true;
-    while let Some(&b) = json.get(i) {
-        match b {
-            b'"' => {
+    loop {
+        while json.get(i).is_some_and(|&b| STOPS[usize::from(b)] == 0) {
+            i += 1;
+        }
+        let Some(&b) = json.get(i) else { return Some(()) };
+        match STOPS[usize::from(b)] {
+            1 => {
                 let start = i + 1;
-                let end = string_end(json, start)?;
+                let (end, escaped) = string_end(json, start)?;
                 i = end + 1;
                 if depth == 1 && key_next {
                     let colon = ws(i);
@@ -253,7 +271,7 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
                     }
                     i = ws(colon + 1);
                     let raw = &json[start..end];
-                    if raw.contains(&b'\\') {
+                    if escaped {
                         // An escaped key (rare): compared by what it says.
                         let key: String = one(&json[start - 1..=end])?;
                         f(key.as_bytes(), i);
@@ -263,36 +281,79 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
                     key_next = false;
                 }
             }
-            b'{' | b'[' => {
+            2 => {
                 depth += 1;
                 i += 1;
             }
-            b'}' | b']' => {
+            3 => {
                 depth -= 1;
                 if depth == 0 {
                     return Some(());
                 }
                 i += 1;
             }
-            b',' => {
+            _ => {
                 key_next = depth == 1;
                 i += 1;
             }
-            _ => i += 1,
         }
     }
-    Some(())
 }
 
-/// The index of the quote that ends the string whose content starts at `i`.
-fn string_end(json: &[u8], mut i: usize) -> Option<usize> {
+/// The index of the quote that ends the string whose content starts at
+/// `i`, and whether the string has escapes.
+fn string_end(json: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
     loop {
-        let at = i + memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        let at = i + quote_or_backslash(json.get(i..)?)?;
         if json[at] == b'"' {
-            return Some(at);
+            return Some((at, escaped));
         }
+        escaped = true;
         i = at + 2;
     }
+}
+
+/// The first `"` or `\` in `s`, eight bytes at a time: JSON keys and
+/// values are mostly too short for `memchr`'s setup to pay off, and a byte
+/// loop costs several instructions per byte.
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` that is zero (exact up to the first
+    // zero byte, which is all that is used).
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let found = zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words.remainder().iter().position(|&b| b == b'"' || b == b'\\').map(|p| at + p)
+}
+
+/// A JSON string at the start of `v`: borrowed when it has no escapes
+/// (most have none), decoded otherwise; `None` for anything else, and for
+/// what JSON does not allow in a string (control characters).
+pub(crate) fn string_value(v: &[u8]) -> Option<Cow<'_, str>> {
+    if v.first() != Some(&b'"') {
+        return None;
+    }
+    let (end, escaped) = string_end(v, 1)?;
+    if escaped {
+        return one::<String>(v).map(Cow::Owned);
+    }
+    let raw = &v[1..end];
+    if raw.iter().any(|&b| b < 0x20) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok().map(Cow::Borrowed)
 }
 
 /// One JSON value at the start of `v` (what follows it is not read).
@@ -307,9 +368,9 @@ fn scan<T: Text>(json: &[u8]) -> Option<Doc<'_, T>> {
     top_level_keys(json, |key, at| {
         let v = &json[at..];
         match key {
-            b"type" => doc.kind = one::<&str>(v).map(Cow::Borrowed),
-            b"model" => doc.model = one(v),
-            b"modelVersion" => doc.model_version = one(v),
+            b"type" => doc.kind = string_value(v),
+            b"model" => doc.model = string_value(v).map(Cow::into_owned),
+            b"modelVersion" => doc.model_version = string_value(v).map(Cow::into_owned),
             b"usage" => doc.usage = RawUsage::scan(v),
             b"usageMetadata" => doc.usage_metadata = GeminiUsage::scan(v),
             b"response" => doc.response = one::<Option<Box<Doc<'_, T>>>>(v).flatten(),
@@ -562,6 +623,54 @@ impl<'de> serde::de::Visitor<'de> for TextLenVisitor {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn string_values_read_as_serde_json_reads_them() {
+        let cases: [&[u8]; 11] = [
+            br#""gpt-4o""#,
+            br#""a\"b" , "#,
+            br#""\u00e9t\u00e9""#,
+            "\"caf\u{e9}\"".as_bytes(),
+            br#""""#,
+            b"\"tab\there\"",
+            b"\"unterminated",
+            b"\"bad utf8 \xff\"",
+            b"42",
+            b"null",
+            br#""\x""#,
+        ];
+        for v in cases {
+            let want: Option<String> = super::one(v);
+            assert_eq!(super::string_value(v).map(|c| c.into_owned()), want, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn quotes_and_backslashes_are_found_word_by_word_as_byte_by_byte() {
+        // Near misses of both bytes (one bit off, the high bit set) around
+        // each position and length that crosses a word.
+        let fillers = [b'a', b'"' ^ 1, b'\\' ^ 1, b'"' | 0x80, b'\\' | 0x80, 0x00, 0xff, 0x21, 0x5b];
+        for len in 0..40 {
+            for &fill in &fillers {
+                let mut s = vec![fill; len];
+                assert_eq!(super::quote_or_backslash(&s), None, "{len} {fill:#x}");
+                for at in 0..len {
+                    for needle in [b'"', b'\\'] {
+                        s[at] = needle;
+                        let want = s.iter().position(|&b| b == b'"' || b == b'\\');
+                        assert_eq!(super::quote_or_backslash(&s), want, "{len} {at} {fill:#x}");
+                        // A second one further on changes nothing.
+                        if at + 3 < len {
+                            s[at + 3] = b'"';
+                            assert_eq!(super::quote_or_backslash(&s), want);
+                            s[at + 3] = fill;
+                        }
+                        s[at] = fill;
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use serde_json::{Value, json};
 

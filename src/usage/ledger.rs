@@ -188,12 +188,25 @@ struct Counters {
     cost: f64,
 }
 
+/// Everything the ledger knows of one client: found with one lookup per
+/// reservation and one per settlement.
+#[derive(Debug, Default)]
+struct Book {
+    live: Live,
+    counters: Counters,
+    /// Month (`YYYY-MM`) → figures.
+    months: BTreeMap<String, ClientMonth>,
+}
+
+impl Book {
+    fn month(&self, month: &str) -> Totals {
+        self.months.get(month).map(|c| c.totals).unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    counters: HashMap<Arc<str>, Counters>,
-    /// month → client → figures.
-    months: HashMap<String, HashMap<Arc<str>, ClientMonth>>,
-    live: HashMap<Arc<str>, Live>,
+    books: HashMap<Arc<str>, Book>,
     next_id: u64,
     calendar: Calendar,
 }
@@ -210,7 +223,7 @@ impl Ledger {
         let mut inner = Inner::default();
         for Aggregate { month, day, client, model, totals } in store.load() {
             let client: Arc<str> = Arc::from(client);
-            let cm = inner.months.entry(month).or_default().entry(client).or_default();
+            let cm = inner.books.entry(client).or_default().months.entry(month).or_default();
             cm.add(&day, &model, &totals);
         }
         Ledger { inner: Mutex::new(inner), store }
@@ -233,10 +246,14 @@ impl Ledger {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let (month, _) = inner.calendar.at(now_ms);
-        let used = inner.months.get(month).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default();
         inner.next_id += 1;
         let id = inner.next_id;
-        let live = inner.live.entry(Arc::clone(client)).or_default();
+        let book = match inner.books.get_mut(client) {
+            Some(b) => b,
+            None => inner.books.entry(Arc::clone(client)).or_default(),
+        };
+        let used = book.month(month);
+        let live = &mut book.live;
         live.prune(now_ms);
         let month_reset = month_end(now_ms);
         let minute_reset = live.minute.front().map_or(now_ms + 60_000, |r| r.at_ms + 60_000);
@@ -295,9 +312,14 @@ impl Ledger {
         let after = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            if let Some(r) = reservation
-                && let Some(live) = inner.live.get_mut(&r.client)
-            {
+            let (month, day) = inner.calendar.at(record.time_ms);
+            let book = match inner.books.get_mut(&record.client) {
+                Some(b) => b,
+                None => inner.books.entry(Arc::clone(&record.client)).or_default(),
+            };
+            if let Some(r) = reservation {
+                debug_assert_eq!(r.client, record.client, "a reservation is settled by its own client");
+                let live = &mut book.live;
                 live.requests = live.requests.saturating_sub(1);
                 live.tokens = live.tokens.saturating_sub(r.tokens);
                 live.cost = (live.cost - r.cost).max(0.0);
@@ -310,18 +332,13 @@ impl Ledger {
                     recent.tokens = counted;
                 }
             }
-            let (month, day) = inner.calendar.at(record.time_ms);
-            let clients = match inner.months.get_mut(month) {
+            let cm = match book.months.get_mut(month) {
                 Some(m) => m,
-                None => inner.months.entry(month.to_owned()).or_default(),
+                None => book.months.entry(month.to_owned()).or_default(),
             };
-            let cm = clients.entry(Arc::clone(&record.client)).or_default();
             cm.add(day, record.model.as_deref().unwrap_or("-"), &Totals::of(&record));
             let totals = cm.totals;
-            let c = match inner.counters.get_mut(&record.client) {
-                Some(c) => c,
-                None => inner.counters.entry(Arc::clone(&record.client)).or_default(),
-            };
+            let c = &mut book.counters;
             match c.by_status.iter_mut().find(|(s, _)| *s == record.status) {
                 Some((_, n)) => *n += 1,
                 None => c.by_status.push((record.status, 1)),
@@ -342,7 +359,7 @@ impl Ledger {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let (month, _) = inner.calendar.at(now_ms);
-        inner.months.get(month).and_then(|m| m.get(client)).map(|c| c.totals).unwrap_or_default()
+        inner.books.get(client).map(|b| b.month(month)).unwrap_or_default()
     }
 
     /// The `veilgate_client_*` families in the OpenMetrics text format
@@ -352,7 +369,13 @@ impl Ledger {
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write as _;
         let inner = self.lock();
-        let mut clients: Vec<(&Arc<str>, &Counters)> = inner.counters.iter().collect();
+        // Clients that settled something since start.
+        let mut clients: Vec<(&Arc<str>, &Counters)> = inner
+            .books
+            .iter()
+            .filter(|(_, b)| !b.counters.by_status.is_empty())
+            .map(|(k, b)| (k, &b.counters))
+            .collect();
         clients.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = String::new();
         out.push_str("# HELP veilgate_client_requests Requests of each client, by status.\n");
@@ -383,10 +406,10 @@ impl Ledger {
     /// the lock.
     pub fn month(&self, month: &str, client: Option<&str>) -> Vec<(Arc<str>, ClientMonth)> {
         let inner = self.lock();
-        let Some(m) = inner.months.get(month) else { return Vec::new() };
+        let of = |(name, book): (&Arc<str>, &Book)| book.months.get(month).map(|m| (Arc::clone(name), m.clone()));
         match client {
-            Some(c) => m.get_key_value(c).map(|(k, v)| (Arc::clone(k), v.clone())).into_iter().collect(),
-            None => m.iter().map(|(k, v)| (Arc::clone(k), v.clone())).collect(),
+            Some(c) => inner.books.get_key_value(c).and_then(of).into_iter().collect(),
+            None => inner.books.iter().filter_map(of).collect(),
         }
     }
 }

@@ -8,6 +8,8 @@
 //! client went away), or when the request ends without a body to watch.
 //! What the response did not report is estimated (⌈bytes / 4⌉), marked so.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -18,8 +20,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::Value;
 
-use super::count::{Counter, Protocol, Usage, one, top_level_keys};
+use super::count::{Counter, Protocol, Usage, one, string_value, top_level_keys};
 use super::ledger::{Ledger, Record, Reservation, Totals};
+use super::price::Price;
 use super::time::unix_ms;
 use crate::body::{Body, BoxError};
 use crate::config::{Config, CostHeaders};
@@ -49,10 +52,17 @@ pub(crate) struct Inspected {
 /// output cap, and asks an OpenAI chat stream for usage when told to.
 pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], inject: bool) -> Inspected {
     let route = path.split('?').next().unwrap_or(path);
-    let path_model =
-        route.split_once("/models/").map(|(_, rest)| rest.split([':', '/']).next().unwrap_or(rest).to_owned());
-    let mut out = Inspected { model: path_model.filter(|m| !m.is_empty()), ..Inspected::default() };
+    // Gemini names the model in the path (so do model-info requests); a
+    // body's `model` wins.
+    let path_model = || {
+        route
+            .split_once("/models/")
+            .map(|(_, rest)| rest.split([':', '/']).next().unwrap_or(rest).to_owned())
+            .filter(|m| !m.is_empty())
+    };
+    let mut out = Inspected::default();
     if protocol.is_none() || body.is_empty() {
+        out.model = path_model();
         return out;
     }
     // The few top-level fields needed; the rest (the messages) is only
@@ -72,7 +82,7 @@ pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], injec
     let object = top_level_keys(body, |key, at| {
         let v = &body[at..];
         match key {
-            b"model" => model = one::<String>(v),
+            b"model" => model = string_value(v).map(Cow::into_owned),
             b"max_completion_tokens" => caps[0] = one::<u64>(v),
             b"max_tokens" => caps[1] = one::<u64>(v),
             b"max_output_tokens" => caps[2] = one::<u64>(v),
@@ -85,11 +95,10 @@ pub(crate) fn inspect(protocol: Option<Protocol>, path: &str, body: &[u8], injec
         }
     });
     if object.is_none() {
+        out.model = path_model();
         return out;
     }
-    if model.is_some() {
-        out.model = model;
-    }
+    out.model = model.or_else(path_model);
     out.max_output = caps.into_iter().flatten().next();
     if inject
         && protocol == Some(Protocol::OpenAi)
@@ -127,6 +136,8 @@ pub(crate) struct MeterSpec {
     pub preset: Option<String>,
     pub protocol: Option<Protocol>,
     pub model: Option<String>,
+    /// The price of `model`, looked up when the reservation was made.
+    pub price: Option<Price>,
     pub request_bytes: u64,
     /// The usage chunk of the stream is veilgate's, not the client's.
     pub injected: bool,
@@ -207,12 +218,11 @@ impl Meter {
             }
             _ => (Usage::default(), false),
         };
-        let pricing = &s.config.pricing;
-        let price = usage
-            .model
-            .as_deref()
-            .and_then(|m| pricing.of(m))
-            .or_else(|| s.model.as_deref().and_then(|m| pricing.of(m)));
+        // The answer's model's price, else the request's.
+        let price = match usage.model.as_deref() {
+            Some(m) if Some(m) != s.model.as_deref() => s.config.pricing.of(m).copied().or(s.price),
+            _ => s.price,
+        };
         let cost = price.map(|p| p.cost(&usage));
         // Settled once: the names move into the record.
         let s = &mut self.spec;
@@ -262,7 +272,8 @@ const AIPROXY_REQUESTS: HeaderName = HeaderName::from_static("monthlyrequests");
 const AIPROXY_MONTHLY_COST: HeaderName = HeaderName::from_static("monthlycost");
 const AIPROXY_COST: HeaderName = HeaderName::from_static("cost");
 
-/// The figure headers of §11 on a metered response.
+/// The figure headers of §11 on a metered response. Their values are
+/// written into one buffer and shared from it (one allocation for all).
 pub(crate) fn figure_headers(
     h: &mut HeaderMap,
     client: &HeaderValue,
@@ -270,73 +281,88 @@ pub(crate) fn figure_headers(
     cost: Option<f64>,
     mode: CostHeaders,
 ) {
-    h.insert(CLIENT, client.clone());
-    let usd = |c: f64| usd_header(c);
     let (veilgate, aiproxy) = match mode {
         CostHeaders::Veilgate => (true, false),
         CostHeaders::Aiproxy => (false, true),
         CostHeaders::Both => (true, true),
-        CostHeaders::None => return,
+        CostHeaders::None => (false, false),
     };
-    let monthly_cost = usd(totals.cost_usd);
-    let this = cost.map(usd);
+    h.reserve(1 + 4 * usize::from(veilgate) + 3 * usize::from(aiproxy));
+    h.insert(CLIENT, client.clone());
+    if !(veilgate || aiproxy) {
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(4 * 24);
+    let requests = put_u64(&mut buf, totals.requests);
+    let tokens = put_u64(&mut buf, totals.tokens());
+    let monthly_cost = put_usd(&mut buf, totals.cost_usd);
+    let this = cost.map(|c| put_usd(&mut buf, c));
+    let buf = buf.freeze();
+    // Digits and a dot only: always a valid header value.
+    let value = |r: &Range<usize>| {
+        HeaderValue::from_maybe_shared(buf.slice(r.clone())).unwrap_or(HeaderValue::from_static("0"))
+    };
     if veilgate {
-        h.insert(MONTHLY_REQUESTS, HeaderValue::from(totals.requests));
-        h.insert(MONTHLY_TOKENS, HeaderValue::from(totals.tokens()));
-        h.insert(MONTHLY_COST, monthly_cost.clone());
+        h.insert(MONTHLY_REQUESTS, value(&requests));
+        h.insert(MONTHLY_TOKENS, value(&tokens));
+        h.insert(MONTHLY_COST, value(&monthly_cost));
         if let Some(c) = &this {
-            h.insert(COST, c.clone());
+            h.insert(COST, value(c));
         }
     }
     if aiproxy {
-        h.insert(AIPROXY_REQUESTS, HeaderValue::from(totals.requests));
-        h.insert(AIPROXY_MONTHLY_COST, monthly_cost);
-        if let Some(c) = this {
-            h.insert(AIPROXY_COST, c);
+        h.insert(AIPROXY_REQUESTS, value(&requests));
+        h.insert(AIPROXY_MONTHLY_COST, value(&monthly_cost));
+        if let Some(c) = &this {
+            h.insert(AIPROXY_COST, value(c));
         }
     }
 }
 
-/// Dollars as a header value: a plain decimal, at most 9 places, no
-/// trailing zeros, written into a stack buffer with integer
-/// arithmetic (float formatting cost more than the rest of the headers
-/// together).
-fn usd_header(c: f64) -> HeaderValue {
-    let nano = (c.max(0.0) * 1e9).round();
-    if !nano.is_finite() || nano >= 1e19 {
-        return HeaderValue::from_str(&format!("{:.0}", c.max(0.0))).unwrap_or(HeaderValue::from_static("0"));
-    }
-    let nano = nano as u64;
-    let (whole, frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
-    let mut buf = [0u8; 32];
-    let mut at = buf.len();
-    // The fraction's nine digits, then the whole part, written backwards.
-    if frac > 0 {
-        let mut f = frac;
-        let mut started = false;
-        for _ in 0..9 {
-            let d = (f % 10) as u8;
-            f /= 10;
-            if d != 0 || started {
-                started = true;
-                at -= 1;
-                buf[at] = b'0' + d;
-            }
-        }
-        at -= 1;
-        buf[at] = b'.';
-    }
-    let mut w = whole;
+/// Appends `n` in decimal; returns where it is in `buf`.
+fn put_u64(buf: &mut BytesMut, n: u64) -> Range<usize> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
     loop {
         at -= 1;
-        buf[at] = b'0' + (w % 10) as u8;
-        w /= 10;
-        if w == 0 {
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
             break;
         }
     }
-    // Digits and a dot only: always a valid header value.
-    HeaderValue::from_bytes(&buf[at..]).unwrap_or(HeaderValue::from_static("0"))
+    let start = buf.len();
+    buf.extend_from_slice(&digits[at..]);
+    start..buf.len()
+}
+
+/// Appends dollars as a plain decimal, at most 9 places, no trailing
+/// zeros, with integer arithmetic (float formatting cost more than the rest
+/// of the headers together); returns where it is in `buf`.
+fn put_usd(buf: &mut BytesMut, c: f64) -> Range<usize> {
+    let start = buf.len();
+    let nano = (c.max(0.0) * 1e9).round();
+    if !nano.is_finite() || nano >= 1e19 {
+        buf.extend_from_slice(format!("{:.0}", c.max(0.0)).as_bytes());
+        return start..buf.len();
+    }
+    let nano = nano as u64;
+    let (whole, frac) = (nano / 1_000_000_000, nano % 1_000_000_000);
+    put_u64(buf, whole);
+    if frac > 0 {
+        let mut digits = [0u8; 9];
+        let mut f = frac;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        // frac > 0: some digit is not a zero.
+        let used = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        buf.extend_from_slice(b".");
+        buf.extend_from_slice(&digits[..used]);
+    }
+    start..buf.len()
 }
 
 /// How the answer is read.
@@ -557,7 +583,9 @@ mod tests {
     }
 
     fn usd(c: f64) -> String {
-        String::from_utf8_lossy(usd_header(c).as_bytes()).into_owned()
+        let mut buf = BytesMut::new();
+        put_usd(&mut buf, c);
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     #[test]
@@ -571,6 +599,31 @@ mod tests {
         assert_eq!(usd(1e30), "1000000000000000019884624838656");
         assert_eq!(estimate(0), 0);
         assert_eq!(estimate(5), 2);
+    }
+
+    #[test]
+    fn figure_headers_per_mode() {
+        let totals =
+            Totals { requests: 1_000_000, input_tokens: 7, output_tokens: 0, cost_usd: 0.25, ..Totals::default() };
+        let client = HeaderValue::from_static("alice");
+        let shown = |mode, cost| {
+            let mut h = HeaderMap::new();
+            figure_headers(&mut h, &client, &totals, cost, mode);
+            let mut v: Vec<String> = h.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("<bad>"))).collect();
+            v.sort();
+            v.join(" ")
+        };
+        assert_eq!(
+            shown(CostHeaders::Veilgate, Some(0.000_001)),
+            "x-veilgate-client=alice x-veilgate-cost-usd=0.000001 x-veilgate-monthly-cost-usd=0.25 \
+             x-veilgate-monthly-requests=1000000 x-veilgate-monthly-tokens=7"
+        );
+        assert_eq!(
+            shown(CostHeaders::Aiproxy, Some(3.0)),
+            "cost=3 monthlycost=0.25 monthlyrequests=1000000 x-veilgate-client=alice"
+        );
+        assert_eq!(shown(CostHeaders::Both, None).split(' ').count(), 6);
+        assert_eq!(shown(CostHeaders::None, Some(1.0)), "x-veilgate-client=alice");
     }
 
     #[test]
