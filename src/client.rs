@@ -72,8 +72,11 @@ pub struct Clients {
 #[derive(Default)]
 struct Seen {
     keys: RandomState,
-    map: Mutex<HashMap<u64, (Box<[u8]>, Arc<Client>)>>,
+    map: Mutex<HashMap<u64, SeenToken>>,
 }
+
+/// A token that matched, and its client.
+type SeenToken = (Box<[u8]>, Arc<Client>);
 
 impl Seen {
     fn get(&self, token: &[u8]) -> Option<Arc<Client>> {
