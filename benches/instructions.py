@@ -9,9 +9,9 @@ counted: this measures veilgate's own code and the crates it links.
     cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH] [--client]
 
 (`--binary` compares another build, e.g. a copy of an older commit's.
-`--client` sends the requests as a client of `[[clients]]` with limits and
-a priced model: the cost of metering, SPEC §11; the usage store is SQLite
-in a temporary `data_dir`.)
+`--client` sends the same requests as a client of `[[clients]]` (its token
+in the path) with limits and a priced model: the cost of metering, SPEC
+§11; the usage store is SQLite in a temporary `data_dir`.)
 
 veilgate runs under `valgrind --tool=callgrind`, pinned to one core like in
 `cargo bench --bench proxy`, with `RUST_LOG=warn` (no access log lines),
@@ -112,10 +112,11 @@ def count(binary, requests, origin_port, workdir, client):
             time.sleep(0.1)
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-        if client:
-            headers["x-veilgate-token"] = CLIENT_TOKEN
+        # The same request either way; a client names itself by its token
+        # in the path (§9), so the heads differ by nothing else.
+        path = f"/{CLIENT_TOKEN}/plain/v1/chat/completions" if client else "/plain/v1/chat/completions"
         for _ in range(requests):
-            c.request("POST", "/plain/v1/chat/completions", body=REQUEST, headers=headers)
+            c.request("POST", path, body=REQUEST, headers=headers)
             r = c.getresponse()
             r.read()
             if r.status != 200:

@@ -146,13 +146,23 @@ pub(super) async fn answer_whole(
     mut meter: Meter,
     mode: CostHeaders,
 ) -> Response<Body> {
-    let mut buf = BytesMut::new();
+    // Most answers this small come in one frame: kept as it is, copied
+    // only when a second one follows.
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
     let mut cut: Option<BoxError> = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
+                let Ok(data) = frame.into_data() else { continue };
+                match &first {
+                    None => first = Some(data),
+                    Some(f) => {
+                        if more.is_empty() {
+                            more.extend_from_slice(f);
+                        }
+                        more.extend_from_slice(&data);
+                    }
                 }
             }
             Err(e) => {
@@ -161,7 +171,7 @@ pub(super) async fn answer_whole(
             }
         }
     }
-    let bytes = buf.freeze();
+    let bytes = if more.is_empty() { first.unwrap_or_default() } else { more.freeze() };
     meter.feed_json(&bytes);
     let Some(e) = cut else {
         meter.mark_ended();

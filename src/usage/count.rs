@@ -302,6 +302,7 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
 
 /// The index of the quote that ends the string whose content starts at
 /// `i`, and whether the string has escapes.
+#[inline(always)]
 fn string_end(json: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
@@ -314,18 +315,19 @@ fn string_end(json: &[u8], mut i: usize) -> Option<(usize, bool)> {
     }
 }
 
-/// The first `"` or `\` in `s`, eight bytes at a time: JSON keys and
-/// values are mostly too short for `memchr`'s setup to pay off, and a byte
-/// loop costs several instructions per byte.
+/// The first `"` or `\` in `s` (the rest of a document, so usually more
+/// than a word long), eight bytes at a time: JSON strings are mostly too
+/// short for `memchr`'s setup to pay off, and a byte loop costs several
+/// instructions per byte.
+#[inline(always)]
 fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte of `x` that is zero (exact up to the first
     // zero byte, which is all that is used).
     let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut words = s.chunks_exact(8);
     let mut at = 0;
-    for word in &mut words {
+    while let Some(word) = s.get(at..at + 8) {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(word);
         let w = u64::from_le_bytes(bytes);
@@ -335,7 +337,7 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    words.remainder().iter().position(|&b| b == b'"' || b == b'\\').map(|p| at + p)
+    s.get(at..)?.iter().position(|&b| b == b'"' || b == b'\\').map(|p| at + p)
 }
 
 /// A JSON string at the start of `v`: borrowed when it has no escapes

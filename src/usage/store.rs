@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -101,14 +101,36 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE requests (
     );
     CREATE INDEX requests_client_id ON requests (client, id);"];
 
-enum Msg {
-    Record(Box<Record>),
-    Flush(mpsc::SyncSender<()>),
+/// What request handlers hand the writer: appending is a push under a
+/// lock, and the writer is woken only when it may be idle (the first
+/// record of a batch), when a batch is full, to flush, or to close — never
+/// once per record.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Handoff>,
+    wake: Condvar,
 }
+
+#[derive(Default)]
+struct Handoff {
+    records: Vec<Record>,
+    /// Flushes waiting for everything before them to be committed.
+    flushes: Vec<mpsc::SyncSender<()>>,
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Handoff> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A batch is committed early once this many records wait.
+const BATCH_MAX: usize = 10_000;
 
 /// The SQLite store of one `data_dir`, held exclusively by this process.
 pub struct SqliteStore {
-    tx: Mutex<Option<Sender<Msg>>>,
+    queue: Arc<Queue>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Mutex<Connection>,
     path: PathBuf,
@@ -137,27 +159,17 @@ impl SqliteStore {
         }
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| fail("cannot open a reader", &e))?;
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
+        let theirs = Arc::clone(&queue);
         let writer = std::thread::Builder::new()
             .name("veilgate-store".into())
-            .spawn(move || write_loop(conn, rx, errors))
+            .spawn(move || write_loop(conn, &theirs, errors))
             .map_err(|e| fail("cannot start the writer", &e))?;
-        Ok(SqliteStore {
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-            reader: Mutex::new(reader),
-            path,
-            _lock: lock,
-        })
+        Ok(SqliteStore { queue, writer: Mutex::new(Some(writer)), reader: Mutex::new(reader), path, _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn send(&self, msg: Msg) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
     }
 }
 
@@ -186,8 +198,17 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, record: Record) {
-        if !self.send(Msg::Record(Box::new(record))) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            drop(q);
             tracing::error!("usage store: the writer is gone; a record was not kept");
+            return;
+        }
+        q.records.push(record);
+        let wake = matches!(q.records.len(), 1 | BATCH_MAX);
+        drop(q);
+        if wake {
+            self.queue.wake.notify_one();
         }
     }
 
@@ -224,16 +245,25 @@ impl Store for SqliteStore {
 
     fn flush(&self) {
         let (ack, done) = mpsc::sync_channel(1);
-        if self.send(Msg::Flush(ack)) {
-            let _ = done.recv();
+        {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return;
+            }
+            q.flushes.push(ack);
         }
+        self.queue.wake.notify_one();
+        // An error means the writer ended (its acks dropped): nothing more
+        // will be kept.
+        let _ = done.recv();
     }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Closing the channel makes the writer commit what is left and end.
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        // Closing makes the writer commit what is left and end.
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
         if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = writer.join();
         }
@@ -293,45 +323,61 @@ const BATCH_WINDOW: Duration = Duration::from_millis(200);
 /// A failed commit is retried after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The writer: gathers what arrives for [`BATCH_WINDOW`], commits it in
-/// one transaction; a failed commit keeps the batch and is retried.
+/// The writer: gathers what arrives for [`BATCH_WINDOW`] after the first
+/// record, commits it in one transaction; a failed commit keeps the batch
+/// and is retried every [`RETRY_AFTER`]. Flushes and closing commit at once.
 // Never inlined: benches/instructions.py finds the writer's share by name.
 #[inline(never)]
-fn write_loop(mut conn: Connection, rx: Receiver<Msg>, errors: Counter) {
+fn write_loop(mut conn: Connection, queue: &Queue, errors: Counter) {
+    // However the writer ends (a panic too), appending stops and waiting
+    // flushes return.
+    struct Ended<'a>(&'a Queue);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            let mut q = self.0.lock();
+            q.closed = true;
+            q.flushes.clear();
+        }
+    }
+    let _ended = Ended(queue);
     let mut calendar = Calendar::default();
     let mut pending: Vec<Record> = Vec::new();
-    let mut acks = Vec::new();
-    let mut open = true;
     let mut failing = false;
-    while open || !pending.is_empty() {
-        // Wait for the first record (or, while failing, for the retry).
-        let first = if failing {
-            rx.recv_timeout(RETRY_AFTER)
-        } else if pending.is_empty() {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            Err(RecvTimeoutError::Timeout)
+    loop {
+        let (acks, closed) = {
+            let mut q = queue.lock();
+            if failing {
+                // The retry, sooner for a flush or closing.
+                let retry = Instant::now() + RETRY_AFTER;
+                while q.flushes.is_empty() && !q.closed {
+                    let left = retry.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    q = queue.wake.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            } else {
+                // Idle until something arrives, then the batch window,
+                // unless a flush or closing cuts it short.
+                while q.records.is_empty() && q.flushes.is_empty() && !q.closed {
+                    q = queue.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                let deadline = Instant::now() + BATCH_WINDOW;
+                while q.flushes.is_empty() && !q.closed && q.records.len() < BATCH_MAX {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    q = queue.wake.wait_timeout(q, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+            if pending.is_empty() {
+                pending = std::mem::take(&mut q.records);
+            } else {
+                pending.append(&mut q.records);
+            }
+            (std::mem::take(&mut q.flushes), q.closed)
         };
-        match first {
-            Ok(msg) => take(msg, &mut pending, &mut acks),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
-        }
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while open && acks.is_empty() && !failing && pending.len() < 10_000 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(left) {
-                Ok(msg) => take(msg, &mut pending, &mut acks),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => open = false,
-            }
-        }
-        while let Ok(msg) = rx.try_recv() {
-            take(msg, &mut pending, &mut acks);
-        }
         if !pending.is_empty() {
             match insert(&mut conn, &pending, &mut calendar) {
                 Ok(()) => {
@@ -347,24 +393,19 @@ fn write_loop(mut conn: Connection, rx: Receiver<Msg>, errors: Counter) {
                         pending.drain(..over);
                         errors.inc_by(over as u64);
                     }
-                    if !open {
-                        // Shutting down and the file cannot be written: the
-                        // figures were in memory only.
-                        break;
-                    }
                 }
             }
         }
-        for ack in acks.drain(..) {
+        // A flush is answered once its records were tried (kept, or
+        // counted as errors while the file cannot be written).
+        for ack in acks {
             let _ = ack.send(());
         }
-    }
-}
-
-fn take(msg: Msg, pending: &mut Vec<Record>, acks: &mut Vec<mpsc::SyncSender<()>>) {
-    match msg {
-        Msg::Record(r) => pending.push(*r),
-        Msg::Flush(ack) => acks.push(ack),
+        if closed {
+            // Appending stopped with `closed`; a batch that cannot be
+            // written at exit was in memory only.
+            return;
+        }
     }
 }
 
