@@ -35,6 +35,7 @@ pub(crate) mod dashboard;
 pub(crate) mod error;
 pub mod fds;
 pub mod jwt;
+pub mod keys;
 pub(crate) mod metrics;
 pub mod monitor;
 pub mod policy;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::ConfigError;
+use crate::keys::Keyring;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::{Origin, parse_url};
 use crate::usage::count::Protocol;
@@ -53,6 +54,23 @@ pub struct Preset {
     pub monitor: Monitor,
     /// How the preset's API reports usage (`None`: it is not read).
     pub protocol: Option<Protocol>,
+    /// Provider keys veilgate holds for this preset (SPEC §12).
+    pub keys: Option<Arc<Keyring>>,
+    /// The models it declares (`/<preset>/v1/models` answers from these).
+    pub models: Vec<ModelInfo>,
+}
+
+/// A declared model, in the seed vault's shape (`contextWindow`,
+/// `maxOutputTokens`); other fields of the vault's are ignored.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+    #[serde(rename = "contextWindow", default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    #[serde(rename = "maxOutputTokens", default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
 }
 
 impl Preset {
@@ -66,7 +84,18 @@ impl Preset {
         enabled: bool,
         monitor: Monitor,
     ) -> Preset {
-        Preset { route, display_name, targets, force_fetch, user_agent, enabled, monitor, protocol: None }
+        Preset {
+            route,
+            display_name,
+            targets,
+            force_fetch,
+            user_agent,
+            enabled,
+            monitor,
+            protocol: None,
+            keys: None,
+            models: Vec::new(),
+        }
     }
 }
 
