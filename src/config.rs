@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Token;
 use crate::client::{Client, Clients, parse_sha256, sha256};
 use crate::jwt::JwtAuth;
+use crate::keys::vault::{self, VaultProvider};
+use crate::keys::{KeyHeader, KeySource, Keyring, KeyringSpec, ProviderKey};
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Origin, parse_url};
-use crate::preset::{Monitor, Preset, Presets, Target};
+use crate::preset::{ModelInfo, Monitor, Preset, Presets, Target};
 use crate::usage::count::Protocol;
 use crate::usage::ledger::Limits as ClientLimits;
 use crate::usage::price::{Price, Pricing};
@@ -88,6 +90,16 @@ pub struct RawConfig {
     usage: RawUsage,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pricing: BTreeMap<String, RawPrice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vault: Option<RawVault>,
+}
+
+/// `[vault]`: the seed's encrypted file of providers and keys.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    file: PathBuf,
+    passphrase: String,
 }
 
 /// `[clients.limits]` and `[auth.jwt_limits]` are read as
@@ -221,6 +233,17 @@ struct RawPreset {
     monitor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<String>,
+    /// Provider keys: `env:NAME`, `file:PATH` or the key itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_probe_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_probe_interval_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models: Option<Vec<ModelInfo>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -397,6 +420,8 @@ pub struct Config {
     pub clients: Clients,
     pub usage: UsageConfig,
     pub pricing: Pricing,
+    /// `[vault]`: the file and the passphrase as written (for check-config).
+    pub vault: Option<(PathBuf, String)>,
 }
 
 /// Where settled requests are kept.
@@ -641,7 +666,11 @@ impl Config {
         };
         let headers = HeaderConfig { allow, user_agent };
 
-        let presets = build_presets(raw.presets)?;
+        let vault = match &raw.vault {
+            Some(v) => read_vault(v, env)?,
+            None => BTreeMap::new(),
+        };
+        let presets = build_presets(raw.presets, vault, env)?;
 
         let g = raw.gemini;
         let mut prompts = BTreeMap::new();
@@ -747,6 +776,7 @@ impl Config {
             clients,
             usage,
             pricing,
+            vault: raw.vault.map(|v| (v.file, v.passphrase)),
         };
         config.check_exposure()?;
         Ok(config)
@@ -837,6 +867,22 @@ impl Config {
                         Monitor::None => "none".to_owned(),
                     }),
                     protocol: Some(protocol_name(p.protocol).to_owned()),
+                    // Keys as written (`env:`/`file:`), literal ones masked;
+                    // the vault's are in its file.
+                    keys: p.keys.as_ref().map(|ring| {
+                        ring.keys()
+                            .iter()
+                            .filter_map(|k| match &k.source {
+                                KeySource::Reference(written) => Some(written.clone()),
+                                KeySource::Literal => Some(k.masked().to_owned()),
+                                KeySource::Vault => None,
+                            })
+                            .collect()
+                    }),
+                    key_header: p.keys.as_ref().map(|ring| ring.header().as_str().to_owned()),
+                    key_probe_path: p.keys.as_ref().map(|ring| ring.probe_path.clone()),
+                    key_probe_interval_s: p.keys.as_ref().map(|ring| ring.probe_interval.as_secs()),
+                    models: Some(p.models.clone()).filter(|m| !m.is_empty()),
                 };
                 (p.route.clone(), raw)
             })
@@ -965,13 +1011,59 @@ impl Config {
                     (model.to_owned(), raw)
                 })
                 .collect(),
+            vault: self.vault.as_ref().map(|(file, passphrase)| RawVault {
+                file: file.clone(),
+                passphrase: if passphrase.starts_with("env:") || passphrase.starts_with("file:") {
+                    passphrase.clone()
+                } else {
+                    "***".to_owned()
+                },
+            }),
         }
+    }
+
+    /// What `check-config` warns about (one line each, on stderr): provider
+    /// keys written into the file itself.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self.presets.iter() {
+            let Some(ring) = &p.keys else { continue };
+            for (i, k) in ring.keys().iter().enumerate() {
+                if k.source == KeySource::Literal {
+                    out.push(format!(
+                        "presets.{}.keys[{i}]: the key ({}) is written in the file; prefer \"env:NAME\" or \"file:PATH\"",
+                        p.route,
+                        k.masked()
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
-fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigError> {
+/// The providers of `[vault]`, decrypted. Errors name the file, never what
+/// it holds.
+fn read_vault(v: &RawVault, env: Env<'_>) -> Result<BTreeMap<String, VaultProvider>, ConfigError> {
+    let file = v.file.display();
+    let passphrase = resolve_secret(&v.passphrase, "vault.passphrase", env)?;
+    let text = std::fs::read_to_string(&v.file)
+        .map_err(|e| ConfigError(format!("vault: cannot read {file}: {}", e.kind())))?;
+    let plain = vault::decrypt(&text, passphrase.as_bytes()).map_err(|e| ConfigError(format!("vault {file}: {e}")))?;
+    vault::providers(&plain).map_err(|e| ConfigError(format!("vault {file}: {e}")))
+}
+
+fn build_presets(
+    raw: BTreeMap<String, RawPreset>,
+    mut vault: BTreeMap<String, VaultProvider>,
+    env: Env<'_>,
+) -> Result<Presets, ConfigError> {
     let mut presets = Presets::default();
     let mut raw = raw;
+    // A vault provider is (or merges into) the preset of its name.
+    for name in vault.keys() {
+        raw.entry(name.clone()).or_default();
+    }
     let builtins = BUILTIN_PRESETS.iter().map(|&(route, name, target)| (route, Some((name, target))));
     let added: Vec<String> = raw.keys().filter(|k| !BUILTIN_PRESETS.iter().any(|(r, _, _)| r == k)).cloned().collect();
     let all: Vec<(String, Option<(&str, &str)>)> =
@@ -979,6 +1071,7 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
     for (route, builtin) in all {
         let key = format!("presets.{route}");
         let over = raw.remove(&route).unwrap_or_default();
+        let from_vault = vault.remove(&route);
         if builtin.is_none() {
             let ok = !route.is_empty()
                 && route.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -989,15 +1082,17 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
                 return err(format!("{key}: '{route}' is reserved and cannot name a preset"));
             }
         }
-        let targets = match (over.targets, builtin) {
-            (Some(list), _) => {
+        let vault_target = from_vault.as_ref().map(|v| v.target.clone());
+        let targets = match (over.targets, vault_target, builtin) {
+            (Some(list), _, _) => {
                 if list.is_empty() {
                     return err(format!("{key}.targets: needs at least one URL"));
                 }
                 list.iter().map(|t| Target::parse(t, &format!("{key}.targets"))).collect::<Result<Vec<_>, _>>()?
             }
-            (None, Some((_, url))) => vec![Target::parse(url, &key)?],
-            (None, None) => return err(format!("{key}.targets: a new preset needs targets")),
+            (None, Some(url), _) => vec![Target::parse(&url, &format!("vault provider {route}: endpoint"))?],
+            (None, None, Some((_, url))) => vec![Target::parse(url, &key)?],
+            (None, None, None) => return err(format!("{key}.targets: a new preset needs targets")),
         };
         let user_agent = match over.user_agent {
             None => None,
@@ -1011,7 +1106,8 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             Some("gemini") => Monitor::Gemini,
             Some(_) => return err(format!("{key}.monitor must be \"gemini\" or \"none\"")),
         };
-        let protocol = match over.protocol.as_deref() {
+        let vault_protocol = from_vault.as_ref().and_then(|v| v.protocol.clone());
+        let protocol = match over.protocol.as_deref().or(vault_protocol.as_deref()) {
             None if builtin.is_some() => builtin_protocol(&route),
             None | Some("none") => None,
             Some("openai") => Some(Protocol::OpenAi),
@@ -1033,9 +1129,88 @@ fn build_presets(raw: BTreeMap<String, RawPreset>) -> Result<Presets, ConfigErro
             monitor,
         );
         preset.protocol = protocol;
+        let (vault_keys, vault_models) = from_vault.map(|v| (v.keys, v.models)).unwrap_or_default();
+        preset.models = over.models.unwrap_or(vault_models);
+        let held = KeysSpec {
+            keys: over.keys.unwrap_or_default(),
+            vault_keys,
+            header: over.key_header,
+            probe_path: over.key_probe_path,
+            probe_interval_s: over.key_probe_interval_s,
+        };
+        preset.keys = build_keyring(&key, held, protocol, &preset.targets, env)?.map(Arc::new);
         presets.push(preset);
     }
     Ok(presets)
+}
+
+/// What a preset's file entry and the vault say of its keys.
+struct KeysSpec {
+    keys: Vec<String>,
+    vault_keys: Vec<String>,
+    header: Option<String>,
+    probe_path: Option<String>,
+    probe_interval_s: Option<u64>,
+}
+
+/// A preset's keyring (SPEC §12), `None` without keys.
+fn build_keyring(
+    key: &str,
+    spec: KeysSpec,
+    protocol: Option<Protocol>,
+    targets: &[Target],
+    env: Env<'_>,
+) -> Result<Option<Keyring>, ConfigError> {
+    if spec.keys.is_empty() && spec.vault_keys.is_empty() {
+        if spec.header.is_some() || spec.probe_path.is_some() || spec.probe_interval_s.is_some() {
+            return err(format!("{key}: key_header, key_probe_path and key_probe_interval_s need keys"));
+        }
+        return Ok(None);
+    }
+    let header = match (spec.header.as_deref(), protocol) {
+        (Some(h), _) => KeyHeader::parse(h).ok_or_else(|| {
+            ConfigError(format!("{key}.key_header must be \"authorization\", \"x-api-key\" or \"x-goog-api-key\""))
+        })?,
+        (None, Some(Protocol::OpenAi)) => KeyHeader::Authorization,
+        (None, Some(Protocol::Anthropic)) => KeyHeader::XApiKey,
+        (None, Some(Protocol::Gemini)) => KeyHeader::XGoogApiKey,
+        (None, None) => return err(format!("{key}: a preset with keys and protocol \"none\" must set key_header")),
+    };
+    let bad = |what: &str| ConfigError(format!("{key}.keys: {what} is not usable as a header value"));
+    let mut keys = Vec::new();
+    for (i, written) in spec.keys.iter().enumerate() {
+        let secret = resolve_secret(written, &format!("{key}.keys[{i}]"), env)?;
+        let source = if written.starts_with("env:") || written.starts_with("file:") {
+            KeySource::Reference(written.clone())
+        } else {
+            KeySource::Literal
+        };
+        keys.push(ProviderKey::new(&secret, header, source).ok_or_else(|| bad(&format!("key {i}")))?);
+    }
+    for secret in &spec.vault_keys {
+        keys.push(ProviderKey::new(secret, header, KeySource::Vault).ok_or_else(|| bad("a vault key"))?);
+    }
+    let probe_path = spec.probe_path.unwrap_or_else(|| {
+        match protocol {
+            Some(Protocol::Gemini) => "/v1beta/models",
+            _ => "/v1/models",
+        }
+        .to_owned()
+    });
+    if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return err(format!("{key}.key_probe_path must be a path starting with /"));
+    }
+    let interval = spec.probe_interval_s.unwrap_or(600);
+    if interval == 0 {
+        return err(format!("{key}.key_probe_interval_s must be at least 1"));
+    }
+    Ok(Some(Keyring::new(KeyringSpec {
+        keys,
+        header,
+        origins: targets.iter().map(|t| t.origin.clone()).collect(),
+        probe_path,
+        probe_interval: Duration::from_secs(interval),
+    })))
 }
 
 /// `data_dir`, else `$XDG_DATA_HOME/veilgate`, else
@@ -1324,6 +1499,89 @@ mod tests {
         ] {
             assert!(error_of(load(bad)).contains(named), "{bad}: {}", error_of(load(bad)));
         }
+    }
+
+    #[test]
+    fn held_keys_are_read_masked_and_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("anthropic_key");
+        std::fs::write(&key_file, "sk-ant-from-a-file-0001\n").unwrap();
+        let toml = format!(
+            "[presets.openai]\nkeys = [\"env:OPENAI_KEY_A\", \"sk-literal-key-in-the-file-9999\"]\n\
+             [presets.claude]\nkeys = [\"file:{}\"]\nkey_probe_interval_s = 5\n\
+             [presets.mine]\ntargets = [\"http://127.0.0.1:1\"]\nkeys = [\"k-mine-0123456789\"]\nkey_header = \"x-api-key\"\n\
+             models = [{{ id = \"m1\", usage = \"chat\", contextWindow = 1000, maxOutputTokens = 100 }}]",
+            key_file.display()
+        );
+        let c = load_env(&toml, &[("OPENAI_KEY_A", "sk-from-the-environment-0000")]).unwrap();
+        let ring = |p: &str| c.presets.enabled(p).unwrap().keys.clone().unwrap();
+        assert_eq!(ring("openai").header(), KeyHeader::Authorization, "from the openai protocol");
+        assert_eq!(ring("claude").header(), KeyHeader::XApiKey, "from the anthropic protocol");
+        assert_eq!(ring("claude").probe_interval, Duration::from_secs(5));
+        assert_eq!(ring("mine").header(), KeyHeader::XApiKey);
+        assert_eq!(c.presets.enabled("mine").unwrap().models[0].context_window, Some(1000));
+        assert!(c.presets.enabled("groq").unwrap().keys.is_none());
+
+        let text = c.describe(&no_env);
+        for secret in ["from-the-environment", "literal-key-in-the-file", "from-a-file", "k-mine-0123456789"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let table: toml::Table = toml::from_str(&text).expect("valid TOML");
+        let keys = table["presets"]["openai"]["keys"].as_array().unwrap();
+        assert_eq!(keys[0].as_str(), Some("env:OPENAI_KEY_A"), "a reference as written");
+        assert_eq!(keys[1].as_str(), Some("sk-…9999"), "a literal masked");
+        assert_eq!(table["presets"]["mine"]["models"][0]["maxOutputTokens"].as_integer(), Some(100));
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("presets.openai.keys[1]") && !warnings.join(" ").contains("literal-key"));
+
+        for (bad, named) in [
+            ("[presets.mine]\ntargets = [\"http://127.0.0.1:1\"]\nkeys = [\"k-0123456789\"]", "key_header"),
+            ("[presets.openai]\nkeys = [\"k-0123456789\"]\nkey_header = \"cookie\"", "presets.openai.key_header"),
+            ("[presets.openai]\nkeys = [\"env:NOT_SET_ANYWHERE\"]", "NOT_SET_ANYWHERE"),
+            ("[presets.openai]\nkey_probe_path = \"/v1/models\"", "need keys"),
+            ("[presets.openai]\nkeys = [\"k-0123456789\"]\nkey_probe_interval_s = 0", "at least 1"),
+        ] {
+            assert!(error_of(load(bad)).contains(named), "{bad}: {}", error_of(load(bad)));
+        }
+    }
+
+    #[test]
+    fn a_vault_merges_into_presets_and_a_wrong_passphrase_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = br#"{"providers":{
+            "groq":{"protocol":"openai","endpoint":"http://127.0.0.1:9/openai/v1","keys":[{"key":"gsk_vault_key_0001"},{"key":"gsk_gone","type":"expired"}],
+                    "models":[{"id":"llama-3.1-8b-instant","contextWindow":131072}]},
+            "newone":{"protocol":"anthropic","endpoint":"http://127.0.0.1:9/v1","keys":[{"key":"sk-ant-vault-0002"}]}}}"#;
+        let file = dir.path().join("ai.json.enc");
+        std::fs::write(&file, crate::keys::vault::encrypt(plain, b"open sesame", *b"12345678")).unwrap();
+        let toml = |pass: &str| {
+            format!(
+                "[vault]\nfile = \"{}\"\npassphrase = \"{pass}\"\n[presets.groq]\nkeys = [\"gsk_file_key_0003\"]",
+                file.display()
+            )
+        };
+        let c = load_env(&toml("env:VAULT_PASS"), &[("VAULT_PASS", "open sesame")]).unwrap();
+        let groq = c.presets.enabled("groq").unwrap();
+        assert_eq!(groq.targets[0].url(), "http://127.0.0.1:9/openai");
+        let ring = groq.keys.as_ref().unwrap();
+        assert_eq!(ring.keys().len(), 2, "the file's key and the vault's live one");
+        assert_eq!(groq.models[0].id, "llama-3.1-8b-instant");
+        let newone = c.presets.enabled("newone").unwrap();
+        assert_eq!(newone.protocol, Some(Protocol::Anthropic));
+        assert_eq!(newone.keys.as_ref().unwrap().header(), KeyHeader::XApiKey);
+        let text = c.describe(&no_env);
+        assert!(
+            !text.contains("gsk_vault") && !text.contains("open sesame") && !text.contains("sk-ant-vault"),
+            "{text}"
+        );
+        assert!(text.contains("env:VAULT_PASS"));
+
+        let wrong = error_of(load(&toml("not it")));
+        assert!(wrong.contains(&file.display().to_string()) && wrong.contains("wrong passphrase"), "{wrong}");
+        assert!(!wrong.contains("gsk_") && !wrong.contains("not it"), "{wrong}");
+        std::fs::write(&file, "U2FsdGVkX1+garbage").unwrap();
+        assert!(error_of(load(&toml("open sesame"))).contains(&file.display().to_string()));
     }
 
     #[test]

@@ -73,6 +73,9 @@ fn main() -> ExitCode {
             eprintln!("veilgate: {e}");
             return ExitCode::from(1);
         }
+        for warning in config.warnings() {
+            eprintln!("veilgate: warning: {warning}");
+        }
         print!("{}", config.describe(&process_env));
         return ExitCode::SUCCESS;
     }

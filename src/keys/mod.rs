@@ -126,9 +126,14 @@ pub fn mask(secret: &str) -> String {
 pub enum KeyState {
     Usable,
     /// A 429: usable again at `until` (not a failure).
-    Cooling { until: Instant, until_wall: SystemTime },
+    Cooling {
+        until: Instant,
+        until_wall: SystemTime,
+    },
     /// A 401/403: probed at `next_probe`, usable again on a 2xx.
-    Disabled { next_probe: Instant },
+    Disabled {
+        next_probe: Instant,
+    },
 }
 
 impl KeyState {

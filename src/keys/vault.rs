@@ -159,11 +159,25 @@ mod tests {
         // garbage that is not the plaintext.
         assert_ne!(decrypt(&text, b"wrong").ok().as_deref(), Some(&plain[..]));
         assert_eq!(decrypt("not base64!", b"x"), Err(VaultError::NotBase64));
-        assert_eq!(decrypt(&base64::engine::general_purpose::STANDARD.encode(b"plain text here"), b"x"), Err(VaultError::NoSalt));
+        assert_eq!(
+            decrypt(&base64::engine::general_purpose::STANDARD.encode(b"plain text here"), b"x"),
+            Err(VaultError::NoSalt)
+        );
         let mut damaged = base64::engine::general_purpose::STANDARD.decode(text.replace('\n', "")).unwrap();
         damaged.truncate(damaged.len() - 3);
         let damaged = base64::engine::general_purpose::STANDARD.encode(damaged);
         assert_eq!(decrypt(&damaged, b"right"), Err(VaultError::Decrypt));
+    }
+
+    #[test]
+    fn reads_what_the_openssl_cli_wrote() {
+        // printf '%s' '{"providers":{"x":{"endpoint":"https://a.example/v1","keys":[{"key":"k1"}]}}}' |
+        //   openssl enc -aes-256-cbc -a -pbkdf2 -iter 100000 -salt -pass pass:hunter2
+        let text = "U2FsdGVkX19r+4fKCl0D11K7a06O0lLIP7Kj85/4RHuJVAqujJi0jJGnLhSrSf5o\n\
+                    +PcbFuDM14sm5AP6YF0IvmECabaTUS+VVnY7iwtG1Sb9oUnYPYuidynlaz2ooV2x\n";
+        let plain = decrypt(text, b"hunter2").unwrap();
+        assert_eq!(plain, br#"{"providers":{"x":{"endpoint":"https://a.example/v1","keys":[{"key":"k1"}]}}}"#);
+        assert_eq!(providers(&plain).unwrap()["x"].target, "https://a.example");
     }
 
     #[test]
