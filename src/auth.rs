@@ -148,7 +148,7 @@ pub struct Identified<'a> {
 }
 
 /// Who holds `token`: the admin, a client, or nobody.
-fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
+pub(crate) fn holder(token: &[u8], admin: &Token, clients: &Clients) -> Option<Caller> {
     if admin.matches(token) {
         return Some(Caller::Admin);
     }

@@ -54,6 +54,12 @@ pub(crate) enum Error {
     Unpriced { model: String },
     #[error("{0}")]
     BadQuery(String),
+    /// Every key of a keyed preset is cooling (§12); nothing was sent.
+    #[error("every key of the preset {preset} is rate-limited; the first is usable again in {retry_after} s")]
+    KeysCooling { preset: String, retry_after: u64 },
+    /// Every key of a keyed preset is disabled until a probe succeeds.
+    #[error("every key of the preset {preset} was refused by the provider; they are probed again")]
+    KeysDisabled { preset: String },
 }
 
 impl Error {
@@ -74,6 +80,8 @@ impl Error {
             Error::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unpriced { .. } => StatusCode::FORBIDDEN,
             Error::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Error::KeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::KeysDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -91,6 +99,9 @@ impl Error {
         if let Error::LimitReached { limit, retry_after, .. } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             resp.headers_mut().insert("x-veilgate-limit", HeaderValue::from_static(limit));
+        }
+        if let Error::KeysCooling { retry_after, .. } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         resp
     }

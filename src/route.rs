@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, HeaderValue, Method};
 
-use crate::auth::{Caller, Identified, Presented, Token, identify, is_token_shaped};
+use crate::auth::{Caller, Identified, Presented, Token, holder, identify, is_token_shaped};
 use crate::client::Clients;
 use crate::policy::target::{HostError, Origin, Scheme, parse_authority};
 use crate::preset::{Preset, Presets};
@@ -144,6 +144,28 @@ pub struct RouteInput<'a> {
     pub query: Option<&'a str>,
     /// The `x-veilgate-token` header, if any.
     pub header_token: Option<&'a [u8]>,
+    /// Where an SDK puts its API key; a token there counts on presets that
+    /// hold keys (§9).
+    pub key_slot: KeySlot<'a>,
+}
+
+/// The request's API-key headers — `authorization: Bearer …`, `x-api-key`,
+/// `x-goog-api-key` — and the query's `key=`; looked at only on a preset
+/// that holds keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeySlot<'a>(pub Option<&'a HeaderMap>);
+
+impl<'a> KeySlot<'a> {
+    /// The first value present, in that order.
+    fn value(&self, query: Option<&'a str>) -> Option<&'a [u8]> {
+        let header = |name: &str| self.0.and_then(|h| h.get(name)).map(HeaderValue::as_bytes);
+        let key_param = || query?.split('&').find_map(|p| p.strip_prefix("key=")).map(str::as_bytes);
+        header("authorization")
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .or_else(|| header("x-api-key"))
+            .or_else(|| header("x-goog-api-key"))
+            .or_else(key_param)
+    }
 }
 
 /// The configuration that routing reads.
@@ -180,7 +202,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         }
     }
 
-    let Identified { caller, presented, rest } = identify(input.path, input.header_token, cx.token, cx.clients);
+    let Identified { mut caller, presented, rest } = identify(input.path, input.header_token, cx.token, cx.clients);
     let path_token = presented == Presented::Path;
     let query = input.query.map(str::to_owned);
 
@@ -193,10 +215,18 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     }
 
     if let Some(preset) = cx.presets.enabled(name) {
+        // A preset that holds keys takes the caller's token from the API-key
+        // slot too (never forwarded there): an SDK needs only its api_key.
+        if preset.keys.is_some()
+            && presented == Presented::Nothing
+            && let Some(value) = input.key_slot.value(input.query)
+        {
+            caller = holder(value, cx.token, cx.clients).ok_or(RouteError::Unauthorized)?;
+        }
         // Anonymous callers may use presets only while nobody has to show a
-        // token: no preset_auth and no clients.
+        // token: no preset_auth, no clients, no keys held.
         let allowed = match &caller {
-            Caller::Anonymous => !cx.preset_auth && cx.clients.is_empty(),
+            Caller::Anonymous => !cx.preset_auth && cx.clients.is_empty() && preset.keys.is_none(),
             known => known.may_use_preset(&preset.route),
         };
         if !allowed {
@@ -279,7 +309,13 @@ mod tests {
         };
         let token = Token::parse(TOKEN, "t").unwrap();
         route(
-            RouteInput { method: &method, path, query, header_token: header.map(str::as_bytes) },
+            RouteInput {
+                method: &method,
+                path,
+                query,
+                header_token: header.map(str::as_bytes),
+                key_slot: KeySlot(None),
+            },
             RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth, clients: &c.clients },
         )
     }

@@ -7,8 +7,10 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::json;
 
+use crate::keys::{KeyState, Keyring};
 use crate::policy::target::Origin;
 use crate::preset::Presets;
+use crate::usage::time::{rfc3339, unix_ms};
 
 const PAGE: &str = include_str!("index.html");
 
@@ -37,6 +39,7 @@ pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &
                 "name": p.display_name,
                 "targets": p.targets.iter().map(|t| t.url()).collect::<Vec<_>>(),
                 "transport": transport,
+                "keys": p.keys.as_deref().map(keys_of).unwrap_or_default(),
             })
         })
         .collect();
@@ -47,6 +50,23 @@ pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &
     html.hash(&mut hasher);
     let etag = format!("\"{:016x}\"", hasher.finish());
     Page { html, etag }
+}
+
+/// A keyed preset's keys as the page shows them: masked, with their state
+/// and the end of cooling (RFC 3339).
+fn keys_of(ring: &Keyring) -> Vec<serde_json::Value> {
+    let states = ring.snapshot(std::time::Instant::now());
+    ring.keys()
+        .iter()
+        .zip(states)
+        .map(|(key, state)| {
+            let until = match state {
+                KeyState::Cooling { until_wall, .. } => Some(rfc3339(unix_ms(until_wall))),
+                _ => None,
+            };
+            json!({ "key": key.masked(), "state": state.name(), "until": until })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                 check: m.request.check,
                 transport: m.request.transport,
                 egress: m.request.egress.clone(),
+                credential: m.request.credential.clone(),
             };
             let sent = with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await?;
             match sent {

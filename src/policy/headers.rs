@@ -37,6 +37,16 @@ static ALLOWED_NAMES: LazyLock<Vec<HeaderName>> =
 
 const _: () = assert!(ALLOWED.len() <= 32, "the presence mask is a u32");
 
+/// The bits of [`ALLOWED`]'s API-key headers (`authorization`, `x-api-key`,
+/// `x-goog-api-key`) in the presence mask.
+const KEY_SLOTS: u32 = (1 << 1) | (1 << 4) | (1 << 5);
+const _: () = assert!(
+    matches!(ALLOWED[1].as_bytes(), b"authorization")
+        && matches!(ALLOWED[4].as_bytes(), b"x-api-key")
+        && matches!(ALLOWED[5].as_bytes(), b"x-goog-api-key"),
+    "KEY_SLOTS names the key headers"
+);
+
 /// Client headers forwarded by prefix.
 const ALLOWED_PREFIXES: &[&str] = &["x-goog-upload-"];
 
@@ -135,6 +145,9 @@ pub(crate) struct RequestPolicy<'a> {
     pub user_agent: &'a UserAgent,
     /// WebSocket handshakes also carry `sec-websocket-protocol`.
     pub websocket: bool,
+    /// The preset holds keys: the client's `authorization`, `x-api-key` and
+    /// `x-goog-api-key` are never copied (§12).
+    pub drop_keys: bool,
 }
 
 impl RequestPolicy<'_> {
@@ -149,6 +162,9 @@ impl RequestPolicy<'_> {
                 present |= 1 << i;
             }
         }
+        if self.drop_keys {
+            present &= !KEY_SLOTS;
+        }
         for (i, name) in ALLOWED_NAMES.iter().enumerate() {
             if present & (1 << i) != 0 {
                 copy_all(client, name, &mut out);
@@ -158,6 +174,10 @@ impl RequestPolicy<'_> {
             copy_all(client, &header::SEC_WEBSOCKET_PROTOCOL, &mut out);
         }
         for extra in self.extra_allow {
+            if self.drop_keys && matches!(extra, ExtraAllow::Name(n) if crate::keys::KEY_HEADERS.contains(&n.as_str()))
+            {
+                continue;
+            }
             match extra {
                 ExtraAllow::Name(name) => copy_all(client, name, &mut out),
                 ExtraAllow::Prefix(p) => copy_prefix(client, p, &mut out),
@@ -311,7 +331,8 @@ mod tests {
         let mut all = IDENTIFYING.to_vec();
         all.extend_from_slice(KEPT);
         let ua = UserAgent::default();
-        let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&client(&all));
+        let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false, drop_keys: false }
+            .request_headers(&client(&all));
         for (k, v) in KEPT {
             assert_eq!(out.get(*k).unwrap(), v, "{k} kept intact");
         }
@@ -328,7 +349,7 @@ mod tests {
     #[test]
     fn accept_defaults_and_multiple_values_survive() {
         let ua = UserAgent::Strip;
-        let p = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false };
+        let p = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false, drop_keys: false };
         let out = p.request_headers(&client(&[("x-stainless-os", "Linux")]));
         assert_eq!(out.get("accept").unwrap(), "*/*");
         assert!(out.get("user-agent").is_none(), "strip sends none");
@@ -347,11 +368,12 @@ mod tests {
             (UserAgent::default(), Some("veilgate")),
         ];
         for (ua, want) in cases {
-            let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&c);
+            let out = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false, drop_keys: false }
+                .request_headers(&c);
             assert_eq!(out.get("user-agent").map(|v| v.to_str().unwrap()), want, "{ua:?}");
         }
         // pass with no client user-agent sends none
-        let out = RequestPolicy { extra_allow: &[], user_agent: &UserAgent::Pass, websocket: false }
+        let out = RequestPolicy { extra_allow: &[], user_agent: &UserAgent::Pass, websocket: false, drop_keys: false }
             .request_headers(&HeaderMap::new());
         assert!(out.get("user-agent").is_none());
     }
@@ -361,7 +383,8 @@ mod tests {
         let extra = [ExtraAllow::parse("X-Custom").unwrap(), ExtraAllow::parse("x-trace-*").unwrap()];
         let ua = UserAgent::default();
         let c = client(&[("x-custom", "1"), ("x-trace-id", "2"), ("x-trace", "3"), ("x-other", "4")]);
-        let out = RequestPolicy { extra_allow: &extra, user_agent: &ua, websocket: false }.request_headers(&c);
+        let out = RequestPolicy { extra_allow: &extra, user_agent: &ua, websocket: false, drop_keys: false }
+            .request_headers(&c);
         assert_eq!(out.get("x-custom").unwrap(), "1");
         assert_eq!(out.get("x-trace-id").unwrap(), "2");
         assert!(out.get("x-trace").is_none());
@@ -378,9 +401,11 @@ mod tests {
             ("sec-websocket-extensions", "permessage-deflate"),
         ]);
         let ua = UserAgent::default();
-        let http = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false }.request_headers(&c);
+        let http =
+            RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: false, drop_keys: false }.request_headers(&c);
         assert!(http.get("sec-websocket-protocol").is_none());
-        let ws = RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: true }.request_headers(&c);
+        let ws =
+            RequestPolicy { extra_allow: &[], user_agent: &ua, websocket: true, drop_keys: false }.request_headers(&c);
         assert_eq!(ws.get("sec-websocket-protocol").unwrap(), "realtime, openai-beta.realtime-v1");
         assert!(ws.get("sec-websocket-extensions").is_none());
     }

@@ -48,13 +48,36 @@ pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result
     if !auth::bearer(headers, &app.token, &config.clients).is_admin() {
         return Err(Error::Route(crate::route::RouteError::Unauthorized));
     }
-    let usage = app.ledger.as_ref().map(|l| l.render_metrics()).unwrap_or_default();
+    let mut usage = app.ledger.as_ref().map(|l| l.render_metrics()).unwrap_or_default();
+    usage.push_str(&key_states(config));
     let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count(), &usage)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// `veilgate_key_state{preset,key,state}`: 1 for each key's state, 0 for
+/// the others (the key named by its position, never its value).
+fn key_states(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let now = std::time::Instant::now();
+    for p in config.presets.iter() {
+        let Some(ring) = &p.keys else { continue };
+        if out.is_empty() {
+            out.push_str("# HELP veilgate_key_state Held provider keys by state (1 for the state a key is in).\n");
+            out.push_str("# TYPE veilgate_key_state gauge\n");
+        }
+        for (i, state) in ring.snapshot(now).iter().enumerate() {
+            for name in ["usable", "cooling", "disabled"] {
+                let v = u8::from(state.name() == name);
+                let _ = writeln!(out, "veilgate_key_state{{preset=\"{}\",key=\"{i}\",state=\"{name}\"}} {v}", p.route);
+            }
+        }
+    }
+    out
 }
 
 /// While listening on loopback only loopback names (or `allowed_hosts`)

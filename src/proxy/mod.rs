@@ -39,17 +39,18 @@ use crate::auth::Token;
 use crate::body::Body;
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
+use crate::keys::{Keyring, NoKey, Tried, Verdict};
 use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, UserAgent};
 use crate::preset::Rotation;
-use crate::route::{Route, RouteContext, RouteInput, route};
+use crate::route::{KeySlot, Route, RouteContext, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
-use crate::upstream::choose::Transports;
+use crate::upstream::choose::{Failure, Served, Transports};
 use crate::upstream::connect::Egress;
 use crate::upstream::fetch::FetchTransport;
-use crate::upstream::{SocketTransport, UpstreamRequest, UpstreamSettings, tls};
+use crate::upstream::{Preference, SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 use crate::usage::ledger::Ledger;
 use crate::usage::meter::{self, Meter, Metered};
 
@@ -156,7 +157,8 @@ impl App {
             return self.tunnel(config, req, forward, cx).await;
         }
         let public_host = public_host(&req);
-        let sending = Sending { redirect: forward.redirect.take(), public_host };
+        let keys = forward.keys.clone().map(|ring| (ring, forward.preset.clone().unwrap_or_default()));
+        let sending = Sending { redirect: forward.redirect.take(), public_host, keys };
         let (upstream, gemini) = self.upstream_request(config, req, forward, cx).await?;
         self.send(config, upstream, sending, gemini, cx).await
     }
@@ -177,7 +179,13 @@ impl App {
     /// Phase 2: the path (and `x-veilgate-token`) → [`Route`].
     fn route(&self, config: &Config, req: &Request<Incoming>) -> Result<Route, Error> {
         let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
-        let input = RouteInput { method: req.method(), path: req.uri().path(), query: req.uri().query(), header_token };
+        let input = RouteInput {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            header_token,
+            key_slot: KeySlot(Some(req.headers())),
+        };
         let cx = RouteContext {
             presets: &config.presets,
             token: &self.token,
@@ -197,8 +205,17 @@ impl App {
     ) -> Result<Response<Body>, Error> {
         cx.kind = RouteKind::Tunnel;
         cx.transport = Some("socket");
-        let headers = RequestPolicy { websocket: true, ..policy(config, forward.user_agent.as_ref()) }
-            .request_headers(req.headers());
+        let mut headers =
+            RequestPolicy { websocket: true, ..policy(config, forward.user_agent.as_ref(), forward.keys.is_some()) }
+                .request_headers(req.headers());
+        if let Some(ring) = &forward.keys {
+            let preset = forward.preset.clone().unwrap_or_default();
+            let key = ring.pick(Tried::default(), Instant::now()).map_err(|no| no_key(&preset, no))?;
+            let credential = ring.credential(key, &forward.origin);
+            if let Some((name, value)) = credential.as_ref().and_then(|c| c.header_for(&forward.origin)) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         let settings = TunnelSettings {
             max_message_bytes: config.websocket_max_message_bytes,
             idle_timeout: config.upstream.idle_timeout,
@@ -219,12 +236,13 @@ impl App {
         forward: Forward,
         cx: &mut Ctx,
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
-        let policy = policy(config, forward.user_agent.as_ref());
+        let policy = policy(config, forward.user_agent.as_ref(), forward.keys.is_some());
         if !forward.from_client {
             let Forward { origin, path, check, transport, .. } = forward;
             let headers = policy.request_headers(&HeaderMap::new());
             let (method, body, egress) = (Method::GET, Bytes::new(), Egress::Direct);
-            let req = UpstreamRequest { method, origin, path, headers, body, check, transport, egress };
+            let req =
+                UpstreamRequest { method, origin, path, headers, body, check, transport, egress, credential: None };
             return Ok((req, None));
         }
         let (parts, body) = req.into_parts();
@@ -245,7 +263,8 @@ impl App {
             None
         };
         let method = parts.method;
-        Ok((UpstreamRequest { method, origin, path, headers, body, check, transport, egress }, gemini))
+        let credential = None;
+        Ok((UpstreamRequest { method, origin, path, headers, body, check, transport, egress, credential }, gemini))
     }
 
     /// Phase 4b and 5: sends through the transports (fallback inside),
@@ -259,7 +278,12 @@ impl App {
         cx: &mut Ctx,
     ) -> Result<Response<Body>, Error> {
         let asked = Instant::now();
-        let served = match self.transports.send(&req).await {
+        let mut req = req;
+        let sent = match &sending.keys {
+            None => self.transports.send(&req).await,
+            Some((ring, preset)) => self.send_keyed(ring, preset, &mut req, cx).await?,
+        };
+        let served = match sent {
             Ok(served) => served,
             Err(failure) => {
                 cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
@@ -325,6 +349,89 @@ impl App {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Probes the disabled keys of every keyed preset when due (§12): `GET
+    /// key_probe_path` on the preset's first target with the key; a 2xx
+    /// makes it usable again. Runs until the server stops.
+    pub(crate) async fn probe_keys(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let config = self.snapshot();
+            for preset in config.presets.iter() {
+                let (Some(ring), Some(target)) = (&preset.keys, preset.targets.first()) else { continue };
+                for key in ring.due_probes(Instant::now()) {
+                    let app = Arc::clone(&self);
+                    let (ring, config) = (Arc::clone(ring), Arc::clone(&config));
+                    let path = format!("{}{}", target.base_path, ring.probe_path);
+                    let origin = target.origin.clone();
+                    let route = preset.route.clone();
+                    tokio::spawn(async move {
+                        let policy = policy(&config, None, true);
+                        let req = UpstreamRequest {
+                            method: Method::GET,
+                            credential: ring.credential(key, &origin),
+                            origin,
+                            path,
+                            headers: policy.request_headers(&HeaderMap::new()),
+                            body: Bytes::new(),
+                            check: plan::preset_check(app.listen),
+                            transport: Preference::SocketFirst,
+                            egress: Egress::Direct,
+                        };
+                        let ok = matches!(app.transports.send(&req).await, Ok(s) if s.response.status().is_success());
+                        ring.probed(key, ok);
+                        tracing::info!(preset = route, key, usable = ok, "provider key probed");
+                    });
+                }
+            }
+        }
+    }
+
+    /// Phase 5 on a preset that holds keys (§12): a usable key, round-robin;
+    /// a 401/403/429 benches it, and the request goes again at once with
+    /// the next usable key while nothing has reached the client (each key
+    /// once); once every key was tried, the last answer goes to the client
+    /// as it came. No usable key at the start → 429 or 503, nothing sent.
+    async fn send_keyed(
+        &self,
+        ring: &Keyring,
+        preset: &str,
+        req: &mut UpstreamRequest,
+        cx: &mut Ctx,
+    ) -> Result<Result<Served, Failure>, Error> {
+        let mut tried = Tried::default();
+        let mut key = ring.pick(tried, Instant::now()).map_err(|no| no_key(preset, no))?;
+        let mut attempts = 0u32;
+        loop {
+            tried.add(key);
+            attempts += 1;
+            req.credential = ring.credential(key, &req.origin);
+            let sent = self.transports.send(req).await;
+            if let Some(meter) = &mut cx.meter {
+                meter.attempts = attempts;
+            }
+            let Ok(served) = &sent else { return Ok(sent) };
+            let status = served.response.status().as_u16();
+            let verdict = ring.judge(key, status, served.response.headers(), Instant::now());
+            if verdict == Verdict::Fine {
+                return Ok(sent);
+            }
+            tracing::info!(
+                preset,
+                key,
+                status,
+                "provider key {}",
+                if verdict == Verdict::Refused { "disabled" } else { "cooling" }
+            );
+            match ring.pick(tried, Instant::now()) {
+                // Nothing of this answer reached the client: the next key.
+                Ok(next) => key = next,
+                Err(_) => return Ok(sent),
+            }
+        }
+    }
+
     /// Phase 6: the access record and metrics, written when the body ends.
     fn record(&self, resp: Response<Body>, cx: Ctx) -> Response<Body> {
         let access = Access {
@@ -340,12 +447,26 @@ impl App {
     }
 }
 
-/// The request-header policy of a route.
-fn policy<'a>(config: &'a Config, preset_user_agent: Option<&'a UserAgent>) -> RequestPolicy<'a> {
+/// The request-header policy of a route; `keyed` for a preset that holds
+/// keys.
+fn policy<'a>(config: &'a Config, preset_user_agent: Option<&'a UserAgent>, keyed: bool) -> RequestPolicy<'a> {
     RequestPolicy {
         extra_allow: &config.headers.allow,
         user_agent: preset_user_agent.unwrap_or(&config.headers.user_agent),
         websocket: false,
+        drop_keys: keyed,
+    }
+}
+
+/// The refusal of a keyed preset without a usable key: 429 with the
+/// soonest end of cooling (whole seconds, rounded up), or 503.
+fn no_key(preset: &str, no: NoKey) -> Error {
+    match no {
+        NoKey::Cooling(d) => {
+            let retry_after = (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+            Error::KeysCooling { preset: preset.to_owned(), retry_after }
+        }
+        NoKey::Disabled => Error::KeysDisabled { preset: preset.to_owned() },
     }
 }
 
@@ -354,6 +475,8 @@ struct Sending {
     redirect: Option<Redirect>,
     /// The `Host` the client addressed veilgate by (for redirects).
     public_host: Option<HeaderValue>,
+    /// The preset's held keys and its name.
+    keys: Option<(Arc<Keyring>, String)>,
 }
 
 /// What the phases of one request learn and the record needs (never its

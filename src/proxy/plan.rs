@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::auth::Token;
 use crate::client::Client;
 use crate::config::Config;
+use crate::keys::{Keyring, strip_key_param};
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
@@ -64,6 +65,9 @@ pub(super) struct Forward {
     pub(super) redirect: Option<Redirect>,
     /// The Gemini stream monitor watches this request's stream.
     pub(super) monitor: bool,
+    /// The preset's held keys: the client's own key slots are emptied and
+    /// one of these written instead (§12).
+    pub(super) keys: Option<Arc<Keyring>>,
 }
 
 /// What planning reads besides the route.
@@ -75,6 +79,12 @@ pub(super) struct Settings<'a> {
     pub(super) own: SocketAddr,
     /// Which target of a preset is next.
     pub(super) rotation: &'a Rotation,
+}
+
+/// The target check of preset routes (private addresses allowed: an
+/// operator chose them; veilgate's own address refused).
+pub(super) fn preset_check(own: SocketAddr) -> TargetCheck {
+    TargetCheck { allow_private: true, own }
 }
 
 /// Plans one routed request. `request_path` is the path as the client sent
@@ -104,11 +114,17 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 from_client: false,
                 redirect: None,
                 monitor: false,
+                keys: None,
             }
         }
         Route::Preset { preset, remainder, query, caller } => {
             let target = s.rotation.pick(&preset);
             let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
+            // A held key replaces the client's, `key=` included.
+            let query = match &preset.keys {
+                Some(_) => query.as_deref().and_then(strip_key_param),
+                None => query,
+            };
             Forward {
                 kind: RouteKind::Preset,
                 preset: Some(preset.route.clone()),
@@ -123,6 +139,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 from_client: true,
                 redirect: Some(Redirect::Preset { base_path: target.base_path.clone(), prefix }),
                 monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
+                keys: preset.keys.clone(),
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller } => {
@@ -141,6 +158,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 from_client: true,
                 redirect: Some(Redirect::Generic { auth_prefix }),
                 monitor: false,
+                keys: None,
             }
         }
     };
@@ -163,8 +181,13 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let input =
-            RouteInput { method: &http::Method::GET, path, query, header_token: header_token.map(str::as_bytes) };
+        let input = RouteInput {
+            method: &http::Method::GET,
+            path,
+            query,
+            header_token: header_token.map(str::as_bytes),
+            key_slot: crate::route::KeySlot(None),
+        };
         let cx = RouteContext {
             presets: &config.presets,
             token: &token,

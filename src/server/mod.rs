@@ -74,6 +74,7 @@ impl Server {
     /// requests and streams in flight finish for up to `shutdown_grace_ms`,
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let probes = tokio::spawn(Arc::clone(&self.app).probe_keys());
         let config = self.app.snapshot();
         let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -143,6 +144,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        probes.abort();
         let _ = stop.send(true);
         tracker.close();
         let grace = config.shutdown_grace;

@@ -3,7 +3,7 @@
 //! line, `host`, the policy's end-to-end headers in order, and the framing.
 
 use bytes::{BufMut, BytesMut};
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Writes `METHOD path HTTP/1.1`, `host`, the headers, and
 /// `content-length` for a non-empty body or a POST/PUT/PATCH.
@@ -16,11 +16,12 @@ pub(crate) fn encode_head(
     path: &str,
     host: &str,
     headers: &HeaderMap,
+    credential: Option<(&HeaderName, &HeaderValue)>,
     body_len: usize,
     out: &mut BytesMut,
 ) {
     let mut len = method.as_str().len() + path.len() + host.len() + 40;
-    for (k, v) in headers {
+    for (k, v) in headers.iter().chain(credential) {
         len += k.as_str().len() + v.len() + 4;
     }
     out.reserve(len);
@@ -30,7 +31,7 @@ pub(crate) fn encode_head(
     out.put_slice(b" HTTP/1.1\r\nhost: ");
     out.put_slice(host.as_bytes());
     out.put_slice(b"\r\n");
-    for (k, v) in headers {
+    for (k, v) in headers.iter().chain(credential) {
         out.put_slice(k.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(v.as_bytes());
@@ -47,7 +48,6 @@ pub(crate) fn encode_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
 
     #[test]
     fn exact_bytes() {
@@ -55,7 +55,7 @@ mod tests {
         h.insert(HeaderName::from_static("accept"), HeaderValue::from_static("*/*"));
         h.insert(HeaderName::from_static("authorization"), HeaderValue::from_static("Bearer x"));
         let mut out = BytesMut::new();
-        encode_head(&Method::POST, "/v1/a%20b?x=1", "api.example.com", &h, 2, &mut out);
+        encode_head(&Method::POST, "/v1/a%20b?x=1", "api.example.com", &h, None, 2, &mut out);
         assert_eq!(
             &out[..],
             b"POST /v1/a%20b?x=1 HTTP/1.1\r\nhost: api.example.com\r\naccept: */*\r\n\
@@ -76,7 +76,7 @@ mod tests {
             (Method::PATCH, 0, true),
         ] {
             let mut out = BytesMut::new();
-            encode_head(&m, "/", "h", &h, len, &mut out);
+            encode_head(&m, "/", "h", &h, None, len, &mut out);
             let text = String::from_utf8(out.to_vec()).unwrap();
             assert_eq!(text.contains("content-length: "), has, "{m} {len}");
         }

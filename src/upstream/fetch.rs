@@ -110,6 +110,9 @@ impl FetchTransport {
             .map_err(|_| UpstreamError::Fetch { host: host.clone(), reason: "the target is not a valid URL".into() })?;
         let mut request = reqwest::Request::new(req.method.clone(), url);
         *request.headers_mut() = req.headers.clone();
+        if let Some((name, value)) = req.credential_header() {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
         if !req.body.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
             *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
         }

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -33,6 +33,7 @@ use tokio_rustls::client::TlsStream;
 use http_body_util::BodyExt;
 
 use crate::body::{Body, BoxError};
+use crate::keys::Credential;
 use crate::policy::target::{Origin, Scheme};
 
 use self::chunked::{BodyDecoder, DecodeError};
@@ -136,6 +137,18 @@ pub struct UpstreamRequest {
     pub transport: Preference,
     /// How the connection leaves this machine.
     pub egress: Egress,
+    /// A held provider key (§12), written only on a request to the origin
+    /// it was made for.
+    pub credential: Option<Credential>,
+}
+
+impl UpstreamRequest {
+    /// The held key's header for this request: `None` unless the
+    /// credential was made for this request's origin. The transports write
+    /// a key only through this.
+    pub fn credential_header(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        self.credential.as_ref()?.header_for(&self.origin)
+    }
 }
 
 /// Timeouts and limits of the upstream side, one copy for both transports.
@@ -195,7 +208,16 @@ impl SocketTransport {
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
         let key = PoolKey { origin: req.origin.clone(), egress: req.egress.clone(), checked: req.check.is_strict() };
         let mut head = BytesMut::new();
-        encode::encode_head(&req.method, &req.path, &req.origin.host_header(), &req.headers, req.body.len(), &mut head);
+        let credential = req.credential_header();
+        encode::encode_head(
+            &req.method,
+            &req.path,
+            &req.origin.host_header(),
+            &req.headers,
+            credential,
+            req.body.len(),
+            &mut head,
+        );
         if req.body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(&req.body);
         }

@@ -527,7 +527,7 @@ async fn signed_tokens_have_the_jwt_limits() {
 
 /// An origin that answers as OpenAI (a chat stream, the usage chunk only
 /// when asked), Anthropic (a message) and Gemini (a stream) do.
-async fn three_providers() -> RawOrigin {
+pub(crate) async fn three_providers() -> RawOrigin {
     RawOrigin::start(|req| {
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let target = req.target().to_owned();
