@@ -466,7 +466,7 @@ fn builtin_protocol(route: &str) -> Option<Protocol> {
     }
 }
 
-fn protocol_name(p: Option<Protocol>) -> &'static str {
+pub(crate) fn protocol_name(p: Option<Protocol>) -> &'static str {
     match p {
         Some(Protocol::OpenAi) => "openai",
         Some(Protocol::Anthropic) => "anthropic",

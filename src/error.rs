@@ -57,6 +57,9 @@ pub(crate) enum Error {
     /// Every key of a keyed preset is cooling (§12); nothing was sent.
     #[error("every key of the preset {preset} is rate-limited; the first is usable again in {retry_after} s")]
     KeysCooling { preset: String, retry_after: u64 },
+    /// `/<preset>/v1/models/<id>` of a model the preset does not declare.
+    #[error("the preset {preset} declares no such model")]
+    NoModel { preset: String },
     /// Every key of a keyed preset is disabled until a probe succeeds.
     #[error("every key of the preset {preset} was refused by the provider; they are probed again")]
     KeysDisabled { preset: String },
@@ -82,6 +85,7 @@ impl Error {
             Error::BadQuery(_) => StatusCode::BAD_REQUEST,
             Error::KeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::KeysDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoModel { .. } => StatusCode::NOT_FOUND,
         }
     }
 

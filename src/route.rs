@@ -33,6 +33,11 @@ pub enum Route {
     UsageRequests,
     /// `/<name>/<remainder>` with an enabled preset.
     Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
+    /// `GET /<preset>/v1/models[/<id>]` of a preset that declares models:
+    /// answered by veilgate (§12).
+    Models { preset: Arc<Preset>, id: Option<String> },
+    /// `GET /v1/providers`: the keyed presets the caller may use (§12).
+    Providers { caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
     Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool, caller: Caller },
@@ -144,27 +149,30 @@ pub struct RouteInput<'a> {
     pub query: Option<&'a str>,
     /// The `x-veilgate-token` header, if any.
     pub header_token: Option<&'a [u8]>,
-    /// Where an SDK puts its API key; a token there counts on presets that
-    /// hold keys (§9).
-    pub key_slot: KeySlot<'a>,
+    /// The request's headers, for what routing reads besides the token:
+    /// the API-key slot of presets that hold keys (§9), `x-host-final`.
+    pub headers: RouteHeaders<'a>,
 }
 
-/// The request's API-key headers — `authorization: Bearer …`, `x-api-key`,
-/// `x-goog-api-key` — and the query's `key=`; looked at only on a preset
-/// that holds keys.
+/// The request's headers, looked up only where a rule needs one.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KeySlot<'a>(pub Option<&'a HeaderMap>);
+pub struct RouteHeaders<'a>(pub Option<&'a HeaderMap>);
 
-impl<'a> KeySlot<'a> {
-    /// The first value present, in that order.
-    fn value(&self, query: Option<&'a str>) -> Option<&'a [u8]> {
-        let header = |name: &str| self.0.and_then(|h| h.get(name)).map(HeaderValue::as_bytes);
+impl<'a> RouteHeaders<'a> {
+    fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.0.and_then(|h| h.get(name)).map(HeaderValue::as_bytes)
+    }
+
+    /// The token of `authorization: Bearer …`.
+    fn bearer(&self) -> Option<&'a [u8]> {
+        self.get("authorization").and_then(|v| v.strip_prefix(b"Bearer "))
+    }
+
+    /// The API-key slot: `authorization: Bearer …`, `x-api-key`,
+    /// `x-goog-api-key`, then the query's `key=` — the first present.
+    fn key_slot(&self, query: Option<&'a str>) -> Option<&'a [u8]> {
         let key_param = || query?.split('&').find_map(|p| p.strip_prefix("key=")).map(str::as_bytes);
-        header("authorization")
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .or_else(|| header("x-api-key"))
-            .or_else(|| header("x-goog-api-key"))
-            .or_else(key_param)
+        self.bearer().or_else(|| self.get("x-api-key")).or_else(|| self.get("x-goog-api-key")).or_else(key_param)
     }
 }
 
@@ -214,12 +222,32 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         return Err(RouteError::Unauthorized);
     }
 
-    if let Some(preset) = cx.presets.enabled(name) {
+    if rest == "/v1/providers" && (input.method == Method::GET || input.method == Method::HEAD) {
+        if presented == Presented::Nothing
+            && let Some(bearer) = input.headers.bearer()
+        {
+            caller = holder(bearer, cx.token, cx.clients).ok_or(RouteError::Unauthorized)?;
+        }
+        if caller.is_anonymous() {
+            return Err(RouteError::Unauthorized);
+        }
+        return Ok(Route::Providers { caller });
+    }
+    // The seed's legacy routing: `/v1/…` with `x-host-final: host[:port]`
+    // goes to the preset whose target that is.
+    let by_host =
+        if name == "v1" { input.headers.get("x-host-final").and_then(|h| preset_by_host(h, cx.presets)) } else { None };
+    let (preset, after_name) = match by_host {
+        Some(p) => (Some(p), rest),
+        None => (cx.presets.enabled(name), after_name),
+    };
+
+    if let Some(preset) = preset {
         // A preset that holds keys takes the caller's token from the API-key
         // slot too (never forwarded there): an SDK needs only its api_key.
         if preset.keys.is_some()
             && presented == Presented::Nothing
-            && let Some(value) = input.key_slot.value(input.query)
+            && let Some(value) = input.headers.key_slot(input.query)
         {
             caller = holder(value, cx.token, cx.clients).ok_or(RouteError::Unauthorized)?;
         }
@@ -235,6 +263,15 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
             } else {
                 RouteError::PresetNotAllowed { preset: preset.route.clone() }
             });
+        }
+        let read = input.method == Method::GET || input.method == Method::HEAD;
+        if read && !preset.models.is_empty() {
+            if after_name == "/v1/models" {
+                return Ok(Route::Models { preset: Arc::clone(preset), id: None });
+            }
+            if let Some(id) = after_name.strip_prefix("/v1/models/").filter(|id| !id.is_empty()) {
+                return Ok(Route::Models { preset: Arc::clone(preset), id: Some(percent_decoded(id)) });
+            }
         }
         return Ok(Route::Preset { preset: Arc::clone(preset), remainder: after_name.to_owned(), query, caller });
     }
@@ -263,6 +300,39 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     let (host, port) = parse_authority(authority).map_err(RouteError::BadHost)?;
     let origin = Origin { scheme, port: port.unwrap_or(scheme.default_port()), host };
     Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token, caller })
+}
+
+/// The enabled preset one of whose targets is `host[:port]` (the port, when
+/// given, must match too).
+fn preset_by_host<'p>(value: &[u8], presets: &'p Presets) -> Option<&'p Arc<Preset>> {
+    let value = std::str::from_utf8(value).ok()?.trim().to_ascii_lowercase();
+    let (host, port) = parse_authority(&value).ok()?;
+    presets
+        .iter()
+        .filter(|p| p.enabled)
+        .find(|p| p.targets.iter().any(|t| t.origin.host == host && port.is_none_or(|port| t.origin.port == port)))
+}
+
+/// `%XX` escapes decoded (a model id such as `meta-llama%2Fllama-3`); bytes
+/// that do not form UTF-8 are replaced.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Splits off the next non-empty segment: `"//a/b"` → `("a", "/b")`.
@@ -314,7 +384,7 @@ mod tests {
                 path,
                 query,
                 header_token: header.map(str::as_bytes),
-                key_slot: KeySlot(None),
+                headers: RouteHeaders(None),
             },
             RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth, clients: &c.clients },
         )

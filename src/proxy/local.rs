@@ -12,10 +12,13 @@ use serde_json::json;
 
 use super::App;
 use crate::auth;
+use crate::auth::Caller;
 use crate::body::{Body, empty, full};
-use crate::config::{Config, Cors};
+use crate::config::{Config, Cors, protocol_name};
 use crate::dashboard;
 use crate::error::Error;
+use crate::keys::KeyState;
+use crate::preset::{ModelInfo, Preset};
 
 pub(super) fn dashboard(app: &App, config: &Config, headers: &HeaderMap) -> Response<Body> {
     let challenged = app.transports.challenged_origins();
@@ -56,6 +59,54 @@ pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// `GET /<preset>/v1/models[/<id>]` from the preset's declared models, in
+/// OpenAI's list shape; an undeclared id is veilgate's 404.
+pub(super) fn models(preset: &Preset, id: Option<&str>) -> Result<Response<Body>, Error> {
+    let card = |m: &ModelInfo| {
+        json!({
+            "id": m.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": preset.route,
+            "context_window": m.context_window,
+            "context_length": m.context_window,
+            "max_completion_tokens": m.max_output_tokens,
+        })
+    };
+    let body = match id {
+        None => json!({ "object": "list", "data": preset.models.iter().map(card).collect::<Vec<_>>() }),
+        Some(id) => match preset.models.iter().find(|m| m.id == id) {
+            Some(m) => card(m),
+            None => return Err(Error::NoModel { preset: preset.route.clone() }),
+        },
+    };
+    Ok(json_reply(&body))
+}
+
+/// `GET /v1/providers`: the keyed presets `caller` may use that have a key
+/// not disabled, in the seed's shape (never a key).
+pub(super) fn providers(config: &Config, caller: &Caller) -> Response<Body> {
+    let now = std::time::Instant::now();
+    let data: Vec<_> = config
+        .presets
+        .iter()
+        .filter(|p| p.enabled && caller.may_use_preset(&p.route))
+        .filter(|p| {
+            p.keys
+                .as_ref()
+                .is_some_and(|ring| ring.snapshot(now).iter().any(|s| !matches!(s, KeyState::Disabled { .. })))
+        })
+        .map(|p| json!({ "id": p.route, "object": "provider", "protocol": protocol_name(p.protocol) }))
+        .collect();
+    json_reply(&json!({ "object": "list", "data": data }))
+}
+
+fn json_reply(body: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(body.to_string()));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// `veilgate_key_state{preset,key,state}`: 1 for each key's state, 0 for

@@ -45,7 +45,7 @@ use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, UserAgent};
 use crate::preset::Rotation;
-use crate::route::{KeySlot, Route, RouteContext, RouteInput, route};
+use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Failure, Served, Transports};
 use crate::upstream::connect::Egress;
@@ -147,6 +147,8 @@ impl App {
             Plan::Metrics => return local::metrics(self, config, req.headers()),
             Plan::Usage => return usage::report(self, config, &req),
             Plan::UsageRequests => return usage::requests(self, config, &req).await,
+            Plan::Models(preset, id) => return local::models(&preset, id.as_deref()),
+            Plan::Providers(caller) => return Ok(local::providers(config, &caller)),
             Plan::Forward(forward) => forward,
         };
         cx.kind = forward.kind;
@@ -184,7 +186,7 @@ impl App {
             path: req.uri().path(),
             query: req.uri().query(),
             header_token,
-            key_slot: KeySlot(Some(req.headers())),
+            headers: RouteHeaders(Some(req.headers())),
         };
         let cx = RouteContext {
             presets: &config.presets,

@@ -6,14 +6,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::auth::Token;
+use crate::auth::{Caller, Token};
 use crate::client::Client;
 use crate::config::Config;
 use crate::keys::{Keyring, strip_key_param};
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
-use crate::preset::{Monitor, Rotation};
+use crate::preset::{Monitor, Preset, Rotation};
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
 use crate::upstream::connect::TargetCheck;
@@ -32,6 +32,10 @@ pub(super) enum Plan {
     Metrics,
     Usage,
     UsageRequests,
+    /// A preset's declared models (§12).
+    Models(Arc<Preset>, Option<String>),
+    /// The keyed presets a caller may use (§12).
+    Providers(Caller),
     Forward(Forward),
 }
 
@@ -98,6 +102,8 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::Metrics => return Plan::Metrics,
         Route::Usage => return Plan::Usage,
         Route::UsageRequests => return Plan::UsageRequests,
+        Route::Models { preset, id } => return Plan::Models(preset, id),
+        Route::Providers { caller } => return Plan::Providers(caller),
         Route::Test => {
             let (origin, path) = s.config.default_dst.clone();
             Forward {
@@ -186,7 +192,7 @@ mod tests {
             path,
             query,
             header_token: header_token.map(str::as_bytes),
-            key_slot: crate::route::KeySlot(None),
+            headers: crate::route::RouteHeaders(None),
         };
         let cx = RouteContext {
             presets: &config.presets,

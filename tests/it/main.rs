@@ -8,6 +8,7 @@ mod fallback;
 mod gemini;
 mod hardening;
 mod hostile;
+mod keys;
 mod operate;
 mod policy;
 mod routing;
