@@ -322,3 +322,168 @@ async fn a_vault_made_by_openssl_holds_the_keys() {
     assert!(stderr.contains(&file.display().to_string()) && stderr.contains("passphrase"), "{stderr}");
     assert!(!stderr.contains("sk-from") && !stderr.contains("not the passphrase"), "{stderr}");
 }
+
+#[tokio::test]
+async fn held_keys_are_never_shown() {
+    const ENV_KEY: &str = "sk-held-from-env-7777";
+    let origin = RawOrigin::start(|c| match key_seen(c).as_deref() {
+        Some(KEY_A) => status_line(401, "", r#"{"error":"refused"}"#),
+        Some(ENV_KEY) => status_line(429, "retry-after: 1\r\n", r#"{"error":"slow"}"#),
+        _ => status_line(500, "", r#"{"error":"x"}"#),
+    })
+    .await;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nauth_token = \"{TOKEN}\"\n{}",
+        keyed(origin.addr, &[KEY_A, "env:HELD_KEY"], "")
+    );
+    let running = binary::start(&config, &[("RUST_LOG", "trace"), ("HELD_KEY", ENV_KEY), ("DEBUG_MODE", "true")]).await;
+    let (mut child, addr, mut lines, mut log) = (running.child, running.addr, running.lines, running.log);
+    let auth = format!("Bearer {CLIENT}");
+    let admin = format!("Bearer {TOKEN}");
+    let mut shown = Vec::new();
+    // Refused, rate-limited, none left, a generic route, a tunnel.
+    for _ in 0..2 {
+        shown.push(send(addr, "POST", "/openai/v1/chat/completions", &[("authorization", &auth)], b"{}").await.text());
+    }
+    let generic = format!("/{CLIENT}/http/{}/v1", origin.addr);
+    shown.push(send(addr, "GET", &generic, &[], b"").await.text());
+    let tunnel = [
+        ("authorization", auth.as_str()),
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    shown.push(send(addr, "GET", "/openai/v1/realtime", &tunnel, b"").await.text());
+    shown.push(send(addr, "GET", "/metrics", &[("authorization", &admin)], b"").await.text());
+    shown.push(send(addr, "GET", "/", &[], b"").await.text());
+    shown.push(send(addr, "GET", "/v1/providers", &[("authorization", &auth)], b"").await.text());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("veilgate.toml");
+    std::fs::write(&path, &config).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_veilgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("HELD_KEY", ENV_KEY)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let warning = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(warning.contains("presets.openai.keys[0]"), "a literal key is warned about: {warning}");
+    shown.push(String::from_utf8_lossy(&check.stdout).into_owned());
+    shown.push(warning);
+    child.kill().await.unwrap();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(log.contains("provider key"), "the benching was logged: {log}");
+    shown.push(log);
+    for text in &shown {
+        for key in [KEY_A, ENV_KEY] {
+            assert!(!text.contains(key), "{key} shown in:\n{text}");
+        }
+    }
+    // Only the preset's own target ever saw a held key.
+    for c in origin.requests() {
+        let key = key_seen(&c);
+        if c.target().starts_with("/v1/chat") || c.target().starts_with("/v1/models") {
+            assert!(key.as_deref() == Some(KEY_A) || key.as_deref() == Some(ENV_KEY), "{}", c.head);
+        } else {
+            assert!(!c.head.contains(KEY_A) && !c.head.contains(ENV_KEY), "a held key left its preset: {}", c.head);
+        }
+    }
+}
+
+#[tokio::test]
+async fn providers_models_and_legacy_host_routing() {
+    let origin = RawOrigin::json("{\"proxied\":true}").await;
+    let config = format!(
+        "{}keys = [\"{KEY_A}\"]\n\
+         models = [{{ id = \"gpt-4o-mini\", contextWindow = 128000, maxOutputTokens = 16384 }}, {{ id = \"org/model-x\" }}]\n\
+         {}keys = [\"sk-ant-held-0123456789\"]\n{}[upstream]\nallow_private_targets = true\n\
+         [[clients]]\nname = \"team\"\ntoken = \"{CLIENT}\"\n\
+         [[clients]]\nname = \"solo\"\ntoken = \"solo_client_token_0123456789\"\npresets = [\"plain\"]\n",
+        preset_at("openai", origin.addr),
+        preset_at("claude", origin.addr),
+        preset_at("plain", origin.addr),
+    );
+    let vg = Veilgate::start(&config).await;
+    let auth = format!("Bearer {CLIENT}");
+    let get = |target: &str, headers: Vec<(&'static str, String)>| {
+        let (addr, target) = (vg.addr, target.to_owned());
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(addr, "GET", &target, &h, b"").await
+        }
+    };
+    let providers = get("/v1/providers", vec![("authorization", auth.clone())]).await.json();
+    let ids: Vec<&str> = providers["data"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["openai", "claude"], "{providers}");
+    assert_eq!(providers["data"][1]["protocol"], "anthropic");
+    assert_eq!(get(&format!("/{CLIENT}/v1/providers"), vec![]).await.status, 200, "the token in the path");
+    get("/v1/providers", vec![]).await.assert_proxy_error(401);
+    let solo = get("/v1/providers", vec![("authorization", "Bearer solo_client_token_0123456789".into())]).await;
+    assert_eq!(solo.json()["data"], serde_json::json!([]), "only the keyed presets it may use");
+
+    let list = get("/openai/v1/models", vec![("authorization", auth.clone())]).await.json();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["max_completion_tokens"], 16384);
+    assert_eq!(list["data"][0]["owned_by"], "openai");
+    let one = get("/openai/v1/models/org%2Fmodel-x", vec![("authorization", auth.clone())]).await.json();
+    assert_eq!(one["id"], "org/model-x");
+    get("/openai/v1/models/nope", vec![("authorization", auth.clone())]).await.assert_proxy_error(404);
+    assert!(origin.requests().is_empty(), "declared models are answered by veilgate");
+
+    // x-host-final: `/v1/…` to the preset whose target is that host.
+    let host = origin.addr.to_string();
+    let reply =
+        get("/v1/chat/completions", vec![("x-host-final", host.clone()), ("authorization", auth.clone())]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = origin.only_request();
+    assert_eq!(seen.target(), "/v1/chat/completions");
+    assert_eq!(seen.header("x-host-final"), None, "never forwarded");
+    assert!(key_seen(&seen).is_some());
+}
+
+#[tokio::test]
+async fn the_sdks_need_only_a_client_token_as_their_api_key() {
+    use crate::sdk::{python, python_has};
+    if !python_has("openai") || !python_has("anthropic") || !python_has("google.genai") {
+        return;
+    }
+    let origin = crate::usage::three_providers().await;
+    let vg = Veilgate::start(&format!(
+        "{}keys = [\"sk-openai-held-0001\"]\n{}keys = [\"sk-ant-held-0002\"]\n{}keys = [\"AIza-held-0003\"]\n\
+         [[clients]]\nname = \"sdk\"\ntoken = \"{CLIENT}\"\n",
+        preset_at("openai", origin.addr),
+        preset_at("claude", origin.addr),
+        preset_at("gemini", origin.addr),
+    ))
+    .await;
+    let run = |script: &str, base: String| {
+        let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+        async move {
+            let out = tokio::process::Command::new(python())
+                .arg(&script)
+                .arg(base)
+                .arg(format!("key:{CLIENT}"))
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    assert_eq!(run("openai_chat.py", format!("{}/openai/v1", vg.url())).await.trim(), "Hello from OpenAI");
+    assert_eq!(run("anthropic_messages.py", format!("{}/claude", vg.url())).await.trim(), "Hello from Claude");
+    assert_eq!(run("genai_stream.py", format!("{}/gemini", vg.url())).await.trim(), "Hello from Gemini");
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].header("authorization").as_deref(), Some("Bearer sk-openai-held-0001"));
+    assert_eq!(seen[1].header("x-api-key").as_deref(), Some("sk-ant-held-0002"));
+    assert_eq!(seen[2].header("x-goog-api-key").as_deref(), Some("AIza-held-0003"));
+    for c in &seen {
+        assert!(!c.head.contains(CLIENT) && !c.target().contains("key="), "{}", c.head);
+    }
+}
