@@ -475,7 +475,7 @@ async fn the_sdks_need_only_a_client_token_as_their_api_key() {
             String::from_utf8(out.stdout).unwrap()
         }
     };
-    assert_eq!(run("openai_chat.py", format!("{}/openai/v1", vg.url())).await.trim(), "Hello from OpenAI");
+    assert_eq!(run("openai_stream.py", format!("{}/openai/v1", vg.url())).await, "Hello from OpenAI\n0\n");
     assert_eq!(run("anthropic_messages.py", format!("{}/claude", vg.url())).await.trim(), "Hello from Claude");
     assert_eq!(run("genai_stream.py", format!("{}/gemini", vg.url())).await.trim(), "Hello from Gemini");
     let seen = origin.requests();
