@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use veilgate::auth::Token;
 use veilgate::config::{Config, RawConfig};
 use veilgate::policy::target::parse_authority;
-use veilgate::route::{RouteHeaders, Route, RouteContext, RouteInput, route};
+use veilgate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
         Some((p, q)) => (p, Some(q)),
         None => (text, None),
     };
-    let input = RouteInput { method: &http::Method::POST, path, query, header_token: None, headers: RouteHeaders(None) };
+    let input =
+        RouteInput { method: &http::Method::POST, path, query, header_token: None, headers: RouteHeaders(None) };
     let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: false, clients: &config.clients };
     if let Ok(Route::Generic { origin, .. }) = route(input, cx) {
         let shown = origin.host_header();

@@ -266,7 +266,8 @@ async fn a_vault_made_by_openssl_holds_the_keys() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ai.json.enc");
     if openssl_encrypt(&vault_json(origin.addr, "sk-from-the-vault-0042"), "vault pass 1", &file).is_none() {
-        assert!(std::env::var_os("CI").is_none(), "openssl is needed; .ci/run installs it");
+        let required = std::env::var_os("CI").is_some() || std::env::var_os("VEILGATE_REQUIRE_SDKS").is_some();
+        assert!(!required, "openssl is needed; .ci/run installs it");
         eprintln!("skipping: no openssl CLI");
         return;
     }
