@@ -6,12 +6,14 @@ run; instruction counts do not, so this is the figure to compare when
 changing the hot path. The kernel's share (syscalls, loopback) is not
 counted: this measures veilgate's own code and the crates it links.
 
-    cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH] [--client]
+    cargo build --release && python3 benches/instructions.py [--requests N] [--binary PATH] [--client | --keyed]
 
 (`--binary` compares another build, e.g. a copy of an older commit's.
 `--client` sends the same requests as a client of `[[clients]]` (its token
 in the path) with limits and a priced model: the cost of metering, SPEC
-§11; the usage store is SQLite in a temporary `data_dir`.)
+§11; the usage store is SQLite in a temporary `data_dir`. `--keyed` gives
+the preset a held key, SPEC §12: the request shows the admin token where
+it showed a provider key, and veilgate writes the held one instead.)
 
 veilgate runs under `valgrind --tool=callgrind`, pinned to one core like in
 `cargo bench --bench proxy`, with `RUST_LOG=warn` (no access log lines),
@@ -78,7 +80,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def count(binary, requests, origin_port, workdir, client):
+def count(binary, requests, origin_port, workdir, client, keyed):
     port = free_port()
     config = os.path.join(workdir, "veilgate.toml")
     state = os.path.join(workdir, f"state.{requests}")
@@ -86,6 +88,8 @@ def count(binary, requests, origin_port, workdir, client):
         f'listen = "127.0.0.1:{port}"\nauth_token = "bench_token_0123456789"\ndata_dir = "{state}"\n'
         f'[presets.plain]\ntargets = ["http://127.0.0.1:{origin_port}"]\n'
     )
+    if keyed:
+        text += 'keys = ["sk-held-bench-key-0123456789"]\nkey_header = "authorization"\n'
     if client:
         text += CLIENT
     with open(config, "w") as f:
@@ -111,7 +115,8 @@ def count(binary, requests, origin_port, workdir, client):
                 sys.exit("veilgate did not start under valgrind")
             time.sleep(0.1)
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+        key = "bench_token_0123456789" if keyed else "sk-bench"
+        headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
         # The same request either way; a client names itself by its token
         # in the path (§9), so the heads differ by nothing else.
         path = f"/{CLIENT_TOKEN}/plain/v1/chat/completions" if client else "/plain/v1/chat/completions"
@@ -147,6 +152,7 @@ def main():
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--binary", default=BINARY)
     parser.add_argument("--client", action="store_true", help="as a metered client with limits and a price")
+    parser.add_argument("--keyed", action="store_true", help="to a preset that holds a provider key")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -155,12 +161,13 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory() as workdir:
-        few, few_writer = count(args.binary, 100, server.server_address[1], workdir, args.client)
-        many, many_writer = count(args.binary, 100 + args.requests, server.server_address[1], workdir, args.client)
+        port = server.server_address[1]
+        few, few_writer = count(args.binary, 100, port, workdir, args.client, args.keyed)
+        many, many_writer = count(args.binary, 100 + args.requests, port, workdir, args.client, args.keyed)
     server.shutdown()
     per = (many - few) / args.requests
     writer = (many_writer - few_writer) / args.requests
-    who = "as a metered client" if args.client else "no clients"
+    who = "as a metered client" if args.client else "to a preset holding a key" if args.keyed else "no clients"
     print(f"veilgate: {per:,.0f} instructions per proxied request "
           f"(callgrind, {args.requests} keep-alive POSTs, small JSON both ways, {who})")
     if writer:
