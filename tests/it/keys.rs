@@ -449,7 +449,7 @@ async fn providers_models_and_legacy_host_routing() {
 
 #[tokio::test]
 async fn the_sdks_need_only_a_client_token_as_their_api_key() {
-    use crate::sdk::{python, python_has};
+    use crate::sdk::python_has;
     if !python_has("openai") || !python_has("anthropic") || !python_has("google.genai") {
         return;
     }
@@ -462,20 +462,8 @@ async fn the_sdks_need_only_a_client_token_as_their_api_key() {
         preset_at("gemini", origin.addr),
     ))
     .await;
-    let run = |script: &str, base: String| {
-        let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-        async move {
-            let out = tokio::process::Command::new(python())
-                .arg(&script)
-                .arg(base)
-                .arg(format!("key:{CLIENT}"))
-                .output()
-                .await
-                .unwrap();
-            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap()
-        }
-    };
+    let token = format!("key:{CLIENT}");
+    let run = |script: &'static str, base: String| crate::sdk::run_script(script, base, &token);
     assert_eq!(run("openai_stream.py", format!("{}/openai/v1", vg.url())).await, "Hello from OpenAI\n0\n");
     assert_eq!(run("anthropic_messages.py", format!("{}/claude", vg.url())).await.trim(), "Hello from Claude");
     assert_eq!(run("genai_stream.py", format!("{}/gemini", vg.url())).await.trim(), "Hello from Gemini");

@@ -30,6 +30,15 @@ pub(crate) fn python_has(module: &str) -> bool {
     ok
 }
 
+/// Runs `tests/sdk/<script> BASE TOKEN` with [`python`]; its stdout, or a
+/// failure with its stderr.
+pub(crate) async fn run_script(script: &str, base: String, token: &str) -> String {
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(python()).arg(&script).arg(base).arg(token).output().await.unwrap();
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the origin"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
 
 #[tokio::test]

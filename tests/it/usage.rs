@@ -558,7 +558,7 @@ pub(crate) async fn three_providers() -> RawOrigin {
 
 #[tokio::test]
 async fn the_three_sdks_as_a_client_are_counted() {
-    use crate::sdk::{python, python_has};
+    use crate::sdk::python_has;
     if !python_has("openai") || !python_has("anthropic") || !python_has("google.genai") {
         return;
     }
@@ -571,15 +571,7 @@ async fn the_three_sdks_as_a_client_are_counted() {
         preset_at("gemini", origin.addr),
     ))
     .await;
-    let run = |script: &str, base: String| {
-        let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-        async move {
-            let out =
-                tokio::process::Command::new(python()).arg(&script).arg(base).arg(SDK_TOKEN).output().await.unwrap();
-            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap()
-        }
-    };
+    let run = |script: &'static str, base: String| crate::sdk::run_script(script, base, SDK_TOKEN);
     let openai = run("openai_stream.py", format!("{}/openai/v1", vg.url())).await;
     assert_eq!(openai, "Hello from OpenAI\n0\n", "the SDK never sees veilgate's usage chunk");
     let claude = run("anthropic_messages.py", format!("{}/claude", vg.url())).await;

@@ -2,17 +2,15 @@
 
 usage: genai_stream.py BASE_URL [VEILGATE_TOKEN]
 Prints the answer text (thoughts left out). With a token, the SDK sends it
-in x-veilgate-token (a client of veilgate's [[clients]]); with key:TOKEN, as
-its API key (a preset whose keys veilgate holds).
+in x-veilgate-token; key:TOKEN as its API key (veilgate_args.py).
 """
 import sys
 
 from google import genai
 from google.genai import types
+from veilgate_args import credentials
 
-token = sys.argv[2] if len(sys.argv) > 2 else None
-api_key = token[4:] if token and token.startswith("key:") else "AIza-test-key"
-headers = {"x-veilgate-token": token} if token and not token.startswith("key:") else None
+api_key, headers = credentials(sys.argv, "AIza-test-key")
 client = genai.Client(api_key=api_key, http_options=types.HttpOptions(base_url=sys.argv[1], headers=headers))
 text = []
 for chunk in client.models.generate_content_stream(

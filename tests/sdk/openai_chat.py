@@ -2,16 +2,14 @@
 
 usage: openai_chat.py BASE_URL [VEILGATE_TOKEN]
 Prints the assistant's reply. With a token, the SDK sends it in
-x-veilgate-token (a client of veilgate's [[clients]]); with key:TOKEN, as
-its API key (a preset whose keys veilgate holds).
+x-veilgate-token; key:TOKEN as its API key (veilgate_args.py).
 """
 import sys
 
 import openai
+from veilgate_args import credentials
 
-token = sys.argv[2] if len(sys.argv) > 2 else None
-api_key = token[4:] if token and token.startswith("key:") else "sk-test-sdk-key"
-headers = {"x-veilgate-token": token} if token and not token.startswith("key:") else None
+api_key, headers = credentials(sys.argv, "sk-test-sdk-key")
 client = openai.OpenAI(base_url=sys.argv[1], api_key=api_key, max_retries=0, timeout=30, default_headers=headers)
 reply = client.chat.completions.create(
     model="gpt-4o-mini",

@@ -3,22 +3,16 @@ as a client of veilgate's [[clients]], without asking for usage.
 
 usage: openai_stream.py BASE_URL VEILGATE_TOKEN
 Prints the text, then the number of chunks that carried usage. The SDK
-sends the token in x-veilgate-token; key:TOKEN sends it as its API key (a
-preset whose keys veilgate holds).
+sends the token in x-veilgate-token; key:TOKEN as its API key
+(veilgate_args.py).
 """
 import sys
 
 import openai
+from veilgate_args import credentials
 
-token = sys.argv[2]
-as_key = token.startswith("key:")
-client = openai.OpenAI(
-    base_url=sys.argv[1],
-    api_key=token[4:] if as_key else "sk-test-sdk-key",
-    max_retries=0,
-    timeout=30,
-    default_headers=None if as_key else {"x-veilgate-token": token},
-)
+api_key, headers = credentials(sys.argv, "sk-test-sdk-key")
+client = openai.OpenAI(base_url=sys.argv[1], api_key=api_key, max_retries=0, timeout=30, default_headers=headers)
 text, with_usage = [], 0
 for chunk in client.chat.completions.create(
     model="gpt-4o-mini",
