@@ -6,7 +6,7 @@
 //! generating one writes a file; `check-config` must not.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
 use crate::client::{Client, Clients, parse_sha256, sha256};
+use crate::egress::{Exit, ExitChoice, ExitKind, ExitSet, Isolate, Resolve};
 use crate::jwt::JwtAuth;
 use crate::keys::vault::{self, VaultProvider};
 use crate::keys::{KeyHeader, KeySource, Keyring, KeyringSpec, ProviderKey};
@@ -92,6 +93,48 @@ pub struct RawConfig {
     pricing: BTreeMap<String, RawPrice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vault: Option<RawVault>,
+    /// `[egress.NAME]`, in file order (the topology lists them so).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    egress: toml::Table,
+}
+
+/// One `[egress.NAME]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socks5: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_connect: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_authorization: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolve: Option<String>,
+}
+
+/// A name or a list of names (`egress = "tor"`, `egress = ["a", "b"]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn names(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(n) => vec![n.clone()],
+            OneOrMany::Many(list) => list.clone(),
+        }
+    }
 }
 
 /// `[vault]`: the seed's encrypted file of providers and keys.
@@ -186,6 +229,10 @@ struct RawUpstream {
     pool_idle_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_private_targets: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<OneOrMany>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_choice: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -244,6 +291,10 @@ struct RawPreset {
     key_probe_interval_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     models: Option<Vec<ModelInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<OneOrMany>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_choice: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -350,6 +401,9 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub allow_private_targets: bool,
+    /// `[upstream] egress`: how every connection leaves unless its preset
+    /// says otherwise.
+    pub exits: Arc<ExitSet>,
 }
 
 #[derive(Debug)]
@@ -422,6 +476,10 @@ pub struct Config {
     pub pricing: Pricing,
     /// `[vault]`: the file and the passphrase as written (for check-config).
     pub vault: Option<(PathBuf, String)>,
+    /// `[egress.*]` in file order.
+    pub exits: Vec<Arc<Exit>>,
+    /// The same as check-config prints them (secrets masked).
+    egress_described: toml::Table,
 }
 
 /// Where settled requests are kept.
@@ -618,7 +676,10 @@ impl Config {
         let shutdown_grace = Duration::from_millis(raw.shutdown_grace_ms.unwrap_or(30_000));
 
         let u = raw.upstream;
+        let (exits, egress_described) = build_exits(&raw.egress, env)?;
+        let upstream_exits = exit_set(u.egress.as_ref(), u.exit_choice.as_deref(), &exits, "upstream")?;
         let upstream = UpstreamConfig {
+            exits: upstream_exits,
             extra_ca_file: u.extra_ca_file,
             connect_timeout: ms(u.connect_timeout_ms, 10_000, "upstream.connect_timeout_ms")?,
             response_timeout: ms(u.response_timeout_ms, 300_000, "upstream.response_timeout_ms")?,
@@ -670,7 +731,7 @@ impl Config {
             Some(v) => read_vault(v, env)?,
             None => BTreeMap::new(),
         };
-        let presets = build_presets(raw.presets, vault, env)?;
+        let presets = build_presets(raw.presets, vault, &exits, env)?;
 
         let g = raw.gemini;
         let mut prompts = BTreeMap::new();
@@ -777,6 +838,8 @@ impl Config {
             usage,
             pricing,
             vault: raw.vault.map(|v| (v.file, v.passphrase)),
+            exits,
+            egress_described,
         };
         config.check_exposure()?;
         Ok(config)
@@ -883,6 +946,8 @@ impl Config {
                     key_probe_path: p.keys.as_ref().map(|ring| ring.probe_path.clone()),
                     key_probe_interval_s: p.keys.as_ref().map(|ring| ring.probe_interval.as_secs()),
                     models: Some(p.models.clone()).filter(|m| !m.is_empty()),
+                    egress: p.exits.as_deref().map(set_names),
+                    exit_choice: p.exits.as_deref().map(|e| choice_name(e.choice).to_owned()),
                 };
                 (p.route.clone(), raw)
             })
@@ -925,6 +990,8 @@ impl Config {
                 idle_timeout_ms: ms(self.upstream.idle_timeout),
                 pool_idle_timeout_ms: ms(self.upstream.pool_idle_timeout),
                 allow_private_targets: Some(self.upstream.allow_private_targets),
+                egress: Some(set_names(&self.upstream.exits)),
+                exit_choice: Some(choice_name(self.upstream.exits.choice).to_owned()),
             },
             limits: RawLimits {
                 max_body_bytes: Some(self.limits.max_body_bytes),
@@ -1011,6 +1078,7 @@ impl Config {
                     (model.to_owned(), raw)
                 })
                 .collect(),
+            egress: self.egress_described.clone(),
             vault: self.vault.as_ref().map(|(file, passphrase)| RawVault {
                 file: file.clone(),
                 passphrase: if passphrase.starts_with("env:") || passphrase.starts_with("file:") {
@@ -1056,6 +1124,7 @@ fn read_vault(v: &RawVault, env: Env<'_>) -> Result<BTreeMap<String, VaultProvid
 fn build_presets(
     raw: BTreeMap<String, RawPreset>,
     mut vault: BTreeMap<String, VaultProvider>,
+    exits: &[Arc<Exit>],
     env: Env<'_>,
 ) -> Result<Presets, ConfigError> {
     let mut presets = Presets::default();
@@ -1139,9 +1208,146 @@ fn build_presets(
             probe_interval_s: over.key_probe_interval_s,
         };
         preset.keys = build_keyring(&key, held, protocol, &preset.targets, env)?.map(Arc::new);
+        if over.egress.is_some() || over.exit_choice.is_some() {
+            preset.exits = Some(exit_set(over.egress.as_ref(), over.exit_choice.as_deref(), exits, &key)?);
+        }
         presets.push(preset);
     }
     Ok(presets)
+}
+
+/// `[egress.*]` in file order, and the same table as check-config prints
+/// it (secrets written in the file masked).
+fn build_exits(table: &toml::Table, env: Env<'_>) -> Result<(Vec<Arc<Exit>>, toml::Table), ConfigError> {
+    let mut exits = Vec::new();
+    let mut described = toml::Table::new();
+    for (name, value) in table {
+        let key = format!("egress.{name}");
+        let ok = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok || name == "direct" {
+            return err(format!("{key}: exit names must match [a-z0-9_-]+ and cannot be \"direct\""));
+        }
+        let raw = RawEgress::deserialize(value.clone()).map_err(|e| ConfigError(format!("{key}: {}", e.message())))?;
+        let secret = |v: &Option<String>, what: &str| {
+            v.as_deref().map(|v| resolve_secret(v, &format!("{key}.{what}"), env)).transpose()
+        };
+        let resolve = match raw.resolve.as_deref() {
+            None | Some("exit") => Resolve::Exit,
+            Some("local") => Resolve::Local,
+            Some(_) => return err(format!("{key}.resolve must be \"exit\" or \"local\"")),
+        };
+        let proxy_addr = |addr: &str| -> Result<String, ConfigError> {
+            let bad = || ConfigError(format!("{key}: \"{addr}\" is not host:port"));
+            let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(bad());
+            }
+            Ok(addr.to_owned())
+        };
+        let kind = match (&raw.socks5, &raw.http_connect, &raw.bind) {
+            (Some(addr), None, None) => {
+                let isolate = match raw.isolate.as_deref() {
+                    None | Some("none") => Isolate::None,
+                    Some("client") => Isolate::Client,
+                    Some("request") => Isolate::Request,
+                    Some(_) => return err(format!("{key}.isolate must be \"none\", \"client\" or \"request\"")),
+                };
+                let credentials = match (secret(&raw.username, "username")?, secret(&raw.password, "password")?) {
+                    (Some(u), Some(p)) => Some((u, p)),
+                    (None, None) => None,
+                    _ => return err(format!("{key}: set both username and password, or neither")),
+                };
+                if credentials.is_some() && isolate != Isolate::None {
+                    return err(format!("{key}: isolate makes its own credentials; not together with username"));
+                }
+                if raw.proxy_authorization.is_some() {
+                    return err(format!("{key}.proxy_authorization is for http_connect"));
+                }
+                ExitKind::Socks5 { proxy: proxy_addr(addr)?, credentials, isolate, resolve }
+            }
+            (None, Some(addr), None) => {
+                if raw.username.is_some() || raw.password.is_some() || raw.isolate.is_some() {
+                    return err(format!("{key}: username, password and isolate are for socks5"));
+                }
+                let authorization = secret(&raw.proxy_authorization, "proxy_authorization")?;
+                ExitKind::HttpConnect { proxy: proxy_addr(addr)?, authorization, resolve }
+            }
+            (None, None, Some(source)) => {
+                let source = source
+                    .parse::<IpAddr>()
+                    .map_err(|_| ConfigError(format!("{key}.bind: \"{source}\" is not an IP address")))?;
+                if raw.username.is_some() || raw.password.is_some() || raw.proxy_authorization.is_some() {
+                    return err(format!("{key}: a bind exit has no credentials"));
+                }
+                ExitKind::Bind { source }
+            }
+            _ => return err(format!("{key}: set exactly one of socks5, http_connect and bind")),
+        };
+        let masked = |v: &Option<String>| {
+            v.as_ref()
+                .map(|v| if v.starts_with("env:") || v.starts_with("file:") { v.clone() } else { "***".to_owned() })
+        };
+        let shown = RawEgress {
+            username: masked(&raw.username),
+            password: masked(&raw.password),
+            proxy_authorization: masked(&raw.proxy_authorization),
+            ..raw
+        };
+        if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&shown) {
+            described.insert(name.clone(), toml::Value::Table(t));
+        }
+        exits.push(Arc::new(Exit::new(name.clone(), kind)));
+    }
+    Ok((exits, described))
+}
+
+/// An exit set's names as the file writes them.
+fn set_names(set: &ExitSet) -> OneOrMany {
+    let names: Vec<String> =
+        set.exits.iter().map(|e| e.as_ref().map_or_else(|| "direct".to_owned(), |e| e.name.clone())).collect();
+    match <[String; 1]>::try_from(names) {
+        Ok([one]) => OneOrMany::One(one),
+        Err(many) => OneOrMany::Many(many),
+    }
+}
+
+fn choice_name(c: ExitChoice) -> &'static str {
+    match c {
+        ExitChoice::PerHost => "per-host",
+        ExitChoice::RoundRobin => "round-robin",
+        ExitChoice::Random => "random",
+    }
+}
+
+/// An `egress` list (`direct` or names of `[egress.*]`) and its
+/// `exit_choice`; unset → direct.
+fn exit_set(
+    names: Option<&OneOrMany>,
+    choice: Option<&str>,
+    exits: &[Arc<Exit>],
+    key: &str,
+) -> Result<Arc<ExitSet>, ConfigError> {
+    let choice = match choice {
+        None | Some("per-host") => ExitChoice::PerHost,
+        Some("round-robin") => ExitChoice::RoundRobin,
+        Some("random") => ExitChoice::Random,
+        Some(_) => return err(format!("{key}.exit_choice must be \"per-host\", \"round-robin\" or \"random\"")),
+    };
+    let names = names.map(OneOrMany::names).unwrap_or_else(|| vec!["direct".to_owned()]);
+    if names.is_empty() {
+        return err(format!("{key}.egress: name at least one exit (or \"direct\")"));
+    }
+    let mut list = Vec::new();
+    for name in &names {
+        if name == "direct" {
+            list.push(None);
+            continue;
+        }
+        let exit = exits.iter().find(|e| e.name == *name);
+        list.push(Some(Arc::clone(exit.ok_or_else(|| ConfigError(format!("{key}.egress: no [egress.{name}]")))?)));
+    }
+    Ok(Arc::new(ExitSet::new(list, choice)))
 }
 
 /// What a preset's file entry and the vault say of its keys.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::ConfigError;
+use crate::egress::ExitSet;
 use crate::keys::Keyring;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::{Origin, parse_url};
@@ -58,6 +59,8 @@ pub struct Preset {
     pub keys: Option<Arc<Keyring>>,
     /// The models it declares (`/<preset>/v1/models` answers from these).
     pub models: Vec<ModelInfo>,
+    /// Its own `egress` (else `[upstream] egress`).
+    pub exits: Option<Arc<ExitSet>>,
 }
 
 /// A declared model, in the seed vault's shape (`contextWindow`,
@@ -95,6 +98,7 @@ impl Preset {
             protocol: None,
             keys: None,
             models: Vec::new(),
+            exits: None,
         }
     }
 }

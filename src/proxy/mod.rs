@@ -48,7 +48,6 @@ use crate::preset::Rotation;
 use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Failure, Served, Transports};
-use crate::upstream::connect::Egress;
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{Preference, SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 use crate::usage::ledger::Ledger;
@@ -140,7 +139,9 @@ impl App {
             return Ok(local::preflight(req.headers()));
         }
         let route = self.route(config, &req)?;
-        let settings = plan::Settings { config, token: &self.token, own: self.listen, rotation: &self.rotation };
+        let exit =
+            req.headers().get("x-veilgate-exit").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        let settings = plan::Settings { config, token: &self.token, own: self.listen, rotation: &self.rotation, exit };
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),
@@ -225,7 +226,8 @@ impl App {
             open_tunnels: self.metrics.open_tunnels(),
         };
         let socket = &self.transports.socket;
-        Ok(tunnel::open(req, forward.origin, forward.path, headers, forward.check, socket, settings).await?)
+        let route = (forward.check, &forward.egress);
+        Ok(tunnel::open(req, forward.origin, forward.path, headers, route, socket, settings).await?)
     }
 
     /// The upstream request of a forward: the policy's headers and the
@@ -240,9 +242,9 @@ impl App {
     ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
         let policy = policy(config, forward.user_agent.as_ref(), forward.keys.is_some());
         if !forward.from_client {
-            let Forward { origin, path, check, transport, .. } = forward;
+            let Forward { origin, path, check, transport, egress, .. } = forward;
             let headers = policy.request_headers(&HeaderMap::new());
-            let (method, body, egress) = (Method::GET, Bytes::new(), Egress::Direct);
+            let (method, body) = (Method::GET, Bytes::new());
             let req =
                 UpstreamRequest { method, origin, path, headers, body, check, transport, egress, credential: None };
             return Ok((req, None));
@@ -257,8 +259,7 @@ impl App {
             }
             cx.meter = Some(meter);
         }
-        let Forward { origin, path, check, transport, monitor, .. } = forward;
-        let egress = Egress::Direct;
+        let Forward { origin, path, check, transport, monitor, egress, .. } = forward;
         let gemini = if monitor {
             gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
         } else {
@@ -367,6 +368,8 @@ impl App {
                     let (ring, config) = (Arc::clone(ring), Arc::clone(&config));
                     let path = format!("{}{}", target.base_path, ring.probe_path);
                     let origin = target.origin.clone();
+                    let target_origin = origin.clone();
+                    let exits = Arc::clone(preset.exits.as_ref().unwrap_or(&config.upstream.exits));
                     let route = preset.route.clone();
                     tokio::spawn(async move {
                         let policy = policy(&config, None, true);
@@ -379,7 +382,7 @@ impl App {
                             body: Bytes::new(),
                             check: plan::preset_check(app.listen),
                             transport: Preference::SocketFirst,
-                            egress: Egress::Direct,
+                            egress: plan::egress_of(&exits, &target_origin, None, None),
                         };
                         let ok = matches!(app.transports.send(&req).await, Ok(s) if s.response.status().is_success());
                         ring.probed(key, ok);

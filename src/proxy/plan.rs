@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::auth::{Caller, Token};
 use crate::client::Client;
 use crate::config::Config;
+use crate::egress::{ExitKind, ExitSet, Isolate};
 use crate::keys::{Keyring, strip_key_param};
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
@@ -16,7 +17,7 @@ use crate::policy::target::Origin;
 use crate::preset::{Monitor, Preset, Rotation};
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
-use crate::upstream::connect::TargetCheck;
+use crate::upstream::connect::{Egress, TargetCheck};
 use crate::usage::count::Protocol;
 
 use super::shape::Redirect;
@@ -72,6 +73,8 @@ pub(super) struct Forward {
     /// The preset's held keys: the client's own key slots are emptied and
     /// one of these written instead (§12).
     pub(super) keys: Option<Arc<Keyring>>,
+    /// How its connection leaves (§10).
+    pub(super) egress: Egress,
 }
 
 /// What planning reads besides the route.
@@ -83,6 +86,26 @@ pub(super) struct Settings<'a> {
     pub(super) own: SocketAddr,
     /// Which target of a preset is next.
     pub(super) rotation: &'a Rotation,
+    /// The exit the client asked for (`x-veilgate-exit`).
+    pub(super) exit: Option<u64>,
+}
+
+/// The exit of a connection to `origin` (direct when the set has none),
+/// with the isolation identity its exit asks for: the caller's name
+/// (`isolate = "client"`; never its token) or a fresh one per request.
+pub(super) fn egress_of(set: &ExitSet, origin: &Origin, asked: Option<u64>, caller: Option<Arc<str>>) -> Egress {
+    let exit = if set.exits.len() > 1 { set.pick(&origin.host.to_string(), asked) } else { set.pick("", None) };
+    let Some(exit) = exit else { return Egress::Direct };
+    let identity = match &exit.kind {
+        ExitKind::Socks5 { isolate: Isolate::Client, .. } => {
+            Some(caller.map_or_else(|| Arc::from("veilgate-anonymous"), |n| Arc::from(format!("veilgate-{n}"))))
+        }
+        ExitKind::Socks5 { isolate: Isolate::Request, .. } => {
+            Some(Arc::from(format!("veilgate-{:016x}", rand::random::<u64>())))
+        }
+        _ => None,
+    };
+    Egress::Via { exit: Arc::clone(exit), identity }
 }
 
 /// The target check of preset routes (private addresses allowed: an
@@ -106,7 +129,9 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::Providers { caller } => return Plan::Providers(caller),
         Route::Test => {
             let (origin, path) = s.config.default_dst.clone();
+            let egress = egress_of(&s.config.upstream.exits, &origin, s.exit, None);
             Forward {
+                egress,
                 kind: RouteKind::Test,
                 preset: None,
                 client: None,
@@ -125,6 +150,8 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         }
         Route::Preset { preset, remainder, query, caller } => {
             let target = s.rotation.pick(&preset);
+            let exits = preset.exits.as_deref().unwrap_or(&s.config.upstream.exits);
+            let egress = egress_of(exits, &target.origin, s.exit, caller.name());
             let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
             // A held key replaces the client's, `key=` included.
             let query = match &preset.keys {
@@ -146,11 +173,14 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 redirect: Some(Redirect::Preset { base_path: target.base_path.clone(), prefix }),
                 monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
                 keys: preset.keys.clone(),
+                egress,
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller } => {
             let auth_prefix = if path_token { format!("/{}", s.token.expose()) } else { String::new() };
+            let egress = egress_of(&s.config.upstream.exits, &origin, s.exit, caller.name());
             Forward {
+                egress,
                 kind: RouteKind::Generic,
                 preset: None,
                 client: caller.name(),
@@ -203,7 +233,7 @@ mod tests {
         let routed = route(input, cx).unwrap();
         let rotation = Rotation::new(&config.presets);
         let own = "127.0.0.1:8080".parse().unwrap();
-        plan(routed, path, Settings { config: &config, token: &token, own, rotation: &rotation })
+        plan(routed, path, Settings { config: &config, token: &token, own, rotation: &rotation, exit: None })
     }
 
     fn forward(toml: &str, target: &str, header_token: Option<&str>) -> Forward {

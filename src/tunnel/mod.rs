@@ -103,7 +103,7 @@ pub(crate) async fn open(
     origin: Origin,
     path: String,
     headers: HeaderMap,
-    check: TargetCheck,
+    (check, egress): (TargetCheck, &Egress),
     socket: &SocketTransport,
     settings: TunnelSettings,
 ) -> Result<Response<Body>, TunnelError> {
@@ -123,7 +123,7 @@ pub(crate) async fn open(
     }
 
     let config = ws_config(settings.max_message_bytes);
-    let conn = socket.connect(&origin, &Egress::Direct, check).await?;
+    let conn = socket.connect(&origin, egress, check).await?;
     let handshake = tokio_tungstenite::client_async_with_config(upstream_req, conn, Some(config));
     let (upstream, upstream_resp) = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
         Err(_) => {

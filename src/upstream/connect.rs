@@ -5,20 +5,63 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
+use crate::egress::{Exit, ExitKind, Isolate, Resolve, http_connect, socks5};
 use crate::policy::target::{Host, Origin, is_global};
+use crate::usage::time::unix_ms;
 
 use super::UpstreamError;
 
-/// How a connection leaves this machine. Only direct today; SOCKS5 exits
-/// (resolving the name at the exit) slot in here.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// How a connection leaves this machine: directly, or through a named
+/// exit of `[egress.*]` with the isolation identity of this connection
+/// (its SOCKS5 credentials when the exit isolates). Pooled connections
+/// are keyed by it, so none is shared across exits or identities.
+#[derive(Clone, Debug, Default)]
 pub enum Egress {
     #[default]
     Direct,
+    Via {
+        exit: Arc<Exit>,
+        identity: Option<Arc<str>>,
+    },
+}
+
+impl Egress {
+    /// `direct`, or the exit's name (error messages, metrics).
+    pub fn name(&self) -> &str {
+        match self {
+            Egress::Direct => "direct",
+            Egress::Via { exit, .. } => &exit.name,
+        }
+    }
+}
+
+impl PartialEq for Egress {
+    fn eq(&self, other: &Egress) -> bool {
+        match (self, other) {
+            (Egress::Direct, Egress::Direct) => true,
+            (Egress::Via { exit: a, identity: x }, Egress::Via { exit: b, identity: y }) => Arc::ptr_eq(a, b) && x == y,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Egress {}
+
+impl std::hash::Hash for Egress {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Egress::Direct => 0u8.hash(state),
+            Egress::Via { exit, identity } => {
+                exit.name.hash(state);
+                identity.hash(state);
+            }
+        }
+    }
 }
 
 /// Which addresses may be connected to.
@@ -81,17 +124,39 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    /// Resolves `origin`, keeps the addresses `check` permits, and connects
-    /// to the first that answers within `connect_timeout` (for all tries
-    /// together). The stream has `TCP_NODELAY` set.
+    /// A TCP stream to `origin` through `egress`, within `connect_timeout`
+    /// for everything (resolving, the proxy's handshake). Directly: the
+    /// name is resolved and the first permitted address that answers is
+    /// used. Through an exit, see [`Connector::via`]. The stream has
+    /// `TCP_NODELAY` set.
     pub(crate) async fn connect(
         &self,
         origin: &Origin,
-        _egress: &Egress,
+        egress: &Egress,
         check: TargetCheck,
     ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
-        let host = origin.host.to_string();
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        match egress {
+            Egress::Direct => self.direct(origin, check, None, deadline).await,
+            Egress::Via { exit, identity } => {
+                let result = match &exit.kind {
+                    ExitKind::Bind { source } => self.direct(origin, check, Some(*source), deadline).await,
+                    _ => self.via(origin, exit, identity.as_deref(), check, deadline).await,
+                };
+                exit.record(result.is_ok(), unix_ms(SystemTime::now()));
+                result
+            }
+        }
+    }
+
+    /// The permitted addresses of `origin`, resolved here.
+    async fn resolve(
+        &self,
+        origin: &Origin,
+        check: TargetCheck,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let host = origin.host.to_string();
         let addrs: Vec<SocketAddr> = match &origin.host {
             Host::V4(a) => vec![SocketAddr::new(IpAddr::V4(*a), origin.port)],
             Host::V6(a) => vec![SocketAddr::new(IpAddr::V6(*a), origin.port)],
@@ -104,24 +169,117 @@ impl Connector {
                 }
             }
         };
-        let permitted = check.admit(&host, addrs, true)?;
+        check.admit(&host, addrs, true)
+    }
+
+    async fn direct(
+        &self,
+        origin: &Origin,
+        check: TargetCheck,
+        source: Option<IpAddr>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+        let host = origin.host.to_string();
+        let permitted = self.resolve(origin, check, deadline).await?;
         let mut last: Option<io::Error> = None;
         for addr in permitted {
-            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-                Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
-                Ok(Ok(stream)) => {
-                    // Nagle would hold small writes (an SSE event, a head).
-                    stream
-                        .set_nodelay(true)
-                        .map_err(|e| UpstreamError::Connect { host: host.clone(), reason: e.kind().to_string() })?;
-                    return Ok((stream, addr));
+            let attempt = async {
+                match source {
+                    None => TcpStream::connect(addr).await,
+                    Some(source) => {
+                        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                        socket.bind(SocketAddr::new(source, 0))?;
+                        socket.connect(addr).await
+                    }
                 }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
+                Ok(Ok(stream)) => return nodelay(stream, &host).map(|s| (s, addr)),
                 Ok(Err(e)) => last = Some(e),
             }
         }
         let reason = last.map(|e| e.kind().to_string()).unwrap_or_default();
         Err(UpstreamError::Connect { host, reason })
     }
+
+    /// Through a SOCKS5 or CONNECT proxy. IP-literal targets are checked
+    /// before the proxy is asked; a name goes to the exit unresolved
+    /// (`resolve = "exit"`, no local DNS query), or is resolved and
+    /// checked here and sent as an address (`resolve = "local"`). Any
+    /// failure is the exit's 502 — never a direct connection.
+    async fn via(
+        &self,
+        origin: &Origin,
+        exit: &Exit,
+        identity: Option<&str>,
+        check: TargetCheck,
+        deadline: tokio::time::Instant,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+        let fail = |reason: String| UpstreamError::Egress { egress: exit.name.clone(), reason };
+        let (proxy, resolve) = match &exit.kind {
+            ExitKind::Socks5 { proxy, resolve, .. } | ExitKind::HttpConnect { proxy, resolve, .. } => (proxy, *resolve),
+            ExitKind::Bind { .. } => return Err(fail("not a proxy".into())),
+        };
+        let local;
+        let dest = match (&origin.host, resolve) {
+            (Host::Name(name), Resolve::Exit) => socks5::Dest::Name(name),
+            _ => {
+                // An address: checked before the proxy is asked for it.
+                local = self.resolve(origin, check, deadline).await?[0].ip();
+                match local {
+                    IpAddr::V4(a) => socks5::Dest::V4(a),
+                    IpAddr::V6(a) => socks5::Dest::V6(a),
+                }
+            }
+        };
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(proxy.as_str())).await {
+            Err(_) => return Err(fail(format!("the proxy {proxy} did not answer in time"))),
+            Ok(Err(e)) => return Err(fail(format!("cannot reach the proxy {proxy}: {}", e.kind()))),
+            Ok(Ok(s)) => s,
+        };
+        let peer = stream.peer_addr().map_err(|e| fail(e.kind().to_string()))?;
+        let mut stream = nodelay(stream, &origin.host.to_string())?;
+        let handshake = async {
+            match &exit.kind {
+                ExitKind::Socks5 { credentials, isolate, .. } => {
+                    let creds = match (isolate, identity) {
+                        (Isolate::None, _) | (_, None) => {
+                            credentials.as_ref().map(|(u, p)| (u.as_bytes(), p.as_bytes()))
+                        }
+                        (_, Some(id)) => Some((id.as_bytes(), id.as_bytes())),
+                    };
+                    socks5::handshake(&mut stream, creds, dest, origin.port).await.map_err(|e| e.to_string())
+                }
+                ExitKind::HttpConnect { authorization, .. } => {
+                    let authority = match dest {
+                        socks5::Dest::Name(n) => format!("{n}:{}", origin.port),
+                        socks5::Dest::V4(a) => format!("{a}:{}", origin.port),
+                        socks5::Dest::V6(a) => format!("[{a}]:{}", origin.port),
+                    };
+                    let basic = authorization.as_ref().map(|a| {
+                        use base64::Engine;
+                        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(a))
+                    });
+                    http_connect::handshake(&mut stream, &authority, basic.as_deref()).await.map_err(|e| e.to_string())
+                }
+                ExitKind::Bind { .. } => Ok(()),
+            }
+        };
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => Err(fail(format!("the proxy {proxy} did not finish its handshake in time"))),
+            Ok(Err(reason)) => Err(fail(reason)),
+            Ok(Ok(())) => Ok((stream, peer)),
+        }
+    }
+}
+
+/// Nagle would hold small writes (an SSE event, a head).
+fn nodelay(stream: TcpStream, host: &str) -> Result<TcpStream, UpstreamError> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| UpstreamError::Connect { host: host.to_owned(), reason: e.kind().to_string() })?;
+    Ok(stream)
 }
 
 #[cfg(test)]

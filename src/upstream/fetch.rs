@@ -17,7 +17,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use crate::body::{Body, Holding};
 use crate::policy::target::Host;
 
-use super::connect::TargetCheck;
+use super::connect::{Egress, TargetCheck};
 use super::guard::Guarded;
 use super::parse::{ParseError, ResponseHead};
 use super::pool::Pool;
@@ -94,6 +94,14 @@ impl FetchTransport {
 
     /// Sends `req`; the response body streams as it arrives.
     pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
+        // reqwest's connections are its own: through an exit only the
+        // socket transport goes, and fetch refuses rather than go direct.
+        if req.egress != Egress::Direct {
+            return Err(UpstreamError::Egress {
+                egress: req.egress.name().to_owned(),
+                reason: "the fetch transport does not go through exits; this request needed it".into(),
+            });
+        }
         let host = req.origin.host.to_string();
         let client = if req.check.allow_private { &self.trusted } else { &self.checked };
         // reqwest does not resolve IP literals: the request's own check, here.

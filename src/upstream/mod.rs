@@ -79,6 +79,9 @@ pub enum UpstreamError {
     Saturated { limit: usize },
     #[error("fetch from {host} failed: {reason}")]
     Fetch { host: String, reason: String },
+    /// The egress failed (§10): never retried around it, never direct.
+    #[error("egress {egress}: {reason}")]
+    Egress { egress: String, reason: String },
 }
 
 impl UpstreamError {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod clients;
+mod egress;
 mod fallback;
 mod gemini;
 mod hardening;

@@ -7,6 +7,7 @@ pub mod client;
 pub mod gemini;
 pub mod hyper_origin;
 pub mod origin;
+pub mod proxies;
 pub mod tls;
 pub mod ws_origin;
 
