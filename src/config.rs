@@ -480,6 +480,9 @@ pub struct Config {
     pub exits: Vec<Arc<Exit>>,
     /// The same as check-config prints them (secrets masked).
     egress_described: toml::Table,
+    /// When this configuration was loaded (the topology's
+    /// `topologyGeneratedAt`).
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// Where settled requests are kept.
@@ -840,6 +843,7 @@ impl Config {
             vault: raw.vault.map(|v| (v.file, v.passphrase)),
             exits,
             egress_described,
+            loaded_at: std::time::SystemTime::now(),
         };
         config.check_exposure()?;
         Ok(config)

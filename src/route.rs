@@ -31,6 +31,8 @@ pub enum Route {
     Usage,
     /// `GET /usage/requests`
     UsageRequests,
+    /// `GET /internal/v1/topology` (the admin token is checked by the handler)
+    Topology,
     /// `/<name>/<remainder>` with an enabled preset.
     Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
     /// `GET /<preset>/v1/models[/<id>]` of a preset that declares models:
@@ -199,6 +201,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         "/test" => Some(Route::Test),
         "/usage" => Some(Route::Usage),
         "/usage/requests" => Some(Route::UsageRequests),
+        "/internal/v1/topology" => Some(Route::Topology),
         _ => None,
     };
     if let Some(local) = local {

@@ -7,6 +7,9 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::json;
 
+use std::sync::Arc;
+
+use crate::egress::Exit;
 use crate::keys::{KeyState, Keyring};
 use crate::policy::target::Origin;
 use crate::preset::Presets;
@@ -22,7 +25,7 @@ pub(crate) struct Page {
 
 /// Renders the page for the current presets; `challenged` are the origins
 /// currently sent straight to fetch after a Cloudflare challenge.
-pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &[Origin]) -> Page {
+pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &[Origin], exits: &[Arc<Exit>]) -> Page {
     let list: Vec<_> = presets
         .iter()
         .filter(|p| p.enabled)
@@ -43,9 +46,17 @@ pub(crate) fn render(presets: &Presets, force_fetch_default: bool, challenged: &
             })
         })
         .collect();
+    let now = unix_ms(std::time::SystemTime::now());
+    let exits: Vec<_> = exits
+        .iter()
+        .map(|e| json!({ "name": e.name, "kind": e.kind.name(), "address": e.kind.address(), "status": e.status(now) }))
+        .collect();
     // `<` escaped so no value can close the script element.
-    let data = serde_json::Value::Array(list).to_string().replace('<', "\\u003c");
-    let html = PAGE.replace("{{VERSION}}", env!("CARGO_PKG_VERSION")).replace("{{PRESETS}}", &data);
+    let script = |v: Vec<serde_json::Value>| serde_json::Value::Array(v).to_string().replace('<', "\\u003c");
+    let html = PAGE
+        .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
+        .replace("{{PRESETS}}", &script(list))
+        .replace("{{EXITS}}", &script(exits));
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     html.hash(&mut hasher);
     let etag = format!("\"{:016x}\"", hasher.finish());
@@ -82,7 +93,7 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let page = render(&c.presets, false, &[]);
+        let page = render(&c.presets, false, &[], &[]);
         assert!(page.html.contains("\"route\":\"openai\""));
         assert!(page.html.contains("forced fetch"));
         assert!(!page.html.contains("x.example/</script>"), "values cannot close the script");
@@ -96,9 +107,10 @@ mod tests {
             assert!(!page.html.contains(storage), "the token is never stored ({storage})");
         }
         assert!(page.html.contains("createElementNS(SVG"), "the per-day chart is inline SVG");
-        let again = render(&c.presets, false, &[]);
+        let again = render(&c.presets, false, &[], &[]);
         assert_eq!(page.etag, again.etag);
-        let challenged = render(&c.presets, false, &[c.presets.enabled("openai").unwrap().targets[0].origin.clone()]);
+        let challenged =
+            render(&c.presets, false, &[c.presets.enabled("openai").unwrap().targets[0].origin.clone()], &[]);
         assert!(challenged.html.contains("fetch after challenge"));
         assert_ne!(page.etag, challenged.etag);
     }

@@ -13,7 +13,7 @@ pub mod socks5;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// How SOCKS5 credentials are chosen per connection (Tor's
 /// `IsolateSOCKSAuth` builds a circuit per distinct pair).
@@ -92,17 +92,29 @@ pub struct Exit {
     /// the last success.
     last_failure_ms: AtomicI64,
     last_success_ms: AtomicI64,
+    /// Connections through it, that worked and that failed.
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 impl Exit {
     pub fn new(name: String, kind: ExitKind) -> Exit {
-        Exit { name, kind, last_failure_ms: AtomicI64::new(0), last_success_ms: AtomicI64::new(0) }
+        Exit {
+            name,
+            kind,
+            last_failure_ms: AtomicI64::new(0),
+            last_success_ms: AtomicI64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
     }
 
     /// Records a connection attempt through this exit.
     pub fn record(&self, ok: bool, now_ms: i64) {
-        let slot = if ok { &self.last_success_ms } else { &self.last_failure_ms };
+        let (slot, count) =
+            if ok { (&self.last_success_ms, &self.connected) } else { (&self.last_failure_ms, &self.failed) };
         slot.store(now_ms, Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `failing` while the last attempt, within 60 s, failed; else `active`.
@@ -111,6 +123,50 @@ impl Exit {
         let ok = self.last_success_ms.load(Ordering::Relaxed);
         if failed > ok && now_ms - failed <= 60_000 { "failing" } else { "active" }
     }
+}
+
+/// The seed api-llm-cloud's topology document of `exits` (file order).
+pub fn topology(exits: &[Arc<Exit>], generated_at_s: u64, now_ms: i64) -> serde_json::Value {
+    // The id changes exactly when names, kinds, addresses or order do.
+    let mut identity = String::new();
+    for e in exits {
+        identity.push_str(&format!("{}\n{}\n{}\n", e.name, e.kind.name(), e.kind.address()));
+    }
+    let id = crate::client::to_hex(&crate::client::sha256(identity.as_bytes()));
+    let proxies: Vec<_> = exits
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({ "id": i, "name": e.name, "kind": e.kind.name(), "status": e.status(now_ms) }))
+        .collect();
+    serde_json::json!({
+        "schemaVersion": 1,
+        "topologyId": format!("sha256:{id}"),
+        "topologyGeneratedAt": generated_at_s,
+        "workerCount": exits.len(),
+        "proxies": proxies,
+    })
+}
+
+/// `veilgate_egress_connections_total{egress,result}` in the exposition
+/// format.
+pub fn render_metrics(exits: &[Arc<Exit>]) -> String {
+    use std::fmt::Write as _;
+    if exits.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("# HELP veilgate_egress_connections Connections through each exit, by result.\n");
+    out.push_str("# TYPE veilgate_egress_connections counter\n");
+    for e in exits {
+        for (result, n) in [("ok", &e.connected), ("failed", &e.failed)] {
+            let _ = writeln!(
+                out,
+                "veilgate_egress_connections_total{{egress=\"{}\",result=\"{result}\"}} {}",
+                e.name,
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    out
 }
 
 /// How a request picks among several exits.

@@ -22,7 +22,7 @@ use crate::preset::{ModelInfo, Preset};
 
 pub(super) fn dashboard(app: &App, config: &Config, headers: &HeaderMap) -> Response<Body> {
     let challenged = app.transports.challenged_origins();
-    let page = dashboard::render(&config.presets, config.force_fetch_default, &challenged);
+    let page = dashboard::render(&config.presets, config.force_fetch_default, &challenged, &config.exits);
     let etag = HeaderValue::from_str(&page.etag).unwrap_or(HeaderValue::from_static("\"0\""));
     let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let mut resp = if fresh {
@@ -53,12 +53,25 @@ pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result
     }
     let mut usage = app.ledger.as_ref().map(|l| l.render_metrics()).unwrap_or_default();
     usage.push_str(&key_states(config));
+    usage.push_str(&crate::egress::render_metrics(&config.exits));
     let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count(), &usage)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// `GET /internal/v1/topology` (the admin only: `authorization: Bearer`,
+/// `x-veilgate-token` or the seed's `x-internal-auth`): the exits.
+pub(super) fn topology(app: &App, config: &Config, headers: &HeaderMap) -> Result<Response<Body>, Error> {
+    let internal = headers.get("x-internal-auth").is_some_and(|v| app.token.matches(v.as_bytes()));
+    if !internal && !auth::from_headers(headers, &app.token, &config.clients).is_admin() {
+        return Err(Error::Route(crate::route::RouteError::Unauthorized));
+    }
+    let loaded = config.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::usage::time::unix_ms(std::time::SystemTime::now());
+    Ok(json_reply(&crate::egress::topology(&config.exits, loaded, now)))
 }
 
 /// `GET /<preset>/v1/models[/<id>]` from the preset's declared models, in

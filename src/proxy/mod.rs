@@ -148,6 +148,7 @@ impl App {
             Plan::Metrics => return local::metrics(self, config, req.headers()),
             Plan::Usage => return usage::report(self, config, &req),
             Plan::UsageRequests => return usage::requests(self, config, &req).await,
+            Plan::Topology => return local::topology(self, config, req.headers()),
             Plan::Models(preset, id) => return local::models(&preset, id.as_deref()),
             Plan::Providers(caller) => return Ok(local::providers(config, &caller)),
             Plan::Forward(forward) => forward,

@@ -33,6 +33,7 @@ pub(super) enum Plan {
     Metrics,
     Usage,
     UsageRequests,
+    Topology,
     /// A preset's declared models (§12).
     Models(Arc<Preset>, Option<String>),
     /// The keyed presets a caller may use (§12).
@@ -125,6 +126,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::Metrics => return Plan::Metrics,
         Route::Usage => return Plan::Usage,
         Route::UsageRequests => return Plan::UsageRequests,
+        Route::Topology => return Plan::Topology,
         Route::Models { preset, id } => return Plan::Models(preset, id),
         Route::Providers { caller } => return Plan::Providers(caller),
         Route::Test => {

@@ -237,3 +237,84 @@ async fn a_real_socks5_server_carries_tls_and_a_websocket_tunnel() {
     let echoed = tokio::time::timeout(Duration::from_secs(10), client.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(echoed, Message::text("through the exit"));
 }
+
+#[tokio::test]
+async fn the_topology_metrics_and_dashboard_show_each_exit() {
+    let origin = RawOrigin::json("{}").await;
+    let proxy = Proxy::socks5(names(origin.addr), false, Mode::Relay).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let exits = |order: [&str; 3]| {
+        let table = |name: &str| match name {
+            "tor" => format!("[egress.tor]\nsocks5 = \"{}\"\n", proxy.addr),
+            "office" => format!("[egress.office]\nhttp_connect = \"{dead}\"\nproxy_authorization = \"u:p\"\n"),
+            _ => "[egress.eth]\nbind = \"127.0.0.1\"\n".to_owned(),
+        };
+        order.iter().map(|n| table(n)).collect::<String>()
+    };
+    let presets = format!(
+        "[presets.a]\ntargets = [\"http://{SECRET_NAME}\"]\negress = \"tor\"\n\
+         [presets.b]\ntargets = [\"http://{}\"]\negress = \"office\"\n",
+        origin.addr
+    );
+    let vg = Veilgate::start(&format!("{}{presets}", exits(["tor", "office", "eth"]))).await;
+    let topology = |headers: Vec<(&'static str, String)>| {
+        let addr = vg.addr;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(addr, "GET", "/internal/v1/topology", &h, b"").await
+        }
+    };
+    topology(vec![]).await.assert_proxy_error(401);
+    let t = topology(vec![("authorization", format!("Bearer {TOKEN}"))]).await.json();
+    assert_eq!(t["schemaVersion"], 1);
+    assert_eq!(t["workerCount"], 3);
+    let kinds: Vec<(u64, &str, &str, &str)> = t["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap(),
+                p["kind"].as_str().unwrap(),
+                p["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [(0, "tor", "socks5", "active"), (1, "office", "http_connect", "active"), (2, "eth", "bind", "active")]
+    );
+    let id = t["topologyId"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
+
+    assert_eq!(send(vg.addr, "GET", "/a/x", &[], b"").await.status, 200);
+    send(vg.addr, "GET", "/b/x", &[], b"").await.assert_proxy_error(502);
+    let t = topology(vec![("x-internal-auth", TOKEN.to_owned())]).await.json();
+    assert_eq!(t["proxies"][1]["status"], "failing", "{t}");
+    assert_eq!(t["proxies"][0]["status"], "active");
+    assert_eq!(t["topologyId"], id.as_str(), "nothing about the exits changed");
+    let metrics = send(vg.addr, "GET", "/metrics", &[("authorization", &format!("Bearer {TOKEN}"))], b"").await.text();
+    for line in [
+        "veilgate_egress_connections_total{egress=\"tor\",result=\"ok\"} 1",
+        "veilgate_egress_connections_total{egress=\"office\",result=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let page = send(vg.addr, "GET", "/", &[], b"").await.text();
+    assert!(page.contains(r#""name":"office","status":"failing""#) || page.contains(r#""status":"failing""#), "{page}");
+    assert!(!page.contains("u:p") && !metrics.contains("u:p"));
+
+    // Another order is another topology; the same exits give the same id.
+    let other = Veilgate::start(&format!("{}{presets}", exits(["office", "tor", "eth"]))).await;
+    let same = Veilgate::start(&format!("{}{presets}", exits(["tor", "office", "eth"]))).await;
+    let id_of = |vg: &Veilgate| {
+        let addr = vg.addr;
+        async move {
+            let t = send(addr, "GET", "/internal/v1/topology", &[("x-veilgate-token", TOKEN)], b"").await.json();
+            t["topologyId"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_ne!(id_of(&other).await, id);
+    assert_eq!(id_of(&same).await, id);
+}
