@@ -42,7 +42,15 @@ pub enum Route {
     Providers { caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
-    Generic { origin: Origin, remainder: String, query: Option<String>, path_token: bool, caller: Caller },
+    /// `exit`: the numeric route's `N` (`/<token>/<N>/<base64url>/…`).
+    Generic {
+        origin: Origin,
+        remainder: String,
+        query: Option<String>,
+        path_token: bool,
+        caller: Caller,
+        exit: Option<u64>,
+    },
 }
 
 /// Why a request was refused before it could reach any upstream.
@@ -52,6 +60,9 @@ pub enum RouteError {
     TokenOnly,
     #[error("unknown scheme: expected http, https, ws or wss after the token")]
     UnknownScheme,
+    /// The numeric route (`/<token>/<N>/<base64url>/…`) is not usable.
+    #[error("numeric route /<token>/<N>/<base64url>/…: {0}")]
+    BadNumericRoute(&'static str),
     #[error("missing host after the scheme")]
     MissingHost,
     #[error("invalid host: {0}")]
@@ -281,7 +292,7 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
     if let Caller::Client(client) = &caller
         && !client.generic
     {
-        if Scheme::from_segment(name).is_some() {
+        if Scheme::from_segment(name).is_some() || name.bytes().all(|b| b.is_ascii_digit()) {
             return Err(RouteError::GenericNotAllowed);
         }
         return Err(no_preset(name, cx.presets));
@@ -298,11 +309,45 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         return Err(no_preset(name, cx.presets));
     }
 
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        let (origin, remainder, exit) = numeric(name, after_name)?;
+        return Ok(Route::Generic { origin, remainder, query, path_token, caller, exit: Some(exit) });
+    }
     let scheme = Scheme::from_segment(name).ok_or(RouteError::UnknownScheme)?;
     let (authority, remainder) = segment(after_name).ok_or(RouteError::MissingHost)?;
     let (host, port) = parse_authority(authority).map_err(RouteError::BadHost)?;
     let origin = Origin { scheme, port: port.unwrap_or(scheme.default_port()), host };
-    Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token, caller })
+    Ok(Route::Generic { origin, remainder: remainder.to_owned(), query, path_token, caller, exit: None })
+}
+
+/// The seed api-llm-cloud's numeric route: `N` picks the exit, the next
+/// segment is a base URL in base64url (padding optional), and the rest of
+/// the path is appended to it with one `/` between them.
+fn numeric(n: &str, after: &str) -> Result<(Origin, String, u64), RouteError> {
+    use base64::Engine;
+    let exit: u64 = n.parse().map_err(|_| RouteError::BadNumericRoute("the exit number is too large"))?;
+    let (encoded, extra) = segment(after).ok_or(RouteError::BadNumericRoute("the base URL is missing"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|_| RouteError::BadNumericRoute("the base URL is not base64url"))?;
+    let url = String::from_utf8(bytes).map_err(|_| RouteError::BadNumericRoute("the base URL is not text"))?;
+    if url.contains(['?', '#']) {
+        return Err(RouteError::BadNumericRoute("the base URL may not have a query or fragment"));
+    }
+    let (scheme, rest) = url.split_once("://").ok_or(RouteError::BadNumericRoute("the base URL is not absolute"))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => "http",
+        "https" | "wss" => "https",
+        _ => return Err(RouteError::BadNumericRoute("the base URL is not http(s) or ws(s)")),
+    };
+    let (origin, base) = crate::policy::target::parse_url(&format!("{scheme}://{rest}")).map_err(|_| {
+        RouteError::BadNumericRoute("the base URL's host is not a DNS name, IPv4 or [IPv6] (with a port)")
+    })?;
+    let remainder = match extra.strip_prefix('/').filter(|e| !e.is_empty()) {
+        Some(extra) => format!("{}/{extra}", base.strip_suffix('/').unwrap_or(&base)),
+        None => base,
+    };
+    Ok((origin, remainder, exit))
 }
 
 /// The enabled preset one of whose targets is `host[:port]` (the port, when
@@ -517,6 +562,45 @@ mod tests {
         }
         let message = no_preset("anthropic", &c.presets).to_string();
         assert_eq!(message, "no preset named \"anthropic\"; did you mean /claude?");
+    }
+
+    #[test]
+    fn the_numeric_route_decodes_its_base_url() {
+        use base64::Engine;
+        let b64 = |url: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(url);
+        let padded = |url: &str| base64::engine::general_purpose::URL_SAFE.encode(url);
+        let c = config("");
+        let t = TOKEN;
+        for (target, want) in [
+            (
+                format!("/{t}/3/{}/v1/models?x=1", b64("https://api.example.com/base")),
+                "https://api.example.com/base/v1/models?x=1",
+            ),
+            (format!("/{t}/0/{}/v1", b64("https://api.example.com/base/")), "https://api.example.com/base/v1"),
+            (format!("/{t}/0/{}", b64("https://api.example.com/only")), "https://api.example.com/only"),
+            (format!("/{t}/0/{}/", padded("wss://api.example.com:8443/rt")), "https://api.example.com:8443/rt"),
+            (format!("/{t}/7/{}/a%2Fb//c", b64("http://[2001:db8::1]")), "http://[2001:db8::1]/a%2Fb//c"),
+        ] {
+            assert_eq!(dest(&c, &target, None).as_deref(), Ok(want), "{target}");
+        }
+        match run(&c, Method::GET, &format!("/{t}/5/{}/x", b64("https://api.example.com")), None).unwrap() {
+            Route::Generic { exit, .. } => assert_eq!(exit, Some(5)),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            format!("/{t}/1/not*base64/x"),
+            format!("/{t}/1/{}/x", b64("https://api.example.com/?q=1")),
+            format!("/{t}/1/{}/x", b64("https://api.example.com/#frag")),
+            format!("/{t}/1/{}/x", b64("ftp://api.example.com")),
+            format!("/{t}/1/{}/x", b64("https://user@api.example.com")),
+            format!("/{t}/1/{}/x", b64("api.example.com")),
+            format!("/{t}/99999999999999999999999/{}/x", b64("https://api.example.com")),
+            format!("/{t}/1"),
+        ] {
+            let e = dest(&c, &bad, None).unwrap_err();
+            assert!(matches!(e, RouteError::BadNumericRoute(_)), "{bad}: {e:?}");
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        }
     }
 
     #[test]

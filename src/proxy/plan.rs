@@ -178,9 +178,9 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 egress,
             }
         }
-        Route::Generic { origin, remainder, query, path_token, caller } => {
+        Route::Generic { origin, remainder, query, path_token, caller, exit } => {
             let auth_prefix = if path_token { format!("/{}", s.token.expose()) } else { String::new() };
-            let egress = egress_of(&s.config.upstream.exits, &origin, s.exit, caller.name());
+            let egress = egress_of(&s.config.upstream.exits, &origin, exit.or(s.exit), caller.name());
             Forward {
                 egress,
                 kind: RouteKind::Generic,

@@ -172,6 +172,30 @@ async fn several_exits_per_host_and_the_one_a_client_asks_for() {
 }
 
 #[tokio::test]
+async fn the_numeric_route_picks_its_exit() {
+    use base64::Engine;
+    let origin =
+        RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_vec()).await;
+    let a = Proxy::socks5(names(origin.addr), false, Mode::Relay).await;
+    let b = Proxy::socks5(names(origin.addr), false, Mode::Relay).await;
+    let vg = Veilgate::start(&format!(
+        "[egress.a]\nsocks5 = \"{}\"\n[egress.b]\nsocks5 = \"{}\"\n[upstream]\negress = [\"a\", \"b\"]\n",
+        a.addr, b.addr
+    ))
+    .await;
+    let base = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("http://{SECRET_NAME}:8081/base"));
+    for n in [1, 3, 2] {
+        let reply = send(vg.addr, "GET", &format!("/{TOKEN}/{n}/{base}/v1/models?x=1"), &[], b"").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!((a.asked().len(), b.asked().len()), (1, 2), "exit N mod 2");
+    assert_eq!(b.asked()[0].host, SECRET_NAME);
+    assert!(origin.requests().iter().all(|c| c.target() == "/base/v1/models?x=1"));
+    let bad = send(vg.addr, "GET", &format!("/{TOKEN}/1/%%%/x"), &[], b"").await;
+    bad.assert_proxy_error(400);
+}
+
+#[tokio::test]
 async fn unknown_exit_names_are_start_up_errors() {
     for (toml, named) in [
         ("[upstream]\negress = \"nowhere\"", "upstream.egress: no [egress.nowhere]"),
@@ -194,6 +218,8 @@ async fn microsocks() -> Option<(tokio::process::Child, SocketAddr)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
     let child = tokio::process::Command::new("microsocks")
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn();
     let Ok(child) = child else {
