@@ -171,6 +171,9 @@ pub struct UpstreamSettings {
 pub struct SocketTransport {
     connector: Connector,
     tls: TlsConnector,
+    /// For connections through an exit: the same roots, but no TLS session
+    /// is stored or resumed, so no ticket links two exits or identities.
+    tls_through_exits: TlsConnector,
     pool: Arc<Pool>,
     settings: UpstreamSettings,
 }
@@ -189,9 +192,12 @@ impl SocketTransport {
         let limit = SlotLimit { max: settings.max_connections, wait: settings.connect_timeout };
         let pool = Pool::new(settings.pool_idle_timeout, limit);
         pool.spawn_reaper();
+        let mut unresumed = (*tls).clone();
+        unresumed.resumption = rustls::client::Resumption::disabled();
         SocketTransport {
             connector: Connector { connect_timeout: settings.connect_timeout },
             tls: TlsConnector::from(tls),
+            tls_through_exits: TlsConnector::from(Arc::new(unresumed)),
             pool,
             settings,
         }
@@ -312,7 +318,8 @@ impl SocketTransport {
                 let host = origin.host.to_string();
                 let name = tls::server_name(&origin.host)
                     .ok_or_else(|| UpstreamError::Tls { host: host.clone(), reason: "invalid server name".into() })?;
-                let handshake = self.tls.connect(name, tcp);
+                let tls = if *egress == Egress::Direct { &self.tls } else { &self.tls_through_exits };
+                let handshake = tls.connect(name, tcp);
                 let stream = tokio::time::timeout(self.settings.connect_timeout, handshake)
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout { host: host.clone() })?
