@@ -32,6 +32,7 @@ pub(crate) mod body;
 pub mod client;
 pub mod config;
 pub(crate) mod dashboard;
+pub mod dns;
 pub mod egress;
 pub(crate) mod error;
 pub mod fds;
