@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
 use crate::client::{Client, Clients, parse_sha256, sha256};
+use crate::dns::DohServer;
 use crate::egress::{Exit, ExitChoice, ExitKind, ExitSet, Isolate, Resolve};
 use crate::jwt::JwtAuth;
 use crate::keys::vault::{self, VaultProvider};
 use crate::keys::{KeyHeader, KeySource, Keyring, KeyringSpec, ProviderKey};
 use crate::policy::headers::{ExtraAllow, UserAgent};
-use crate::policy::target::{Origin, parse_url};
+use crate::policy::target::{Host, Origin, Scheme, parse_url};
 use crate::preset::{ModelInfo, Monitor, Preset, Presets, Target};
 use crate::usage::count::Protocol;
 use crate::usage::ledger::Limits as ClientLimits;
@@ -96,6 +97,26 @@ pub struct RawConfig {
     /// `[egress.NAME]`, in file order (the topology lists them so).
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     egress: toml::Table,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doh_servers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_max_ttl_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<String>,
 }
 
 /// One `[egress.NAME]`.
@@ -483,6 +504,17 @@ pub struct Config {
     /// When this configuration was loaded (the topology's
     /// `topologyGeneratedAt`).
     pub loaded_at: std::time::SystemTime,
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: DNS over HTTPS for upstream names (`servers` empty: the system
+/// resolver).
+#[derive(Debug)]
+pub struct DnsConfig {
+    pub servers: Vec<DohServer>,
+    pub cache_max_ttl: Duration,
+    /// How the DoH queries leave (default: `[upstream] egress`'s first).
+    pub exits: Arc<ExitSet>,
 }
 
 /// Where settled requests are kept.
@@ -735,6 +767,7 @@ impl Config {
             None => BTreeMap::new(),
         };
         let presets = build_presets(raw.presets, vault, &exits, env)?;
+        let dns = build_dns(raw.dns, &exits, &upstream.exits)?;
 
         let g = raw.gemini;
         let mut prompts = BTreeMap::new();
@@ -844,6 +877,7 @@ impl Config {
             exits,
             egress_described,
             loaded_at: std::time::SystemTime::now(),
+            dns,
         };
         config.check_exposure()?;
         Ok(config)
@@ -1083,6 +1117,17 @@ impl Config {
                 })
                 .collect(),
             egress: self.egress_described.clone(),
+            dns: RawDns {
+                resolver: Some(if self.dns.servers.is_empty() { "system" } else { "doh" }.to_owned()),
+                doh_servers: Some(self.dns.servers.iter().map(|s| format!("{}{}", s.origin, s.path)).collect()),
+                bootstrap: None,
+                cache_max_ttl_s: Some(self.dns.cache_max_ttl.as_secs()),
+                relay: Some(false),
+                egress: Some(match set_names(&self.dns.exits) {
+                    OneOrMany::One(n) => n,
+                    OneOrMany::Many(list) => list.into_iter().next().unwrap_or_else(|| "direct".to_owned()),
+                }),
+            },
             vault: self.vault.as_ref().map(|(file, passphrase)| RawVault {
                 file: file.clone(),
                 passphrase: if passphrase.starts_with("env:") || passphrase.starts_with("file:") {
@@ -1304,6 +1349,43 @@ fn build_exits(table: &toml::Table, env: Env<'_>) -> Result<(Vec<Arc<Exit>>, tom
         exits.push(Arc::new(Exit::new(name.clone(), kind)));
     }
     Ok((exits, described))
+}
+
+/// `[dns]`. DoH servers are `https://` URLs with an IP-literal host (their
+/// own names would need a resolver); `bootstrap` and `relay` are not built
+/// yet and say so.
+fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Result<DnsConfig, ConfigError> {
+    if raw.bootstrap.as_ref().is_some_and(|b| !b.is_empty()) {
+        return err("dns.bootstrap is not supported yet: give the DoH servers as IP addresses");
+    }
+    if raw.relay == Some(true) {
+        return err("dns.relay is not supported yet");
+    }
+    let doh = match raw.resolver.as_deref() {
+        None | Some("system") => false,
+        Some("doh") => true,
+        Some(_) => return err("dns.resolver must be \"system\" or \"doh\""),
+    };
+    let defaults =
+        || vec!["https://1.1.1.1/dns-query".to_owned(), "https://[2606:4700:4700::1111]/dns-query".to_owned()];
+    let mut servers = Vec::new();
+    if doh {
+        for url in raw.doh_servers.unwrap_or_else(defaults) {
+            let (origin, path) = parse_url(&url).map_err(|e| ConfigError(format!("dns.doh_servers: {url}: {e}")))?;
+            if origin.scheme != Scheme::Https || matches!(origin.host, Host::Name(_)) {
+                return err(format!("dns.doh_servers: {url}: needs https:// and an IP address as its host"));
+            }
+            servers.push(DohServer { origin, path: if path.is_empty() { "/dns-query".to_owned() } else { path } });
+        }
+        if servers.is_empty() {
+            return err("dns.doh_servers: name at least one server");
+        }
+    }
+    let exits = match raw.egress {
+        Some(name) => exit_set(Some(&OneOrMany::One(name)), None, exits, "dns")?,
+        None => Arc::clone(upstream),
+    };
+    Ok(DnsConfig { servers, cache_max_ttl: Duration::from_secs(raw.cache_max_ttl_s.unwrap_or(300)), exits })
 }
 
 /// An exit set's names as the file writes them.

@@ -38,6 +38,7 @@ use self::shape::{Redirect, RedirectBack, shape_head};
 use crate::auth::Token;
 use crate::body::Body;
 use crate::config::{Config, ConfigError};
+use crate::dns::Doh;
 use crate::error::Error;
 use crate::keys::{Keyring, NoKey, Tried, Verdict};
 use crate::metrics::{Access, Metrics, Recorded, RouteKind};
@@ -48,6 +49,7 @@ use crate::preset::Rotation;
 use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Failure, Served, Transports};
+use crate::upstream::connect::TargetCheck;
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{Preference, SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 use crate::usage::ledger::Ledger;
@@ -87,8 +89,19 @@ impl App {
             max_response_head_bytes: config.limits.max_response_head_bytes,
             max_connections: config.limits.max_upstream_connections,
         };
-        let socket = SocketTransport::new(settings.clone(), socket_tls);
-        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()))
+        let mut socket = SocketTransport::new(settings.clone(), Arc::clone(&socket_tls));
+        // DNS over HTTPS has its own transport: its servers are addresses,
+        // so its connections never need a lookup of their own.
+        let doh = (!config.dns.servers.is_empty()).then(|| {
+            let transport = SocketTransport::new(settings.clone(), socket_tls);
+            let egress = plan::egress_of(&config.dns.exits, &config.dns.servers[0].origin, None, None);
+            let check = TargetCheck { allow_private: true, own: listen };
+            Arc::new(Doh::new(config.dns.servers.clone(), transport, egress, check, config.dns.cache_max_ttl))
+        });
+        if let Some(doh) = &doh {
+            socket = socket.with_doh(Arc::clone(doh));
+        }
+        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()), doh)
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let rotation = Rotation::new(&config.presets);

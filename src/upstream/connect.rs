@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::dns::Doh;
 use crate::egress::{Exit, ExitKind, Isolate, Resolve, http_connect, socks5};
 use crate::policy::target::{Host, Origin, is_global};
 use crate::usage::time::unix_ms;
@@ -121,6 +122,9 @@ impl TargetCheck {
 #[derive(Clone, Debug)]
 pub(crate) struct Connector {
     pub connect_timeout: Duration,
+    /// `[dns] resolver = "doh"`: names are resolved by it, never by the
+    /// system resolver.
+    pub doh: Option<Arc<Doh>>,
 }
 
 impl Connector {
@@ -160,6 +164,14 @@ impl Connector {
         let addrs: Vec<SocketAddr> = match &origin.host {
             Host::V4(a) => vec![SocketAddr::new(IpAddr::V4(*a), origin.port)],
             Host::V6(a) => vec![SocketAddr::new(IpAddr::V6(*a), origin.port)],
+            Host::Name(name) if self.doh.is_some() => {
+                let doh = self.doh.as_deref().ok_or_else(|| UpstreamError::Resolve { host: host.clone() })?;
+                match tokio::time::timeout_at(deadline, doh.lookup(name)).await {
+                    Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
+                    Ok(Err(e)) => return Err(UpstreamError::Dns { reason: e.to_string() }),
+                    Ok(Ok(ips)) => ips.into_iter().map(|ip| SocketAddr::new(ip, origin.port)).collect(),
+                }
+            }
             Host::Name(name) => {
                 let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
                 match tokio::time::timeout_at(deadline, lookup).await {

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::body::{Body, Holding};
+use crate::dns::Doh;
 use crate::policy::target::Host;
 
 use super::connect::{Egress, TargetCheck};
@@ -44,17 +45,25 @@ struct TargetRefused {
     host: String,
 }
 
-/// Resolves with the system resolver and keeps only permitted addresses.
+/// Resolves with the system resolver, or DNS over HTTPS when configured,
+/// and keeps only permitted addresses (all of them for trusted targets).
 struct CheckedResolver {
-    own: SocketAddr,
+    check: TargetCheck,
+    doh: Option<Arc<Doh>>,
 }
 
 impl Resolve for CheckedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let check = TargetCheck { allow_private: false, own: self.own };
+        let (check, doh) = (self.check, self.doh.clone());
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let found: Vec<SocketAddr> = match &doh {
+                Some(doh) => match doh.lookup(&host).await {
+                    Ok(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
+                    Err(e) => return Err(Box::new(e) as Box<dyn StdError + Send + Sync>),
+                },
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             match check.admit(&host, found, false) {
                 Ok(permitted) => Ok(Box::new(permitted.into_iter()) as Addrs),
                 Err(UpstreamError::Forbidden { .. }) => {
@@ -73,6 +82,7 @@ impl FetchTransport {
         tls: &rustls::ClientConfig,
         own: SocketAddr,
         pool: Arc<Pool>,
+        doh: Option<Arc<Doh>>,
     ) -> Result<FetchTransport, reqwest::Error> {
         let build = |checked: bool| {
             let mut b = reqwest::Client::builder()
@@ -84,8 +94,9 @@ impl FetchTransport {
                 .connect_timeout(settings.connect_timeout)
                 .pool_idle_timeout(settings.pool_idle_timeout)
                 .tcp_nodelay(true);
-            if checked {
-                b = b.dns_resolver(Arc::new(CheckedResolver { own }));
+            if checked || doh.is_some() {
+                let check = TargetCheck { allow_private: !checked, own };
+                b = b.dns_resolver(Arc::new(CheckedResolver { check, doh: doh.clone() }));
             }
             b.build()
         };

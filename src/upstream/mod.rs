@@ -79,6 +79,9 @@ pub enum UpstreamError {
     Saturated { limit: usize },
     #[error("fetch from {host} failed: {reason}")]
     Fetch { host: String, reason: String },
+    /// DNS over HTTPS could not resolve a name (§10).
+    #[error("{reason}")]
+    Dns { reason: String },
     /// The egress failed (§10): never retried around it, never direct.
     #[error("egress {egress}: {reason}")]
     Egress { egress: String, reason: String },
@@ -195,12 +198,18 @@ impl SocketTransport {
         let mut unresumed = (*tls).clone();
         unresumed.resumption = rustls::client::Resumption::disabled();
         SocketTransport {
-            connector: Connector { connect_timeout: settings.connect_timeout },
+            connector: Connector { connect_timeout: settings.connect_timeout, doh: None },
             tls: TlsConnector::from(tls),
             tls_through_exits: TlsConnector::from(Arc::new(unresumed)),
             pool,
             settings,
         }
+    }
+
+    /// Resolves names with DNS over HTTPS from now on.
+    pub(crate) fn with_doh(mut self, doh: Arc<crate::dns::Doh>) -> SocketTransport {
+        self.connector.doh = Some(doh);
+        self
     }
 
     /// The keep-alive pool (for metrics and tests) and upstream slots.

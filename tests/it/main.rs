@@ -4,6 +4,7 @@
 
 mod cli;
 mod clients;
+mod dns;
 mod egress;
 mod fallback;
 mod gemini;
