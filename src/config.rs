@@ -511,7 +511,12 @@ pub struct Config {
 /// resolver).
 #[derive(Debug)]
 pub struct DnsConfig {
+    /// The DoH servers (for the resolver, the relay, or both).
     pub servers: Vec<DohServer>,
+    /// `resolver = "doh"`: upstream names are resolved with them.
+    pub resolve: bool,
+    /// `relay = true`: `/<token>/dns-query` passes DNS messages to them.
+    pub relay: bool,
     pub cache_max_ttl: Duration,
     /// How the DoH queries leave (default: `[upstream] egress`'s first).
     pub exits: Arc<ExitSet>,
@@ -1118,11 +1123,11 @@ impl Config {
                 .collect(),
             egress: self.egress_described.clone(),
             dns: RawDns {
-                resolver: Some(if self.dns.servers.is_empty() { "system" } else { "doh" }.to_owned()),
+                resolver: Some(if self.dns.resolve { "doh" } else { "system" }.to_owned()),
                 doh_servers: Some(self.dns.servers.iter().map(|s| format!("{}{}", s.origin, s.path)).collect()),
                 bootstrap: None,
                 cache_max_ttl_s: Some(self.dns.cache_max_ttl.as_secs()),
-                relay: Some(false),
+                relay: Some(self.dns.relay),
                 egress: Some(match set_names(&self.dns.exits) {
                     OneOrMany::One(n) => n,
                     OneOrMany::Many(list) => list.into_iter().next().unwrap_or_else(|| "direct".to_owned()),
@@ -1352,14 +1357,11 @@ fn build_exits(table: &toml::Table, env: Env<'_>) -> Result<(Vec<Arc<Exit>>, tom
 }
 
 /// `[dns]`. DoH servers are `https://` URLs with an IP-literal host (their
-/// own names would need a resolver); `bootstrap` and `relay` are not built
-/// yet and say so.
+/// own names would need a resolver); `bootstrap` is not built yet and says
+/// so.
 fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Result<DnsConfig, ConfigError> {
     if raw.bootstrap.as_ref().is_some_and(|b| !b.is_empty()) {
         return err("dns.bootstrap is not supported yet: give the DoH servers as IP addresses");
-    }
-    if raw.relay == Some(true) {
-        return err("dns.relay is not supported yet");
     }
     let doh = match raw.resolver.as_deref() {
         None | Some("system") => false,
@@ -1369,7 +1371,8 @@ fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Resul
     let defaults =
         || vec!["https://1.1.1.1/dns-query".to_owned(), "https://[2606:4700:4700::1111]/dns-query".to_owned()];
     let mut servers = Vec::new();
-    if doh {
+    let relay = raw.relay.unwrap_or(false);
+    if doh || relay {
         for url in raw.doh_servers.unwrap_or_else(defaults) {
             let (origin, path) = parse_url(&url).map_err(|e| ConfigError(format!("dns.doh_servers: {url}: {e}")))?;
             if origin.scheme != Scheme::Https || matches!(origin.host, Host::Name(_)) {
@@ -1385,7 +1388,13 @@ fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Resul
         Some(name) => exit_set(Some(&OneOrMany::One(name)), None, exits, "dns")?,
         None => Arc::clone(upstream),
     };
-    Ok(DnsConfig { servers, cache_max_ttl: Duration::from_secs(raw.cache_max_ttl_s.unwrap_or(300)), exits })
+    Ok(DnsConfig {
+        servers,
+        resolve: doh,
+        relay,
+        cache_max_ttl: Duration::from_secs(raw.cache_max_ttl_s.unwrap_or(300)),
+        exits,
+    })
 }
 
 /// An exit set's names as the file writes them.

@@ -57,6 +57,12 @@ pub(crate) enum Error {
     /// Every key of a keyed preset is cooling (§12); nothing was sent.
     #[error("every key of the preset {preset} is rate-limited; the first is usable again in {retry_after} s")]
     KeysCooling { preset: String, retry_after: u64 },
+    /// The DoH relay could not get an answer (§10).
+    #[error("DNS over HTTPS: {0}")]
+    Dns(String),
+    /// A relayed DNS message of another content type.
+    #[error("dns-query takes content-type application/dns-message")]
+    NotDnsMessage,
     /// `/<preset>/v1/models/<id>` of a model the preset does not declare.
     #[error("the preset {preset} declares no such model")]
     NoModel { preset: String },
@@ -86,6 +92,8 @@ impl Error {
             Error::KeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::KeysDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::NoModel { .. } => StatusCode::NOT_FOUND,
+            Error::Dns(_) => StatusCode::BAD_GATEWAY,
+            Error::NotDnsMessage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 

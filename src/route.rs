@@ -33,6 +33,9 @@ pub enum Route {
     UsageRequests,
     /// `GET /internal/v1/topology` (the admin token is checked by the handler)
     Topology,
+    /// `/<token>/dns-query`: the DoH relay (§10), for callers allowed
+    /// generic routes.
+    DnsRelay,
     /// `/<name>/<remainder>` with an enabled preset.
     Preset { preset: Arc<Preset>, remainder: String, query: Option<String>, caller: Caller },
     /// `GET /<preset>/v1/models[/<id>]` of a preset that declares models:
@@ -196,6 +199,8 @@ pub struct RouteContext<'a> {
     pub token: &'a Token,
     pub preset_auth: bool,
     pub clients: &'a Clients,
+    /// `[dns] relay = true`: `/<token>/dns-query` is the relay.
+    pub dns_relay: bool,
 }
 
 /// Routes one request.
@@ -236,6 +241,13 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
         return Err(RouteError::Unauthorized);
     }
 
+    if rest == "/dns-query" && cx.dns_relay {
+        return match &caller {
+            Caller::Anonymous => Err(RouteError::Unauthorized),
+            known if known.may_use_generic() => Ok(Route::DnsRelay),
+            _ => Err(RouteError::GenericNotAllowed),
+        };
+    }
     if rest == "/v1/providers" && (input.method == Method::GET || input.method == Method::HEAD) {
         if presented == Presented::Nothing
             && let Some(bearer) = input.headers.bearer()
@@ -434,7 +446,13 @@ mod tests {
                 header_token: header.map(str::as_bytes),
                 headers: RouteHeaders(None),
             },
-            RouteContext { presets: &c.presets, token: &token, preset_auth: c.preset_auth, clients: &c.clients },
+            RouteContext {
+                presets: &c.presets,
+                token: &token,
+                preset_auth: c.preset_auth,
+                clients: &c.clients,
+                dns_relay: false,
+            },
         )
     }
 

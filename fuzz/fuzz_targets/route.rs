@@ -19,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let input =
         RouteInput { method: &http::Method::POST, path, query, header_token: None, headers: RouteHeaders(None) };
-    let cx = RouteContext { presets: &config.presets, token: &token, preset_auth: false, clients: &config.clients };
+    let cx = RouteContext {
+        presets: &config.presets,
+        token: &token,
+        preset_auth: false,
+        clients: &config.clients,
+        dns_relay: false,
+    };
     if let Ok(Route::Generic { origin, .. }) = route(input, cx) {
         let shown = origin.host_header();
         assert!(parse_authority(&shown).is_ok(), "{shown}");

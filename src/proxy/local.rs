@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::body::{Body, empty, full};
 use crate::config::{Config, Cors, protocol_name};
 use crate::dashboard;
+use crate::dns::Doh;
 use crate::error::Error;
 use crate::keys::KeyState;
 use crate::preset::{ModelInfo, Preset};
@@ -72,6 +73,54 @@ pub(super) fn topology(app: &App, config: &Config, headers: &HeaderMap) -> Resul
     let loaded = config.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let now = crate::usage::time::unix_ms(std::time::SystemTime::now());
     Ok(json_reply(&crate::egress::topology(&config.exits, loaded, now)))
+}
+
+/// The largest DNS message the relay takes from a client.
+const MAX_RELAYED: usize = 4096;
+
+/// `/<token>/dns-query` (§10, SpectreProxy's relay): `GET ?dns=<base64url>`
+/// or `POST` of `application/dns-message` (≤ 4096 bytes), sent to the DoH
+/// servers with none of the client's headers; the server's DNS message
+/// comes back.
+pub(super) async fn dns_relay(doh: Option<&Doh>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    use base64::Engine;
+    use http_body_util::BodyExt;
+    let doh = doh.ok_or_else(|| Error::Dns("no DoH server is configured".into()))?;
+    let message = match *req.method() {
+        Method::GET | Method::HEAD => {
+            let param = req.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("dns=")));
+            let param = param.ok_or_else(|| Error::BadQuery("dns-query needs ?dns=<base64url>".into()))?;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(param.trim_end_matches('='))
+                .map_err(|_| Error::BadQuery("dns= is not base64url".into()))?
+        }
+        Method::POST => {
+            let typed =
+                req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/dns-message");
+            if !typed {
+                return Err(Error::NotDnsMessage);
+            }
+            let mut body = req.into_body();
+            let mut message = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::BodyRead(e.to_string()))?;
+                let Ok(data) = frame.into_data() else { continue };
+                if message.len() + data.len() > MAX_RELAYED {
+                    return Err(Error::BodyTooLarge { limit: MAX_RELAYED as u64 });
+                }
+                message.extend_from_slice(&data);
+            }
+            message
+        }
+        _ => return Err(Error::Route(crate::route::RouteError::MethodNotAllowed)),
+    };
+    if message.len() < 12 || message.len() > MAX_RELAYED {
+        return Err(Error::BadQuery("not a DNS message".into()));
+    }
+    let answer = doh.ask(bytes::Bytes::from(message)).await.map_err(Error::Dns)?;
+    let mut resp = Response::new(full(answer));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dns-message"));
+    Ok(resp)
 }
 
 /// `GET /<preset>/v1/models[/<id>]` from the preset's declared models, in

@@ -72,6 +72,8 @@ pub(crate) struct App {
     /// Clients' usage and limits; `None` while no client is configured
     /// (nothing is metered, no store is opened).
     pub(crate) ledger: Option<Arc<Ledger>>,
+    /// DNS over HTTPS, when `[dns]` names servers (resolver, relay).
+    doh: Option<Arc<Doh>>,
 }
 
 impl App {
@@ -98,17 +100,18 @@ impl App {
             let check = TargetCheck { allow_private: true, own: listen };
             Arc::new(Doh::new(config.dns.servers.clone(), transport, egress, check, config.dns.cache_max_ttl))
         });
-        if let Some(doh) = &doh {
+        if let Some(doh) = doh.as_ref().filter(|_| config.dns.resolve) {
             socket = socket.with_doh(Arc::clone(doh));
         }
-        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()), doh)
+        let resolving = doh.clone().filter(|_| config.dns.resolve);
+        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()), resolving)
             .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let rotation = Rotation::new(&config.presets);
         let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));
         let ledger = usage::open_ledger(&config, &metrics)?.map(Arc::new);
         let config = ArcSwap::from_pointee(config);
-        Ok(App { config, token, listen, transports, metrics, rotation, ledger })
+        Ok(App { config, token, listen, transports, metrics, rotation, ledger, doh })
     }
 
     /// Commits every settled request to the usage store (at shutdown).
@@ -162,6 +165,7 @@ impl App {
             Plan::Usage => return usage::report(self, config, &req),
             Plan::UsageRequests => return usage::requests(self, config, &req).await,
             Plan::Topology => return local::topology(self, config, req.headers()),
+            Plan::DnsRelay => return local::dns_relay(self.doh.as_deref(), req).await,
             Plan::Models(preset, id) => return local::models(&preset, id.as_deref()),
             Plan::Providers(caller) => return Ok(local::providers(config, &caller)),
             Plan::Forward(forward) => forward,
@@ -208,6 +212,7 @@ impl App {
             token: &self.token,
             preset_auth: config.preset_auth,
             clients: &config.clients,
+            dns_relay: config.dns.relay,
         };
         Ok(route(input, cx)?)
     }

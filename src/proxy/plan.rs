@@ -34,6 +34,8 @@ pub(super) enum Plan {
     Usage,
     UsageRequests,
     Topology,
+    /// `/<token>/dns-query` (§10).
+    DnsRelay,
     /// A preset's declared models (§12).
     Models(Arc<Preset>, Option<String>),
     /// The keyed presets a caller may use (§12).
@@ -127,6 +129,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::Usage => return Plan::Usage,
         Route::UsageRequests => return Plan::UsageRequests,
         Route::Topology => return Plan::Topology,
+        Route::DnsRelay => return Plan::DnsRelay,
         Route::Models { preset, id } => return Plan::Models(preset, id),
         Route::Providers { caller } => return Plan::Providers(caller),
         Route::Test => {
@@ -231,6 +234,7 @@ mod tests {
             token: &token,
             preset_auth: config.preset_auth,
             clients: &config.clients,
+            dns_relay: false,
         };
         let routed = route(input, cx).unwrap();
         let rotation = Rotation::new(&config.presets);

@@ -132,3 +132,40 @@ async fn doh_settings_that_cannot_work_are_refused_at_start() {
         assert!(e.contains(named), "{toml}: {e}");
     }
 }
+
+#[tokio::test]
+async fn the_relay_passes_dns_messages_and_nothing_of_the_client() {
+    use base64::Engine;
+    let ca = TestCa::new();
+    let doh = doh_server(&ca).await;
+    let vg = Veilgate::start(&format!(
+        "[upstream]\nextra_ca_file = {:?}\n[dns]\nrelay = true\ndoh_servers = [\"https://{}/dns-query\"]\n\
+         [[clients]]\nname = \"plain\"\ntoken = \"plain_client_token_0123456789\"\n",
+        ca.ca_file, doh.addr
+    ))
+    .await;
+    let query = veilgate::dns::wire::query("api.doh.test", veilgate::dns::wire::Kind::A).unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&query);
+    let get = send(vg.addr, "GET", &format!("/{TOKEN}/dns-query?dns={b64}"), &[("cookie", "c=1")], b"").await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert_eq!(get.header("content-type"), Some("application/dns-message"));
+    let addrs = veilgate::dns::wire::answers(&get.body).unwrap();
+    assert_eq!(addrs, [(std::net::IpAddr::from(Ipv4Addr::LOCALHOST), 300)]);
+    let dns = [("content-type", "application/dns-message"), ("user-agent", "my-resolver/1.0")];
+    let post = send(vg.addr, "POST", &format!("/{TOKEN}/dns-query"), &dns, &query).await;
+    assert_eq!((post.status, post.body.clone()), (200, get.body.clone()));
+    for seen in doh.requests() {
+        assert_eq!(seen.body, query, "the message as the client sent it");
+        assert!(seen.header("cookie").is_none() && seen.header("user-agent").as_deref() != Some("my-resolver/1.0"));
+    }
+    // Without a caller 401; a client without generic routes 403; another
+    // content type 415; more than 4096 bytes 413; not a DNS message 400.
+    send(vg.addr, "GET", &format!("/dns-query?dns={b64}"), &[], b"").await.assert_proxy_error(401);
+    let plain = [("x-veilgate-token", "plain_client_token_0123456789")];
+    send(vg.addr, "GET", &format!("/dns-query?dns={b64}"), &plain, b"").await.assert_proxy_error(403);
+    let json = [("content-type", "application/json")];
+    send(vg.addr, "POST", &format!("/{TOKEN}/dns-query"), &json, &query).await.assert_proxy_error(415);
+    send(vg.addr, "POST", &format!("/{TOKEN}/dns-query"), &dns, &vec![0u8; 5000]).await.assert_proxy_error(413);
+    send(vg.addr, "GET", &format!("/{TOKEN}/dns-query?dns=AAAA"), &[], b"").await.assert_proxy_error(400);
+    assert_eq!(doh.requests().len(), 2, "refused messages never reached the server");
+}
