@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
@@ -12,6 +12,40 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body: in memory, or streamed from an upstream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The data frames of a body gathered into one buffer. The usual small
+/// JSON body comes in one frame, which is kept as it is; bytes are copied
+/// only once a second frame arrives.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    len: u64,
+}
+
+impl Gathered {
+    pub(crate) fn push(&mut self, data: Bytes) {
+        self.len += data.len() as u64;
+        match self.first.take() {
+            None if self.rest.is_empty() => self.first = Some(data),
+            None => self.rest.extend_from_slice(&data),
+            Some(f) => {
+                self.rest.reserve(f.len() + data.len());
+                self.rest.extend_from_slice(&f);
+                self.rest.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Bytes gathered so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn finish(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.rest.freeze())
+    }
+}
 
 /// A body held in memory.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
@@ -49,5 +83,26 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_frame_is_kept_as_it_is_and_more_are_joined() {
+        let one = Bytes::from_static(b"{\"a\":1}");
+        let mut g = Gathered::default();
+        g.push(one.clone());
+        let kept = g.finish();
+        assert_eq!(kept.as_ptr(), one.as_ptr(), "not copied");
+        let mut g = Gathered::default();
+        for part in [&b"ab"[..], b"", b"cd", b"e"] {
+            g.push(Bytes::copy_from_slice(part));
+        }
+        assert_eq!(g.len(), 5);
+        assert_eq!(&g.finish()[..], b"abcde");
+        assert!(Gathered::default().finish().is_empty());
     }
 }

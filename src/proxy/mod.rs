@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body as _;
@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use self::plan::{Forward, Plan};
 use self::shape::{Redirect, RedirectBack, shape_head};
 use crate::auth::Token;
-use crate::body::Body;
+use crate::body::{Body, Gathered};
 use crate::config::{Config, ConfigError};
 use crate::dns::Doh;
 use crate::error::Error;
@@ -554,9 +554,7 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: D
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    let mut len: u64 = 0;
+    let mut gathered = Gathered::default();
     loop {
         let frame = match tokio::time::timeout(quiet, body.frame()).await {
             Err(_) => return Err(Error::BodyTimeout { ms: quiet.as_millis() as u64 }),
@@ -565,22 +563,12 @@ async fn read_body(mut body: Incoming, headers: &HeaderMap, limit: u64, quiet: D
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else { continue };
-        len += data.len() as u64;
-        if len > limit {
+        gathered.push(data);
+        if gathered.len() > limit {
             return Err(Error::BodyTooLarge { limit });
         }
-        // One chunk (the usual case for a small JSON body) is kept as is.
-        match first.take() {
-            None if rest.is_empty() => first = Some(data),
-            None => rest.extend_from_slice(&data),
-            Some(f) => {
-                rest.reserve(f.len() + data.len());
-                rest.extend_from_slice(&f);
-                rest.extend_from_slice(&data);
-            }
-        }
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    Ok(gathered.finish())
 }
 
 /// The raw bytes of the 503 sent to a connection over `max_connections`

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::response::Parts;
 use http::{Request, Response};
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::App;
 use super::plan::Forward;
 use crate::auth::{self, Caller};
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, Gathered, full};
 use crate::config::{Config, ConfigError, CostHeaders, StoreKind};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -146,23 +146,13 @@ pub(super) async fn answer_whole(
     mut meter: Meter,
     mode: CostHeaders,
 ) -> Response<Body> {
-    // Most answers this small come in one frame: kept as it is, copied
-    // only when a second one follows.
-    let mut first: Option<Bytes> = None;
-    let mut more = BytesMut::new();
+    let mut gathered = Gathered::default();
     let mut cut: Option<BoxError> = None;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                let Ok(data) = frame.into_data() else { continue };
-                match &first {
-                    None => first = Some(data),
-                    Some(f) => {
-                        if more.is_empty() {
-                            more.extend_from_slice(f);
-                        }
-                        more.extend_from_slice(&data);
-                    }
+                if let Ok(data) = frame.into_data() {
+                    gathered.push(data);
                 }
             }
             Err(e) => {
@@ -171,7 +161,7 @@ pub(super) async fn answer_whole(
             }
         }
     }
-    let bytes = if more.is_empty() { first.unwrap_or_default() } else { more.freeze() };
+    let bytes = gathered.finish();
     meter.feed_json(&bytes);
     let Some(e) = cut else {
         meter.mark_ended();
