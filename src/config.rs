@@ -518,6 +518,8 @@ pub struct DnsConfig {
     /// `relay = true`: `/<token>/dns-query` passes DNS messages to them.
     pub relay: bool,
     pub cache_max_ttl: Duration,
+    /// `bootstrap`: where DoH servers given by name are (never resolved).
+    pub bootstrap: Vec<IpAddr>,
     /// How the DoH queries leave (default: `[upstream] egress`'s first).
     pub exits: Arc<ExitSet>,
 }
@@ -1125,7 +1127,7 @@ impl Config {
             dns: RawDns {
                 resolver: Some(if self.dns.resolve { "doh" } else { "system" }.to_owned()),
                 doh_servers: Some(self.dns.servers.iter().map(|s| format!("{}{}", s.origin, s.path)).collect()),
-                bootstrap: None,
+                bootstrap: Some(self.dns.bootstrap.iter().map(|ip| ip.to_string()).collect()),
                 cache_max_ttl_s: Some(self.dns.cache_max_ttl.as_secs()),
                 relay: Some(self.dns.relay),
                 egress: Some(match set_names(&self.dns.exits) {
@@ -1356,12 +1358,15 @@ fn build_exits(table: &toml::Table, env: Env<'_>) -> Result<(Vec<Arc<Exit>>, tom
     Ok((exits, described))
 }
 
-/// `[dns]`. DoH servers are `https://` URLs with an IP-literal host (their
-/// own names would need a resolver); `bootstrap` is not built yet and says
-/// so.
+/// `[dns]`. DoH servers are `https://` URLs. A server given by name is
+/// reached at the `bootstrap` addresses — its name is never looked up —
+/// or, when every exit the queries may take resolves at the exit, by name
+/// through the exit; anything else could not find it and is refused.
 fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Result<DnsConfig, ConfigError> {
-    if raw.bootstrap.as_ref().is_some_and(|b| !b.is_empty()) {
-        return err("dns.bootstrap is not supported yet: give the DoH servers as IP addresses");
+    let mut bootstrap = Vec::new();
+    for addr in raw.bootstrap.unwrap_or_default() {
+        let ip = addr.trim_matches(['[', ']']).parse::<IpAddr>();
+        bootstrap.push(ip.map_err(|_| ConfigError(format!("dns.bootstrap: {addr:?} is not an IP address")))?);
     }
     let doh = match raw.resolver.as_deref() {
         None | Some("system") => false,
@@ -1370,13 +1375,16 @@ fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Resul
     };
     let defaults =
         || vec!["https://1.1.1.1/dns-query".to_owned(), "https://[2606:4700:4700::1111]/dns-query".to_owned()];
-    let mut servers = Vec::new();
+    let (mut servers, mut named) = (Vec::new(), false);
     let relay = raw.relay.unwrap_or(false);
     if doh || relay {
         for url in raw.doh_servers.unwrap_or_else(defaults) {
             let (origin, path) = parse_url(&url).map_err(|e| ConfigError(format!("dns.doh_servers: {url}: {e}")))?;
-            if origin.scheme != Scheme::Https || matches!(origin.host, Host::Name(_)) {
-                return err(format!("dns.doh_servers: {url}: needs https:// and an IP address as its host"));
+            if origin.scheme != Scheme::Https {
+                return err(format!("dns.doh_servers: {url}: needs https://"));
+            }
+            if matches!(origin.host, Host::Name(_)) && bootstrap.is_empty() {
+                named = true;
             }
             servers.push(DohServer { origin, path: if path.is_empty() { "/dns-query".to_owned() } else { path } });
         }
@@ -1388,7 +1396,21 @@ fn build_dns(raw: RawDns, exits: &[Arc<Exit>], upstream: &Arc<ExitSet>) -> Resul
         Some(name) => exit_set(Some(&OneOrMany::One(name)), None, exits, "dns")?,
         None => Arc::clone(upstream),
     };
+    let at_the_exit = |e: &Option<Arc<Exit>>| {
+        e.as_ref().is_some_and(|e| {
+            matches!(
+                e.kind,
+                ExitKind::Socks5 { resolve: Resolve::Exit, .. } | ExitKind::HttpConnect { resolve: Resolve::Exit, .. }
+            )
+        })
+    };
+    if named && !exits.exits.iter().all(at_the_exit) {
+        return err(
+            "dns.doh_servers: a server given by name needs dns.bootstrap (its addresses) or a dns.egress that resolves at the exit",
+        );
+    }
     Ok(DnsConfig {
+        bootstrap,
         servers,
         resolve: doh,
         relay,

@@ -45,8 +45,8 @@ pub struct DohServer {
 }
 
 /// The DoH resolver: its own socket transport (so its connections never
-/// need a lookup themselves: servers are IP literals), its egress, and
-/// the cache.
+/// need a lookup themselves: servers are IP literals or at their
+/// bootstrap addresses), its egress, and the cache.
 pub struct Doh {
     servers: Vec<DohServer>,
     transport: SocketTransport,

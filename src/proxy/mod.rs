@@ -49,7 +49,7 @@ use crate::preset::Rotation;
 use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Failure, Served, Transports};
-use crate::upstream::connect::TargetCheck;
+use crate::upstream::connect::{Names, TargetCheck};
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{Preference, SocketTransport, UpstreamRequest, UpstreamSettings, tls};
 use crate::usage::ledger::Ledger;
@@ -92,20 +92,31 @@ impl App {
             max_connections: config.limits.max_upstream_connections,
         };
         let mut socket = SocketTransport::new(settings.clone(), Arc::clone(&socket_tls));
-        // DNS over HTTPS has its own transport: its servers are addresses,
-        // so its connections never need a lookup of their own.
+        // DNS over HTTPS has its own transport: its servers are addresses
+        // (literals, or the bootstrap ones), so its connections never need
+        // a lookup of their own.
         let doh = (!config.dns.servers.is_empty()).then(|| {
-            let transport = SocketTransport::new(settings.clone(), socket_tls);
+            let mut transport = SocketTransport::new(settings.clone(), Arc::clone(&socket_tls));
+            if !config.dns.bootstrap.is_empty() {
+                transport = transport.with_names(Names::Fixed(config.dns.bootstrap.clone().into()));
+            }
             let egress = plan::egress_of(&config.dns.exits, &config.dns.servers[0].origin, None, None);
             let check = TargetCheck { allow_private: true, own: listen };
             Arc::new(Doh::new(config.dns.servers.clone(), transport, egress, check, config.dns.cache_max_ttl))
         });
         if let Some(doh) = doh.as_ref().filter(|_| config.dns.resolve) {
-            socket = socket.with_doh(Arc::clone(doh));
+            socket = socket.with_names(Names::Doh(Arc::clone(doh)));
         }
         let resolving = doh.clone().filter(|_| config.dns.resolve);
-        let fetch = FetchTransport::new(settings, &fetch_tls, listen, Arc::clone(socket.pool()), resolving)
-            .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
+        let fetch = FetchTransport::new(
+            settings,
+            &fetch_tls,
+            listen,
+            Arc::clone(socket.pool()),
+            resolving,
+            socket.connector().clone(),
+        )
+        .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let rotation = Rotation::new(&config.presets);
         let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));

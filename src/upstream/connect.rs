@@ -118,13 +118,23 @@ impl TargetCheck {
     }
 }
 
+/// Where the connector finds the addresses of a name.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Names {
+    #[default]
+    System,
+    /// `[dns] resolver = "doh"`: never the system resolver.
+    Doh(Arc<Doh>),
+    /// `[dns] bootstrap`, for the DoH resolver's own connections: every
+    /// name (a DoH server's) is at these addresses, and nothing is asked.
+    Fixed(Arc<[IpAddr]>),
+}
+
 /// Opens TCP connections.
 #[derive(Clone, Debug)]
 pub(crate) struct Connector {
     pub connect_timeout: Duration,
-    /// `[dns] resolver = "doh"`: names are resolved by it, never by the
-    /// system resolver.
-    pub doh: Option<Arc<Doh>>,
+    pub names: Names,
 }
 
 impl Connector {
@@ -164,22 +174,22 @@ impl Connector {
         let addrs: Vec<SocketAddr> = match &origin.host {
             Host::V4(a) => vec![SocketAddr::new(IpAddr::V4(*a), origin.port)],
             Host::V6(a) => vec![SocketAddr::new(IpAddr::V6(*a), origin.port)],
-            Host::Name(name) if self.doh.is_some() => {
-                let doh = self.doh.as_deref().ok_or_else(|| UpstreamError::Resolve { host: host.clone() })?;
-                match tokio::time::timeout_at(deadline, doh.lookup(name)).await {
+            Host::Name(name) => match &self.names {
+                Names::Fixed(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, origin.port)).collect(),
+                Names::Doh(doh) => match tokio::time::timeout_at(deadline, doh.lookup(name)).await {
                     Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
                     Ok(Err(e)) => return Err(UpstreamError::Dns { reason: e.to_string() }),
                     Ok(Ok(ips)) => ips.into_iter().map(|ip| SocketAddr::new(ip, origin.port)).collect(),
+                },
+                Names::System => {
+                    let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
+                    match tokio::time::timeout_at(deadline, lookup).await {
+                        Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
+                        Ok(Err(_)) => return Err(UpstreamError::Resolve { host }),
+                        Ok(Ok(it)) => it.collect(),
+                    }
                 }
-            }
-            Host::Name(name) => {
-                let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
-                match tokio::time::timeout_at(deadline, lookup).await {
-                    Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
-                    Ok(Err(_)) => return Err(UpstreamError::Resolve { host }),
-                    Ok(Ok(it)) => it.collect(),
-                }
-            }
+            },
         };
         check.admit(&host, addrs, true)
     }

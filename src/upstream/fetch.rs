@@ -5,6 +5,13 @@
 //!
 //! The target check runs in the DNS resolver (names) and before the request
 //! (IP literals), so the addresses actually connected are the ones checked.
+//!
+//! Through an exit (§10) reqwest's own connections are not used: the socket
+//! transport's connector opens the way (the same target check, names sent
+//! to the exit or resolved here exactly as for every other connection),
+//! TLS runs end to end with ALPN `h2`/`http/1.1` and without resumption,
+//! and hyper's client speaks over it — one connection per request, so
+//! nothing is ever shared across exits or isolation identities.
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
@@ -16,9 +23,9 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::body::{Body, Holding};
 use crate::dns::Doh;
-use crate::policy::target::Host;
+use crate::policy::target::{Host, Scheme};
 
-use super::connect::{Egress, TargetCheck};
+use super::connect::{Connector, Egress, TargetCheck};
 use super::guard::Guarded;
 use super::parse::{ParseError, ResponseHead};
 use super::pool::Pool;
@@ -36,6 +43,10 @@ pub(crate) struct FetchTransport {
     checked: reqwest::Client,
     trusted: reqwest::Client,
     settings: UpstreamSettings,
+    /// Through exits: the socket transport's connector, and TLS that never
+    /// resumes a session.
+    connector: Connector,
+    exits_tls: tokio_rustls::TlsConnector,
 }
 
 /// The resolver refused every address of a name.
@@ -83,6 +94,7 @@ impl FetchTransport {
         own: SocketAddr,
         pool: Arc<Pool>,
         doh: Option<Arc<Doh>>,
+        connector: Connector,
     ) -> Result<FetchTransport, reqwest::Error> {
         let build = |checked: bool| {
             let mut b = reqwest::Client::builder()
@@ -100,18 +112,16 @@ impl FetchTransport {
             }
             b.build()
         };
-        Ok(FetchTransport { pool, checked: build(true)?, trusted: build(false)?, settings })
+        let mut unresumed = tls.clone();
+        unresumed.resumption = rustls::client::Resumption::disabled();
+        let exits_tls = tokio_rustls::TlsConnector::from(Arc::new(unresumed));
+        Ok(FetchTransport { pool, checked: build(true)?, trusted: build(false)?, settings, connector, exits_tls })
     }
 
     /// Sends `req`; the response body streams as it arrives.
     pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
-        // reqwest's connections are its own: through an exit only the
-        // socket transport goes, and fetch refuses rather than go direct.
         if req.egress != Egress::Direct {
-            return Err(UpstreamError::Egress {
-                egress: req.egress.name().to_owned(),
-                reason: "the fetch transport does not go through exits; this request needed it".into(),
-            });
+            return self.send_via_exit(req).await;
         }
         let host = req.origin.host.to_string();
         let client = if req.check.allow_private { &self.trusted } else { &self.checked };
@@ -148,6 +158,54 @@ impl FetchTransport {
             Ok(Ok(resp)) => resp,
         };
         let resp: Response<reqwest::Body> = resp.into();
+        self.finish(req, host, resp, slot)
+    }
+
+    /// Through an exit: a connection of its own (see the module's text).
+    async fn send_via_exit(&self, req: &UpstreamRequest) -> Result<Response<Body>, UpstreamError> {
+        let host = req.origin.host.to_string();
+        let slot = self.pool.slot().await?;
+        let (tcp, _) = self.connector.connect(&req.origin, &req.egress, req.check).await?;
+        let fail = |reason: String| UpstreamError::Fetch { host: host.clone(), reason };
+        let authority = req.origin.host_header();
+        let exchange = async {
+            if req.origin.scheme == Scheme::Https {
+                let name = rustls::pki_types::ServerName::try_from(req.origin.host.to_string())
+                    .map_err(|_| fail("the host is not a valid TLS name".into()))?;
+                let tls = self
+                    .exits_tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Tls { host: host.clone(), reason: e.to_string() })?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                exchange(tls, h2, req, &authority).await.map_err(fail)
+            } else {
+                exchange(tcp, false, req, &authority).await.map_err(fail)
+            }
+        };
+        let (resp, sender) = match tokio::time::timeout(self.settings.response_timeout, exchange).await {
+            Err(_) => {
+                return Err(UpstreamError::HeadTimeout { host, secs: self.settings.response_timeout.as_secs() });
+            }
+            Ok(result) => result?,
+        };
+        self.finish(req, host, resp, (slot, sender))
+    }
+
+    /// The checks both ways share, and the body with its idle timer and
+    /// whatever must live as long as it (`keep`).
+    fn finish<B, K>(
+        &self,
+        req: &UpstreamRequest,
+        host: String,
+        resp: Response<B>,
+        keep: K,
+    ) -> Result<Response<Body>, UpstreamError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+        B::Error: Into<crate::body::BoxError>,
+        K: Unpin + Send + 'static,
+    {
         // What the socket transport refuses, this one refuses too: hyper's
         // client is lenient (it reads past CL+TE, passes `chunked, identity`,
         // takes heads far over our limit, hands on a 101).
@@ -168,8 +226,62 @@ impl FetchTransport {
         *resp.headers_mut() = head.headers;
         *resp.extensions_mut() = parts.extensions;
         let idle = self.settings.idle_timeout;
-        Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), _guard: slot }.boxed_unsync()))
+        Ok(resp.map(|body| Holding { inner: Guarded::new(body, idle), _guard: keep }.boxed_unsync()))
     }
+}
+
+/// What keeps a connection of its own open while its answer streams.
+type Sender = Box<dyn std::any::Any + Send>;
+
+/// One request over a fresh connection with hyper's client: HTTP/2 when
+/// ALPN chose it, else HTTP/1.1 with `host` (HTTP/2 takes `:authority`
+/// from the URI).
+async fn exchange<S>(
+    stream: S,
+    h2: bool,
+    req: &UpstreamRequest,
+    authority: &str,
+) -> Result<(Response<hyper::body::Incoming>, Sender), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut request = http::Request::new(http_body_util::Full::new(req.body.clone()));
+    *request.method_mut() = req.method.clone();
+    *request.headers_mut() = req.headers.clone();
+    if let Some((name, value)) = req.credential_header() {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    let uri = if h2 { format!("{}{}", req.origin, req.path) } else { req.path.clone() };
+    *request.uri_mut() = uri.parse().map_err(|_| "the target is not a valid URL".to_owned())?;
+    let hyper_failed = |e: hyper::Error| root_cause(&e);
+    if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(hyper_failed)?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(request).await.map_err(hyper_failed)?;
+        Ok((resp, Box::new(sender)))
+    } else {
+        let host = http::HeaderValue::from_str(authority).map_err(|_| "the host is not a valid header".to_owned())?;
+        request.headers_mut().insert(http::header::HOST, host);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(hyper_failed)?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(request).await.map_err(hyper_failed)?;
+        Ok((resp, Box::new(sender)))
+    }
+}
+
+/// The innermost message of an error chain.
+fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut source = Some(e);
+    let mut root = String::new();
+    while let Some(s) = source {
+        root = s.to_string();
+        source = s.source();
+    }
+    root
 }
 
 /// Maps a reqwest error to the transport error, never quoting the URL (its

@@ -37,7 +37,7 @@ use crate::keys::Credential;
 use crate::policy::target::{Origin, Scheme};
 
 use self::chunked::{BodyDecoder, DecodeError};
-use self::connect::{Connector, Egress, TargetCheck};
+use self::connect::{Connector, Egress, Names, TargetCheck};
 use self::guard::Guarded;
 use self::parse::{Framing, ParseError, ResponseHead, parse_head};
 use self::pool::{Pool, PoolKey, Slot, SlotLimit};
@@ -198,7 +198,7 @@ impl SocketTransport {
         let mut unresumed = (*tls).clone();
         unresumed.resumption = rustls::client::Resumption::disabled();
         SocketTransport {
-            connector: Connector { connect_timeout: settings.connect_timeout, doh: None },
+            connector: Connector { connect_timeout: settings.connect_timeout, names: Names::System },
             tls: TlsConnector::from(tls),
             tls_through_exits: TlsConnector::from(Arc::new(unresumed)),
             pool,
@@ -206,10 +206,15 @@ impl SocketTransport {
         }
     }
 
-    /// Resolves names with DNS over HTTPS from now on.
-    pub(crate) fn with_doh(mut self, doh: Arc<crate::dns::Doh>) -> SocketTransport {
-        self.connector.doh = Some(doh);
+    /// Finds names' addresses there from now on.
+    pub(crate) fn with_names(mut self, names: Names) -> SocketTransport {
+        self.connector.names = names;
         self
+    }
+
+    /// The connector (the fetch transport's way through exits).
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// The keep-alive pool (for metrics and tests) and upstream slots.

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use crate::support::client::send;
 use crate::support::origin::{Captured, RawOrigin, Step};
+use crate::support::proxies::{Mode, Proxy};
 use crate::support::tls::TestCa;
 use crate::support::{TOKEN, Veilgate};
 
@@ -121,7 +122,8 @@ async fn names_are_resolved_over_https_only_and_checked() {
 #[tokio::test]
 async fn doh_settings_that_cannot_work_are_refused_at_start() {
     for (toml, named) in [
-        ("[dns]\nresolver = \"doh\"\ndoh_servers = [\"https://dns.example/dns-query\"]", "IP address"),
+        ("[dns]\nresolver = \"doh\"\ndoh_servers = [\"https://dns.example/dns-query\"]", "needs dns.bootstrap"),
+        ("[dns]\nresolver = \"doh\"\nbootstrap = [\"dns.example\"]", "not an IP address"),
         ("[dns]\nresolver = \"doh\"\ndoh_servers = [\"http://1.1.1.1/dns-query\"]", "https://"),
         ("[dns]\nresolver = \"doh\"\ndoh_servers = []", "at least one"),
         ("[dns]\nresolver = \"bind9\"", "dns.resolver"),
@@ -131,6 +133,12 @@ async fn doh_settings_that_cannot_work_are_refused_at_start() {
         let e = veilgate::config::Config::from_raw(raw, &|_| None).unwrap_err().to_string();
         assert!(e.contains(named), "{toml}: {e}");
     }
+    // Through an exit that resolves names itself, a server's name needs no
+    // bootstrap: it goes to the exit as a name.
+    let toml = "[egress.tor]\nsocks5 = \"127.0.0.1:9050\"\n\
+                [dns]\nresolver = \"doh\"\ndoh_servers = [\"https://dns.example/dns-query\"]\negress = \"tor\"";
+    let raw = veilgate::config::RawConfig::from_toml(toml).unwrap();
+    assert!(veilgate::config::Config::from_raw(raw, &|_| None).is_ok());
 }
 
 #[tokio::test]
@@ -168,4 +176,57 @@ async fn the_relay_passes_dns_messages_and_nothing_of_the_client() {
     send(vg.addr, "POST", &format!("/{TOKEN}/dns-query"), &dns, &vec![0u8; 5000]).await.assert_proxy_error(413);
     send(vg.addr, "GET", &format!("/{TOKEN}/dns-query?dns=AAAA"), &[], b"").await.assert_proxy_error(400);
     assert_eq!(doh.requests().len(), 2, "refused messages never reached the server");
+}
+
+#[tokio::test]
+async fn a_doh_server_by_name_is_reached_at_its_bootstrap_address() {
+    let ca = TestCa::new();
+    let doh = doh_server(&ca).await;
+    let origin = RawOrigin::json("{}").await;
+    // `doh.test` is in no resolver: only the bootstrap address finds it.
+    let vg = Veilgate::start(&format!(
+        "[upstream]\nextra_ca_file = {:?}\n\
+         [dns]\nresolver = \"doh\"\ndoh_servers = [\"https://doh.test:{}/dns-query\"]\nbootstrap = [\"127.0.0.1\"]\n\
+         [presets.api]\ntargets = [\"http://api.doh.test:{}\"]\n",
+        ca.ca_file,
+        doh.addr.port(),
+        origin.addr.port()
+    ))
+    .await;
+    let reply = send(vg.addr, "GET", "/api/v1/models", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let asked = doh.requests();
+    assert_eq!(asked.len(), 2);
+    assert!(asked.iter().all(|q| q.sni.as_deref() == Some("doh.test")), "SNI and certificate for the server's name");
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn resolve_local_asks_doh_checks_the_answer_and_sends_the_address() {
+    let ca = TestCa::new();
+    let doh = doh_server(&ca).await;
+    let origin = RawOrigin::json("{}").await;
+    let names = std::collections::HashMap::from([("api.doh.test".to_owned(), origin.addr)]);
+    let exit = Proxy::socks5(names, false, Mode::Relay).await;
+    let vg = Veilgate::start(&format!(
+        "[egress.local]\nsocks5 = \"{}\"\nresolve = \"local\"\n\
+         [upstream]\negress = \"local\"\nextra_ca_file = {:?}\n\
+         [dns]\nresolver = \"doh\"\ndoh_servers = [\"https://{}/dns-query\"]\negress = \"direct\"\n\
+         [presets.api]\ntargets = [\"http://api.doh.test:{}\"]\n",
+        exit.addr,
+        ca.ca_file,
+        doh.addr,
+        origin.addr.port()
+    ))
+    .await;
+    let reply = send(vg.addr, "GET", "/api/v1/models", &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let asked = exit.asked();
+    assert_eq!((asked[0].atyp, asked[0].host.as_str()), (1, "127.0.0.1"), "the address DoH answered, not the name");
+    assert_eq!(doh.requests().len(), 2);
+    // A name DoH answers with a private address is refused before the exit
+    // is asked for it.
+    send(vg.addr, "GET", &format!("/{TOKEN}/http/private.doh.test/x"), &[], b"").await.assert_proxy_error(403);
+    assert_eq!(exit.asked().len(), 1);
+    assert_eq!(origin.requests().len(), 1);
 }

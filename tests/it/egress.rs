@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::client::send;
+use crate::support::hyper_origin::HyperOrigin;
 use crate::support::origin::{RawOrigin, Step, json_response};
 use crate::support::proxies::{Asked, Mode, Proxy};
 use crate::support::tls::TestCa;
@@ -141,6 +142,64 @@ async fn a_failing_exit_is_a_502_naming_it_and_never_a_direct_connection() {
         assert!(started.elapsed() < Duration::from_secs(3), "{name} took {:?}", started.elapsed());
     }
     assert!(origin.requests().is_empty(), "nothing went around the exits");
+}
+
+#[tokio::test]
+async fn the_fetch_transport_goes_through_the_exit_too() {
+    let ca = TestCa::new();
+    for (alpn, want) in [(&[&b"h2"[..], &b"http/1.1"[..]][..], "HTTP/2.0"), (&[&b"http/1.1"[..]][..], "HTTP/1.1")] {
+        let origin = HyperOrigin::start(&ca, alpn).await;
+        let tor = Proxy::socks5(names(origin.addr), true, Mode::Relay).await;
+        let vg = Veilgate::start(&format!(
+            "[egress.tor]\nsocks5 = \"{}\"\nisolate = \"client\"\n\
+             [upstream]\negress = \"tor\"\nextra_ca_file = {:?}\n\
+             [presets.api]\ntargets = [\"https://localhost:{}\"]\nforce_fetch = true\n\
+             [[clients]]\nname = \"alice\"\ntoken = \"alice_token_0123456789abcd\"\n\
+             [[clients]]\nname = \"bob\"\ntoken = \"bob_token_0123456789abcdefg\"\n",
+            tor.addr,
+            ca.ca_file,
+            origin.addr.port()
+        ))
+        .await;
+        for token in ["alice_token_0123456789abcd", "bob_token_0123456789abcdefg"] {
+            let r = send(vg.addr, "POST", "/api/v1/chat?x=1", &[("x-veilgate-token", token)], b"{}").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.header("x-veilgate-transport"), Some("fetch"));
+            assert_eq!(r.json()["version"], want, "ALPN through the exit, TLS end to end");
+        }
+        let asked = tor.asked();
+        let seen: Vec<_> = asked.iter().map(|a| (a.atyp, a.host.as_str(), a.user.as_deref())).collect();
+        assert_eq!(
+            seen,
+            [(3, "localhost", Some("veilgate-alice")), (3, "localhost", Some("veilgate-bob"))],
+            "names unresolved, one identity per client"
+        );
+        let got = origin.seen();
+        assert_eq!((got.len(), got[0].path.as_str()), (2, "/v1/chat?x=1"));
+    }
+
+    // Plain HTTP through a CONNECT exit is a CONNECT too (never a forward
+    // proxy's absolute-form request, which a proxy could annotate), and a
+    // dead exit is its 502 — never reqwest's direct connection.
+    let origin = RawOrigin::json("{\"plain\":true}").await;
+    let office = Proxy::http_connect(names(origin.addr), Mode::Relay).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let vg = Veilgate::start(&format!(
+        "[egress.office]\nhttp_connect = \"{}\"\n[egress.dead]\nsocks5 = \"{dead}\"\n\
+         [presets.plain]\ntargets = [\"http://{SECRET_NAME}:8081\"]\nforce_fetch = true\negress = \"office\"\n\
+         [presets.gone]\ntargets = [\"http://{SECRET_NAME}:8081\"]\nforce_fetch = true\negress = \"dead\"\n",
+        office.addr
+    ))
+    .await;
+    let r = send(vg.addr, "GET", "/plain/v1/models", &[], b"").await;
+    assert_eq!((r.status, r.text()), (200, "{\"plain\":true}".to_owned()));
+    assert_eq!(office.asked()[0].host, SECRET_NAME);
+    let seen = origin.only_request();
+    assert_eq!(seen.request_line(), "GET /v1/models HTTP/1.1");
+    assert_eq!(seen.header("host").as_deref(), Some(&*format!("{SECRET_NAME}:8081")));
+    let body = send(vg.addr, "GET", "/gone/v1/models", &[], b"").await.assert_proxy_error(502);
+    assert!(body["error"]["message"].as_str().unwrap().contains("egress dead"), "{body}");
+    assert_eq!(origin.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Test certificates made by the test: a CA (written to a PEM file for
 //! `[upstream].extra_ca_file`) and a server certificate for `127.0.0.1` and
-//! `localhost` that it issued.
+//! `localhost` (and `doh.test`, a name no resolver knows) that it issued.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +34,8 @@ impl TestCa {
 
         let server_key = KeyPair::generate().expect("server key");
         let server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("server params");
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "doh.test".to_owned()])
+                .expect("server params");
         let server_cert = server_params.signed_by(&server_key, &issuer).expect("server cert");
 
         let dir = tempfile::tempdir().expect("tempdir");
