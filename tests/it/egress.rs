@@ -116,6 +116,7 @@ async fn a_failing_exit_is_a_502_naming_it_and_never_a_direct_connection() {
     let auth =
         Proxy::http_connect(names(origin.addr), Mode::Status("HTTP/1.1 407 Proxy Authentication Required")).await;
     let junk = Proxy::http_connect(names(origin.addr), Mode::Garbage(b"SSH-2.0-nope\r\n\r\n")).await;
+    let silent = Proxy::socks5(names(origin.addr), false, Mode::Silent).await;
     let exits = [
         ("dead", format!("socks5 = \"{dead}\""), "cannot reach the proxy"),
         ("refusing", format!("socks5 = \"{}\"", refusing.addr), "connection refused"),
@@ -123,8 +124,9 @@ async fn a_failing_exit_is_a_502_naming_it_and_never_a_direct_connection() {
         ("garbage", format!("socks5 = \"{}\"", garbage.addr), "malformed"),
         ("auth", format!("http_connect = \"{}\"\nproxy_authorization = \"u:topsecret\"", auth.addr), "407"),
         ("junk", format!("http_connect = \"{}\"", junk.addr), "not HTTP"),
+        ("silent", format!("socks5 = \"{}\"", silent.addr), "did not finish its handshake in time"),
     ];
-    let mut config = String::from("[upstream]\nconnect_timeout_ms = 3000\n");
+    let mut config = String::from("[upstream]\nconnect_timeout_ms = 1500\n");
     for (name, kind, _) in &exits {
         config.push_str(&format!(
             "[egress.{name}]\n{kind}\n[presets.{name}]\ntargets = [\"http://{}\"]\negress = \"{name}\"\n",
@@ -139,7 +141,11 @@ async fn a_failing_exit_is_a_502_naming_it_and_never_a_direct_connection() {
         let message = body["error"]["message"].as_str().unwrap().to_owned();
         assert!(message.contains(&format!("egress {name}")) && message.contains(reason), "{name}: {message}");
         assert!(!message.contains("topsecret") && !reply.text().contains("dTp0b3BzZWNyZXQ"), "{message}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{name} took {:?} (connect_timeout_ms 1500)",
+            started.elapsed()
+        );
     }
     assert!(origin.requests().is_empty(), "nothing went around the exits");
 }

@@ -33,6 +33,8 @@ pub enum Mode {
     Refuse(u8),
     /// Closes after reading the greeting.
     CloseMidHandshake,
+    /// Reads the greeting and then says nothing, holding the connection.
+    Silent,
     /// Answers the greeting with these bytes, then closes.
     Garbage(&'static [u8]),
     /// HTTP CONNECT: answers with this status line.
@@ -103,6 +105,11 @@ async fn socks5_session(
     match mode {
         Mode::CloseMidHandshake => return Ok(()),
         Mode::Garbage(bytes) => return client.write_all(bytes).await,
+        Mode::Silent => {
+            // Until veilgate gives up and closes.
+            let _ = client.read(&mut [0u8; 1]).await;
+            return Ok(());
+        }
         _ => {}
     }
     let wanted = if auth { 2 } else { 0 };
