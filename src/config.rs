@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
+use crate::balance::{Balance, Failover, HealthSettings, Retry, Strategy};
 use crate::client::{Client, Clients, parse_sha256, sha256};
 use crate::dns::DohServer;
 use crate::egress::{Exit, ExitChoice, ExitKind, ExitSet, Isolate, Resolve};
@@ -99,6 +100,8 @@ pub struct RawConfig {
     egress: toml::Table,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    health: RawHealth,
 }
 
 /// `[dns]`.
@@ -316,6 +319,40 @@ struct RawPreset {
     egress: Option<OneOrMany>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_choice: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry: Option<RawRetry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_token_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_unanswered: Option<bool>,
+}
+
+/// A preset's `retry = { … }`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backoff_ms: Option<u64>,
+}
+
+/// `[health]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eject_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eject_for_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_eject_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -505,6 +542,8 @@ pub struct Config {
     /// `topologyGeneratedAt`).
     pub loaded_at: std::time::SystemTime,
     pub dns: DnsConfig,
+    /// `[health]`: when targets are ejected (§13).
+    pub health: HealthSettings,
 }
 
 /// `[dns]`: DNS over HTTPS for upstream names (`servers` empty: the system
@@ -775,6 +814,15 @@ impl Config {
         };
         let presets = build_presets(raw.presets, vault, &exits, env)?;
         let dns = build_dns(raw.dns, &exits, &upstream.exits)?;
+        let h = raw.health;
+        let health = HealthSettings {
+            eject_after: h.eject_after.unwrap_or(3).max(1),
+            eject_for: ms(h.eject_for_ms, 2000, "health.eject_for_ms")?,
+            max_eject: ms(h.max_eject_ms, 30_000, "health.max_eject_ms")?,
+        };
+        if health.max_eject < health.eject_for {
+            return err("health.max_eject_ms must be at least health.eject_for_ms");
+        }
 
         let g = raw.gemini;
         let mut prompts = BTreeMap::new();
@@ -885,6 +933,7 @@ impl Config {
             egress_described,
             loaded_at: std::time::SystemTime::now(),
             dns,
+            health,
         };
         config.check_exposure()?;
         Ok(config)
@@ -993,6 +1042,15 @@ impl Config {
                     models: Some(p.models.clone()).filter(|m| !m.is_empty()),
                     egress: p.exits.as_deref().map(set_names),
                     exit_choice: p.exits.as_deref().map(|e| choice_name(e.choice).to_owned()),
+                    weights: Some(p.failover.weights.clone()).filter(|w| !w.is_empty()),
+                    strategy: Some(p.failover.strategy.name().to_owned()),
+                    retry: Some(RawRetry {
+                        attempts: Some(p.failover.retry.attempts),
+                        on: Some(p.failover.retry.on.clone()),
+                        backoff_ms: ms(p.failover.retry.backoff),
+                    }),
+                    first_token_timeout_ms: Some(p.failover.first_token_timeout.map_or(0, |d| d.as_millis() as u64)),
+                    retry_unanswered: Some(p.failover.retry_unanswered),
                 };
                 (p.route.clone(), raw)
             })
@@ -1135,6 +1193,11 @@ impl Config {
                     OneOrMany::Many(list) => list.into_iter().next().unwrap_or_else(|| "direct".to_owned()),
                 }),
             },
+            health: RawHealth {
+                eject_after: Some(self.health.eject_after),
+                eject_for_ms: ms(self.health.eject_for),
+                max_eject_ms: ms(self.health.max_eject),
+            },
             vault: self.vault.as_ref().map(|(file, passphrase)| RawVault {
                 file: file.clone(),
                 passphrase: if passphrase.starts_with("env:") || passphrase.starts_with("file:") {
@@ -1267,9 +1330,54 @@ fn build_presets(
         if over.egress.is_some() || over.exit_choice.is_some() {
             preset.exits = Some(exit_set(over.egress.as_ref(), over.exit_choice.as_deref(), exits, &key)?);
         }
+        preset.failover = build_failover(&key, preset.targets.len(), over.strategy, over.weights, over.retry)?;
+        preset.failover.first_token_timeout = over.first_token_timeout_ms.filter(|&t| t > 0).map(Duration::from_millis);
+        preset.failover.retry_unanswered = over.retry_unanswered.unwrap_or(false);
+        if preset.targets.len() > 1 {
+            preset.balance = Some(Arc::new(Balance::new(preset.targets.len())));
+        }
         presets.push(preset);
     }
     Ok(presets)
+}
+
+/// A preset's `strategy`, `weights` and `retry`.
+fn build_failover(
+    key: &str,
+    targets: usize,
+    strategy: Option<String>,
+    weights: Option<Vec<u32>>,
+    retry: Option<RawRetry>,
+) -> Result<Failover, ConfigError> {
+    let mut f = Failover::default();
+    if let Some(name) = strategy {
+        f.strategy = Strategy::parse(&name).ok_or_else(|| {
+            ConfigError(format!("{key}.strategy must be \"ordered\", \"round-robin\", \"weighted\" or \"p2c\""))
+        })?;
+    }
+    if let Some(w) = weights {
+        if w.len() != targets || w.iter().all(|&w| w == 0) {
+            return err(format!("{key}.weights: one per target, not all zero"));
+        }
+        f.weights = w;
+    }
+    if let Some(r) = retry {
+        let d = Retry::default();
+        f.retry = Retry {
+            attempts: r.attempts.unwrap_or(d.attempts),
+            on: r.on.unwrap_or(d.on),
+            backoff: Duration::from_millis(r.backoff_ms.unwrap_or(d.backoff.as_millis() as u64)),
+        };
+        if f.retry.attempts == 0 || f.retry.attempts > 10 {
+            return err(format!("{key}.retry.attempts must be between 1 and 10"));
+        }
+        if let Some(bad) = f.retry.on.iter().find(|&&s| !(400..=599).contains(&s) || (400..429).contains(&s)) {
+            return err(format!(
+                "{key}.retry.on: {bad} cannot be retried (429 and 5xx only: another 4xx is the request's fault)"
+            ));
+        }
+    }
+    Ok(f)
 }
 
 /// `[egress.*]` in file order, and the same table as check-config prints
@@ -1735,15 +1843,16 @@ mod tests {
         let g = c.presets.enabled("gemini").unwrap();
         assert_eq!(g.display_name, "Google Gemini");
         assert_eq!(g.monitor, Monitor::Gemini, "monitor kept from the built-in");
-        let rotation = crate::preset::Rotation::new(&c.presets);
-        let picks: Vec<String> = (0..3).map(|_| rotation.pick(g).url()).collect();
-        assert_eq!(picks, ["http://127.0.0.1:9000", "http://127.0.0.1:9001", "http://127.0.0.1:9000"]);
+        let urls: Vec<String> = g.targets.iter().map(Target::url).collect();
+        assert_eq!(urls, ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]);
+        assert!(g.balance.is_some(), "several targets have a health record");
         let o = c.presets.enabled("openai").unwrap();
         assert_eq!(o.user_agent, Some(UserAgent::Strip));
-        assert_eq!(rotation.pick(o).url(), "https://api.openai.com", "targets kept");
+        assert_eq!(o.targets[0].url(), "https://api.openai.com", "targets kept");
+        assert!(o.balance.is_none());
         assert!(c.presets.enabled("claude").is_none());
         let l = c.presets.enabled("local-llm").unwrap();
-        assert_eq!((l.display_name.as_str(), rotation.pick(l).base_path.as_str()), ("Ollama", "/v1"));
+        assert_eq!((l.display_name.as_str(), l.targets[0].base_path.as_str()), ("Ollama", "/v1"));
         assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
     }
 

@@ -28,6 +28,7 @@
 //! beside it in the `proxy::App`.
 
 pub mod auth;
+pub mod balance;
 pub(crate) mod body;
 pub mod client;
 pub mod config;

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::balance::{Balance, Failover};
 use crate::config::ConfigError;
 use crate::egress::ExitSet;
 use crate::keys::Keyring;
@@ -61,6 +61,10 @@ pub struct Preset {
     pub models: Vec<ModelInfo>,
     /// Its own `egress` (else `[upstream] egress`).
     pub exits: Option<Arc<ExitSet>>,
+    /// Several targets and going again (§13).
+    pub failover: Failover,
+    /// The targets' health, with several targets (kept across reloads).
+    pub balance: Option<Arc<Balance>>,
 }
 
 /// A declared model, in the seed vault's shape (`contextWindow`,
@@ -99,6 +103,8 @@ impl Preset {
             keys: None,
             models: Vec::new(),
             exits: None,
+            failover: Failover::default(),
+            balance: None,
         }
     }
 }
@@ -125,31 +131,5 @@ impl Presets {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
         self.list.iter()
-    }
-}
-
-/// Where each preset with several targets sends its next request (round
-/// robin): state that outlives requests, kept apart from the configuration
-/// (a reload keeps the rotation of the presets it keeps).
-#[derive(Debug, Default)]
-pub struct Rotation {
-    next: HashMap<String, AtomicUsize>,
-}
-
-impl Rotation {
-    /// A rotation for every preset of `presets` that has several targets.
-    pub fn new(presets: &Presets) -> Rotation {
-        let next = presets.iter().filter(|p| p.targets.len() > 1).map(|p| (p.route.clone(), AtomicUsize::new(0)));
-        Rotation { next: next.collect() }
-    }
-
-    /// Picks this request's target; the request keeps it for fallback and
-    /// continuations.
-    pub fn pick<'a>(&self, preset: &'a Preset) -> &'a Target {
-        let turn = match (&preset.targets[..], self.next.get(&preset.route)) {
-            ([_], _) | (_, None) => 0,
-            (_, Some(next)) => next.fetch_add(1, Ordering::Relaxed),
-        };
-        &preset.targets[turn % preset.targets.len()]
     }
 }

@@ -41,6 +41,11 @@ pub fn cooling(headers: &HeaderMap, now: SystemTime) -> Duration {
     durations.chain(times).max().map_or(DEFAULT_COOLING, |d| d.min(MAX_COOLING))
 }
 
+/// An answer's `retry-after`, if it has a usable one.
+pub fn retry_after_of(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    retry_after(headers.get("retry-after")?.to_str().ok()?.trim(), now)
+}
+
 /// `retry-after`: delay-seconds or an IMF-fixdate (RFC 9110 §10.2.3).
 fn retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     if v.bytes().all(|b| b.is_ascii_digit()) {

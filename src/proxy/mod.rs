@@ -16,6 +16,7 @@
 //!
 //! A per-request [`Ctx`] carries what later phases and the record need.
 
+mod again;
 mod local;
 mod plan;
 mod shape;
@@ -45,7 +46,6 @@ use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;
 use crate::monitor::stream::{self as gemini_stream, Monitored};
 use crate::policy::headers::{RequestPolicy, UserAgent};
-use crate::preset::Rotation;
 use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
 use crate::upstream::choose::{Failure, Served, Transports};
@@ -58,7 +58,7 @@ use crate::usage::meter::{self, Meter, Metered};
 /// Everything a request handler needs, shared by all connections: the
 /// configuration's snapshot, and the state that outlives requests —
 /// transports (with their pool and the Cloudflare-challenge memory),
-/// metrics, the presets' rotation.
+/// metrics.
 pub(crate) struct App {
     /// The validated configuration, swappable as a whole (the seam of
     /// live reload); each request loads it once ([`App::snapshot`]).
@@ -68,7 +68,6 @@ pub(crate) struct App {
     pub listen: SocketAddr,
     pub transports: Arc<Transports>,
     pub metrics: Arc<Metrics>,
-    rotation: Rotation,
     /// Clients' usage and limits; `None` while no client is configured
     /// (nothing is metered, no store is opened).
     pub(crate) ledger: Option<Arc<Ledger>>,
@@ -118,11 +117,10 @@ impl App {
         )
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
-        let rotation = Rotation::new(&config.presets);
         let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));
         let ledger = usage::open_ledger(&config, &metrics)?.map(Arc::new);
         let config = ArcSwap::from_pointee(config);
-        Ok(App { config, token, listen, transports, metrics, rotation, ledger, doh })
+        Ok(App { config, token, listen, transports, metrics, ledger, doh })
     }
 
     /// Commits every settled request to the usage store (at shutdown).
@@ -168,7 +166,7 @@ impl App {
         let route = self.route(config, &req)?;
         let exit =
             req.headers().get("x-veilgate-exit").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-        let settings = plan::Settings { config, token: &self.token, own: self.listen, rotation: &self.rotation, exit };
+        let settings = plan::Settings { config, token: &self.token, own: self.listen, exit };
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
             Plan::Health => return Ok(local::health()),
@@ -190,7 +188,7 @@ impl App {
         }
         let public_host = public_host(&req);
         let keys = forward.keys.clone().map(|ring| (ring, forward.preset.clone().unwrap_or_default()));
-        let sending = Sending { redirect: forward.redirect.take(), public_host, keys };
+        let sending = Sending { redirect: forward.redirect.take(), public_host, keys, again: forward.again.take() };
         let (upstream, gemini) = self.upstream_request(config, req, forward, cx).await?;
         self.send(config, upstream, sending, gemini, cx).await
     }
@@ -306,16 +304,13 @@ impl App {
         &self,
         config: &Config,
         req: UpstreamRequest,
-        sending: Sending,
+        mut sending: Sending,
         gemini: Option<(serde_json::Value, KeepAlive)>,
         cx: &mut Ctx,
     ) -> Result<Response<Body>, Error> {
         let asked = Instant::now();
         let mut req = req;
-        let sent = match &sending.keys {
-            None => self.transports.send(&req).await,
-            Some((ring, preset)) => self.send_keyed(ring, preset, &mut req, cx).await?,
-        };
+        let sent = self.send_again(config, &mut req, &mut sending, cx).await?;
         let served = match sent {
             Ok(served) => served,
             Err(failure) => {
@@ -362,7 +357,7 @@ impl App {
         };
         let Some(mut meter) = cx.meter.take() else { return Ok(Response::from_parts(parts, body)) };
         meter.status = parts.status.as_u16();
-        meter.attempts = 1 + u32::from(served.fallback.is_some());
+        meter.attempts += u32::from(served.fallback.is_some());
         if !parts.status.is_success() {
             // Counted as a request without tokens when the response is done.
             cx.meter = Some(meter);
@@ -420,6 +415,20 @@ impl App {
                     });
                 }
             }
+        }
+    }
+
+    /// One attempt: through the transports, with a held key when the
+    /// preset has them.
+    async fn send_once(
+        &self,
+        req: &mut UpstreamRequest,
+        sending: &Sending,
+        cx: &mut Ctx,
+    ) -> Result<Result<Served, Failure>, Error> {
+        match &sending.keys {
+            None => Ok(self.transports.send(req).await),
+            Some((ring, preset)) => self.send_keyed(ring, preset, req, cx).await,
         }
     }
 
@@ -512,6 +521,8 @@ struct Sending {
     public_host: Option<HeaderValue>,
     /// The preset's held keys and its name.
     keys: Option<(Arc<Keyring>, String)>,
+    /// Several targets or retries (§13).
+    again: Option<plan::Again>,
 }
 
 /// What the phases of one request learn and the record needs (never its

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::{Caller, Token};
 use crate::client::Client;
@@ -14,7 +15,7 @@ use crate::keys::{Keyring, strip_key_param};
 use crate::metrics::RouteKind;
 use crate::policy::headers::UserAgent;
 use crate::policy::target::Origin;
-use crate::preset::{Monitor, Preset, Rotation};
+use crate::preset::{Monitor, Preset};
 use crate::route::{Route, upstream_path};
 use crate::upstream::Preference;
 use crate::upstream::connect::{Egress, TargetCheck};
@@ -78,6 +79,43 @@ pub(super) struct Forward {
     pub(super) keys: Option<Arc<Keyring>>,
     /// How its connection leaves (§10).
     pub(super) egress: Egress,
+    /// A preset request that may go again, or to another target (§13).
+    pub(super) again: Option<Again>,
+}
+
+/// What sending a preset request again needs: the targets in the order
+/// this request tries them (`order[0]` is the one planned) and what aims
+/// the request at another.
+#[derive(Debug)]
+pub(super) struct Again {
+    pub(super) preset: Arc<Preset>,
+    pub(super) order: Vec<usize>,
+    remainder: String,
+    query: Option<String>,
+    caller: Option<Arc<str>>,
+    exit: Option<u64>,
+}
+
+/// One target of a preset, aimed at.
+pub(super) struct Aimed {
+    pub(super) origin: Origin,
+    pub(super) path: String,
+    pub(super) egress: Egress,
+    pub(super) base_path: String,
+}
+
+impl Again {
+    /// The request aimed at target `index` of the preset.
+    pub(super) fn aim(&self, index: usize, config: &Config) -> Option<Aimed> {
+        let target = self.preset.targets.get(index)?;
+        let exits = self.preset.exits.as_deref().unwrap_or(&config.upstream.exits);
+        Some(Aimed {
+            origin: target.origin.clone(),
+            path: upstream_path(&target.base_path, &self.remainder, self.query.as_deref()),
+            egress: egress_of(exits, &target.origin, self.exit, self.caller.clone()),
+            base_path: target.base_path.clone(),
+        })
+    }
 }
 
 /// What planning reads besides the route.
@@ -87,8 +125,6 @@ pub(super) struct Settings<'a> {
     pub(super) token: &'a Token,
     /// The address veilgate listens on (refused as a checked target).
     pub(super) own: SocketAddr,
-    /// Which target of a preset is next.
-    pub(super) rotation: &'a Rotation,
     /// The exit the client asked for (`x-veilgate-exit`).
     pub(super) exit: Option<u64>,
 }
@@ -151,18 +187,37 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 redirect: None,
                 monitor: false,
                 keys: None,
+                again: None,
             }
         }
         Route::Preset { preset, remainder, query, caller } => {
-            let target = s.rotation.pick(&preset);
-            let exits = preset.exits.as_deref().unwrap_or(&s.config.upstream.exits);
-            let egress = egress_of(exits, &target.origin, s.exit, caller.name());
-            let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
             // A held key replaces the client's, `key=` included.
             let query = match &preset.keys {
                 Some(_) => query.as_deref().and_then(strip_key_param),
                 None => query,
             };
+            // A preset with several targets, or that retries, keeps what it
+            // needs to go again; one that is sent once keeps nothing.
+            let again = (!preset.failover.is_single_shot(preset.targets.len())).then(|| {
+                let f = &preset.failover;
+                let order = match &preset.balance {
+                    Some(b) => b.order(f.strategy, &f.weights, Instant::now(), rand::random::<f64>),
+                    None => vec![0],
+                };
+                Again {
+                    preset: Arc::clone(&preset),
+                    order,
+                    remainder: remainder.clone(),
+                    query: query.clone(),
+                    caller: caller.name(),
+                    exit: s.exit,
+                }
+            });
+            let first = again.as_ref().and_then(|a| a.order.first().copied()).unwrap_or(0);
+            let target = &preset.targets[first.min(preset.targets.len() - 1)];
+            let exits = preset.exits.as_deref().unwrap_or(&s.config.upstream.exits);
+            let egress = egress_of(exits, &target.origin, s.exit, caller.name());
+            let prefix = request_path[..request_path.len().saturating_sub(remainder.len())].to_owned();
             Forward {
                 kind: RouteKind::Preset,
                 preset: Some(preset.route.clone()),
@@ -179,6 +234,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 monitor: preset.monitor == Monitor::Gemini && s.config.gemini.enabled,
                 keys: preset.keys.clone(),
                 egress,
+                again,
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller, exit } => {
@@ -200,6 +256,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 redirect: Some(Redirect::Generic { auth_prefix }),
                 monitor: false,
                 keys: None,
+                again: None,
             }
         }
     };
@@ -237,9 +294,8 @@ mod tests {
             dns_relay: false,
         };
         let routed = route(input, cx).unwrap();
-        let rotation = Rotation::new(&config.presets);
         let own = "127.0.0.1:8080".parse().unwrap();
-        plan(routed, path, Settings { config: &config, token: &token, own, rotation: &rotation, exit: None })
+        plan(routed, path, Settings { config: &config, token: &token, own, exit: None })
     }
 
     fn forward(toml: &str, target: &str, header_token: Option<&str>) -> Forward {

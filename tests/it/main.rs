@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod dns;
 mod egress;
+mod failover;
 mod fallback;
 mod gemini;
 mod hardening;
