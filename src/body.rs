@@ -52,6 +52,13 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A body that fails with `e` at once (a stream that broke stays broken
+/// when what came before it is put back in front).
+pub(crate) fn failing(e: BoxError) -> Body {
+    let once = futures_util::stream::once(async move { Err::<http_body::Frame<Bytes>, BoxError>(e) });
+    http_body_util::StreamBody::new(once).boxed_unsync()
+}
+
 /// No body.
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

@@ -12,8 +12,10 @@ use crate::balance::{Failover, Outcome};
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::reset::retry_after_of;
-use crate::upstream::choose::{Failure, Served};
+use crate::upstream::choose::{Attempt, Failure, Served, Transport};
+use crate::upstream::guard::Prepend;
 use crate::upstream::{UpstreamError, UpstreamRequest};
+use http_body_util::BodyExt;
 
 use super::shape::Redirect;
 use super::{App, Ctx, Sending};
@@ -58,6 +60,8 @@ pub(super) fn decide(sent: &Result<Served, Failure>, f: &Failover, n: u32, more:
         // Written and not answered: the provider may be working (and
         // billing); only with the operator's opt-in, never the same target.
         Err(failure) if is_unanswered(&failure.error) && f.retry_unanswered && more => Step::Next,
+        // The operator's opt-in by setting the timeout: another target.
+        Err(failure) if matches!(failure.error, UpstreamError::FirstToken { .. }) && more => Step::Next,
         Err(_) => Step::Done,
     }
 }
@@ -120,7 +124,10 @@ impl App {
                     b.started(index);
                 }
                 let started = Instant::now();
-                let sent = self.send_once(req, sending, cx).await;
+                let sent = match f.first_token_timeout {
+                    None => self.send_once(req, sending, cx).await,
+                    Some(limit) => self.send_first_event(req, sending, cx, limit).await,
+                };
                 let sent = match sent {
                     Ok(sent) => sent,
                     Err(e) => {
@@ -152,6 +159,63 @@ impl App {
         // Only when no target could be aimed at (never with a valid plan).
         self.send_once(req, sending, cx).await
     }
+
+    /// One attempt whose stream must show its first event within `limit`
+    /// of being sent (the head included); the events read meanwhile are put
+    /// back in front. Anything but a 200 event stream is passed as it is.
+    async fn send_first_event(
+        &self,
+        req: &mut UpstreamRequest,
+        sending: &Sending,
+        cx: &mut Ctx,
+        limit: Duration,
+    ) -> Result<Result<Served, Failure>, Error> {
+        let host = req.origin.host.to_string();
+        let attempt = async {
+            let served = match self.send_once(req, sending, cx).await? {
+                Ok(served) => served,
+                failed => return Ok(failed),
+            };
+            if !crate::monitor::stream::is_event_stream(served.response.status(), served.response.headers()) {
+                return Ok(Ok(served));
+            }
+            let (parts, mut body) = served.response.into_parts();
+            let mut seen = bytes::BytesMut::new();
+            let rest = loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            seen.extend_from_slice(&data);
+                        }
+                        if seen.windows(5).any(|w| w == b"data:") {
+                            break Some(body);
+                        }
+                    }
+                    // The stream ended or broke before an event: passed on
+                    // as it is (a break stays a break).
+                    Some(Err(e)) => break Some(crate::body::failing(e)),
+                    None => break None,
+                }
+            };
+            let seen = seen.freeze();
+            let body = match rest {
+                Some(rest) => Prepend::new(seen, rest).boxed_unsync(),
+                None => crate::body::full(seen),
+            };
+            let response = http::Response::from_parts(parts, body);
+            Ok(Ok(Served { response, transport: served.transport, fallback: served.fallback }))
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                let ms = limit.as_millis() as u64;
+                let error = UpstreamError::FirstToken { host, ms };
+                let attempts =
+                    vec![Attempt { transport: Transport::Socket, error: error.to_string(), duration: limit }];
+                Ok(Err(Failure { error, attempts }))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +223,6 @@ mod tests {
     use super::*;
     use crate::balance::Retry;
     use crate::body::full;
-    use crate::upstream::choose::{Attempt, Transport};
     use bytes::Bytes;
 
     fn answer(status: u16, retry_after: Option<&str>) -> Result<Served, Failure> {

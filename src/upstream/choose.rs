@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
 
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, failing, full};
 use crate::policy::target::Origin;
 
 use super::challenge::{HeadVerdict, MAX_CHALLENGE_BODY, head_verdict, is_challenge_page};
@@ -216,12 +216,7 @@ async fn inspect(resp: Response<Body>) -> Inspected {
         None => full(seen),
         Some(Ok(rest)) => Prepend::new(seen, rest).boxed_unsync(),
         // Keep the failure: a body cut short must not look complete.
-        Some(Err(e)) => {
-            let failing = http_body_util::StreamBody::new(futures_util::stream::once(async move {
-                Err::<http_body::Frame<Bytes>, BoxError>(e)
-            }));
-            Prepend::new(seen, failing.boxed_unsync()).boxed_unsync()
-        }
+        Some(Err(e)) => Prepend::new(seen, failing(e)).boxed_unsync(),
     };
     let resp = Response::from_parts(parts, body);
     if is_challenge { Inspected::Challenge(resp) } else { Inspected::Normal(resp) }

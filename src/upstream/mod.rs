@@ -82,6 +82,10 @@ pub enum UpstreamError {
     /// DNS over HTTPS could not resolve a name (§10).
     #[error("{reason}")]
     Dns { reason: String },
+    /// A stream's first event did not come within `first_token_timeout_ms`
+    /// (§13): the attempt was abandoned.
+    #[error("no first event from {host} within {ms} ms (first_token_timeout_ms)")]
+    FirstToken { host: String, ms: u64 },
     /// The egress failed (§10): never retried around it, never direct.
     #[error("egress {egress}: {reason}")]
     Egress { egress: String, reason: String },
@@ -91,7 +95,7 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            UpstreamError::HeadTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::HeadTimeout { .. } | UpstreamError::FirstToken { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::Saturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }

@@ -197,3 +197,34 @@ async fn a_refused_connection_moves_to_the_next_target_at_once() {
     assert_eq!(live.requests()[0].body, b"{\"a\":1}");
     assert_eq!(live_t.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_slow_first_token_moves_the_stream_to_the_next_target() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+    // The head at once, the first event only after 3 s.
+    let (slow, slow_t) = counted(move |_| {
+        vec![Step::text(head), Step::Sleep(Duration::from_secs(3)), Step::text("data: {\"slow\":1}\n\n"), Step::Close]
+    })
+    .await;
+    // No head at all.
+    let (mute, mute_t) = counted(|_| vec![Step::Hang]).await;
+    let events = "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: [DONE]\n\n";
+    let (quick, quick_t) = counted(move |_| vec![Step::text(head), Step::text(events), Step::Close]).await;
+    let vg = Veilgate::start(&format!(
+        "[presets.api]\ntargets = [\"http://{}\", \"http://{}\", \"http://{}\"]\nstrategy = \"ordered\"\n\
+         first_token_timeout_ms = 400\n\
+         [presets.alone]\ntargets = [\"http://{}\"]\nfirst_token_timeout_ms = 400\n",
+        slow.addr, mute.addr, quick.addr, slow.addr
+    ))
+    .await;
+    let started = Instant::now();
+    let r = send(vg.addr, "POST", "/api/v1/chat/completions", &[], b"{\"stream\":true}").await;
+    assert_eq!((r.status, r.text()), (200, events.to_owned()), "the whole stream of the third target");
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    let counts = (slow_t.lock().unwrap().len(), mute_t.lock().unwrap().len(), quick_t.lock().unwrap().len());
+    assert_eq!(counts, (1, 1, 1));
+    // With nowhere else to go: 504 naming the timeout, sent once.
+    let body = send(vg.addr, "POST", "/alone/v1/chat/completions", &[], b"{}").await.assert_proxy_error(504);
+    assert!(body["error"]["message"].as_str().unwrap().contains("first_token_timeout_ms"), "{body}");
+    assert_eq!(slow_t.lock().unwrap().len(), 2);
+}
