@@ -287,9 +287,154 @@ impl Balance {
     }
 }
 
+/// A token bucket holding up to `per_minute`, refilled continuously at
+/// that rate; it starts full (§13).
+#[derive(Debug)]
+pub struct Bucket {
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    per_minute: u64,
+    level: f64,
+    at: Instant,
+}
+
+impl BucketState {
+    fn refill(&mut self, now: Instant) {
+        let rate = self.per_minute as f64 / 60.0;
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.level = (self.level + gained).min(self.per_minute as f64);
+        self.at = now;
+    }
+}
+
+impl Bucket {
+    pub fn new(per_minute: u64, now: Instant) -> Bucket {
+        Bucket { state: Mutex::new(BucketState { per_minute, level: per_minute as f64, at: now }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BucketState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn per_minute(&self) -> u64 {
+        self.lock().per_minute
+    }
+
+    /// Takes `amount` (capped at the bucket's size, so that any request
+    /// fits a full bucket), or says how long until it would fit.
+    pub fn take(&self, amount: u64, now: Instant) -> Result<(), Duration> {
+        let mut s = self.lock();
+        s.refill(now);
+        let want = amount.min(s.per_minute) as f64;
+        if s.level >= want {
+            s.level -= want;
+            return Ok(());
+        }
+        let rate = s.per_minute as f64 / 60.0;
+        Err(Duration::from_secs_f64(((want - s.level) / rate.max(f64::MIN_POSITIVE)).min(60.0)))
+    }
+
+    /// Gives back what [`Bucket::take`] took (the other bucket refused).
+    pub fn refund(&self, amount: u64) {
+        let mut s = self.lock();
+        s.level = (s.level + amount.min(s.per_minute) as f64).min(s.per_minute as f64);
+    }
+
+    /// A reload changed the limit: what was used stays used.
+    pub fn resize(&self, per_minute: u64, now: Instant) {
+        let mut s = self.lock();
+        s.refill(now);
+        let used = s.per_minute as f64 - s.level;
+        s.per_minute = per_minute;
+        s.level = (per_minute as f64 - used).max(0.0);
+    }
+}
+
+/// `requests_per_minute` and `tokens_per_minute` of a preset or alias.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    pub requests: Option<Bucket>,
+    pub tokens: Option<Bucket>,
+}
+
+impl RateLimits {
+    pub fn new(requests: Option<u64>, tokens: Option<u64>, now: Instant) -> RateLimits {
+        RateLimits { requests: requests.map(|r| Bucket::new(r, now)), tokens: tokens.map(|t| Bucket::new(t, now)) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+
+    /// One request of about `tokens` tokens, from both buckets or neither;
+    /// `Err` names the limit and how long until the request would fit.
+    pub fn admit(&self, tokens: u64, now: Instant) -> Result<(), (&'static str, Duration)> {
+        if let Some(r) = &self.requests {
+            r.take(1, now).map_err(|wait| ("requests_per_minute", wait))?;
+        }
+        if let Some(t) = &self.tokens
+            && let Err(wait) = t.take(tokens, now)
+        {
+            if let Some(r) = &self.requests {
+                r.refund(1);
+            }
+            return Err(("tokens_per_minute", wait));
+        }
+        Ok(())
+    }
+
+    /// This configuration's limits, keeping what `old` used when both
+    /// limit the same thing (a reload never refills a bucket).
+    pub fn carried(requests: Option<u64>, tokens: Option<u64>, old: Option<&RateLimits>, now: Instant) -> RateLimits {
+        let keep = |want: Option<u64>, had: Option<&Bucket>| -> Option<Bucket> {
+            let want = want?;
+            let Some(had) = had else { return Some(Bucket::new(want, now)) };
+            let copy = {
+                let s = had.lock();
+                BucketState { per_minute: s.per_minute, level: s.level, at: s.at }
+            };
+            let bucket = Bucket { state: Mutex::new(copy) };
+            bucket.resize(want, now);
+            Some(bucket)
+        };
+        RateLimits {
+            requests: keep(requests, old.and_then(|o| o.requests.as_ref())),
+            tokens: keep(tokens, old.and_then(|o| o.tokens.as_ref())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_start_full_refill_by_the_minute_and_keep_what_was_used_on_resize() {
+        let t0 = Instant::now();
+        let b = Bucket::new(60, t0);
+        for _ in 0..60 {
+            assert!(b.take(1, t0).is_ok());
+        }
+        let wait = b.take(1, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.0).abs() < 0.01, "one a second: {wait:?}");
+        assert!(b.take(1, t0 + Duration::from_secs(1)).is_ok());
+        assert!(b.take(500, t0 + Duration::from_secs(120)).is_ok(), "capped at the size: a full bucket takes it");
+        // 10 used of 60; the limit becomes 20: 10 are left, not 20.
+        let b = Bucket::new(60, t0);
+        b.take(10, t0).unwrap();
+        b.resize(20, t0);
+        assert!(b.take(10, t0).is_ok());
+        assert!(b.take(1, t0).is_err());
+        let limits = RateLimits::new(Some(2), Some(100), t0);
+        assert!(limits.admit(60, t0).is_ok());
+        assert!(limits.admit(60, t0).is_err(), "tokens short");
+        assert!(limits.admit(40, t0).is_ok(), "the refused one gave its request back");
+        let carried = RateLimits::carried(Some(2), Some(100), Some(&limits), t0);
+        assert!(carried.admit(1, t0).is_err(), "a reload never refills");
+    }
 
     fn settings() -> HealthSettings {
         HealthSettings { eject_after: 3, eject_for: Duration::from_secs(2), max_eject: Duration::from_secs(5) }

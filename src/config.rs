@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Token;
-use crate::balance::{Balance, Failover, HealthSettings, Retry, Strategy};
+use crate::balance::{Balance, Failover, HealthSettings, RateLimits, Retry, Strategy};
 use crate::client::{Client, Clients, parse_sha256, sha256};
 use crate::dns::DohServer;
 use crate::egress::{Exit, ExitChoice, ExitKind, ExitSet, Isolate, Resolve};
@@ -23,6 +23,7 @@ use crate::keys::vault::{self, VaultProvider};
 use crate::keys::{KeyHeader, KeySource, Keyring, KeyringSpec, ProviderKey};
 use crate::policy::headers::{ExtraAllow, UserAgent};
 use crate::policy::target::{Host, Origin, Scheme, parse_url};
+use crate::preset::{Alias, Member};
 use crate::preset::{ModelInfo, Monitor, Preset, Presets, Target};
 use crate::usage::count::Protocol;
 use crate::usage::ledger::Limits as ClientLimits;
@@ -102,6 +103,8 @@ pub struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    aliases: BTreeMap<String, RawAlias>,
 }
 
 /// `[dns]`.
@@ -329,6 +332,25 @@ struct RawPreset {
     first_token_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_unanswered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    openai_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_minute: Option<u64>,
+}
+
+/// `[aliases.NAME]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlias {
+    models: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_minute: Option<u64>,
 }
 
 /// A preset's `retry = { … }`.
@@ -544,6 +566,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[health]`: when targets are ejected (§13).
     pub health: HealthSettings,
+    /// `[aliases.*]`: model names of the unified endpoint (§13).
+    pub aliases: Vec<Arc<Alias>>,
 }
 
 /// `[dns]`: DNS over HTTPS for upstream names (`servers` empty: the system
@@ -813,6 +837,7 @@ impl Config {
             None => BTreeMap::new(),
         };
         let presets = build_presets(raw.presets, vault, &exits, env)?;
+        let aliases = build_aliases(raw.aliases, &presets)?;
         let dns = build_dns(raw.dns, &exits, &upstream.exits)?;
         let h = raw.health;
         let health = HealthSettings {
@@ -934,6 +959,7 @@ impl Config {
             loaded_at: std::time::SystemTime::now(),
             dns,
             health,
+            aliases,
         };
         config.check_exposure()?;
         Ok(config)
@@ -1051,6 +1077,9 @@ impl Config {
                     }),
                     first_token_timeout_ms: Some(p.failover.first_token_timeout.map_or(0, |d| d.as_millis() as u64)),
                     retry_unanswered: Some(p.failover.retry_unanswered),
+                    openai_path: Some(p.openai_path.clone()),
+                    requests_per_minute: p.limits.requests.as_ref().map(|b| b.per_minute()),
+                    tokens_per_minute: p.limits.tokens.as_ref().map(|b| b.per_minute()),
                 };
                 (p.route.clone(), raw)
             })
@@ -1193,6 +1222,19 @@ impl Config {
                     OneOrMany::Many(list) => list.into_iter().next().unwrap_or_else(|| "direct".to_owned()),
                 }),
             },
+            aliases: self
+                .aliases
+                .iter()
+                .map(|a| {
+                    let raw = RawAlias {
+                        models: a.members.iter().map(|m| format!("{}/{}", m.preset, m.model)).collect(),
+                        strategy: Some(a.strategy.name().to_owned()),
+                        requests_per_minute: a.limits.requests.as_ref().map(|b| b.per_minute()),
+                        tokens_per_minute: a.limits.tokens.as_ref().map(|b| b.per_minute()),
+                    };
+                    (a.name.clone(), raw)
+                })
+                .collect(),
             health: RawHealth {
                 eject_after: Some(self.health.eject_after),
                 eject_for_ms: ms(self.health.eject_for),
@@ -1333,12 +1375,60 @@ fn build_presets(
         preset.failover = build_failover(&key, preset.targets.len(), over.strategy, over.weights, over.retry)?;
         preset.failover.first_token_timeout = over.first_token_timeout_ms.filter(|&t| t > 0).map(Duration::from_millis);
         preset.failover.retry_unanswered = over.retry_unanswered.unwrap_or(false);
+        preset.openai_path = match over.openai_path {
+            Some(p) if p.is_empty() || (p.starts_with('/') && !p.ends_with('/')) => p,
+            Some(_) => return err(format!("{key}.openai_path must start with / and not end with one")),
+            None if preset.route == "gemini" && builtin.is_some() => "/v1beta/openai".to_owned(),
+            None => "/v1".to_owned(),
+        };
+        preset.limits =
+            Arc::new(RateLimits::new(over.requests_per_minute, over.tokens_per_minute, std::time::Instant::now()));
         if preset.targets.len() > 1 {
             preset.balance = Some(Arc::new(Balance::new(preset.targets.len())));
         }
         presets.push(preset);
     }
     Ok(presets)
+}
+
+/// `[aliases.*]`: each member `<preset>/<model>` of a preset that exists.
+fn build_aliases(raw: BTreeMap<String, RawAlias>, presets: &Presets) -> Result<Vec<Arc<Alias>>, ConfigError> {
+    let mut aliases = Vec::new();
+    for (name, a) in raw {
+        let key = format!("aliases.{name}");
+        if name.is_empty() || name.contains('/') || name.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'"') {
+            return err(format!("{key}: an alias name has no '/', spaces or quotes"));
+        }
+        if a.models.is_empty() {
+            return err(format!("{key}.models: name at least one \"<preset>/<model>\""));
+        }
+        let mut members = Vec::new();
+        for m in &a.models {
+            let (preset, model) = m
+                .split_once('/')
+                .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+                .ok_or_else(|| ConfigError(format!("{key}.models: \"{m}\" is not \"<preset>/<model>\"")))?;
+            if presets.enabled(preset).is_none() {
+                return err(format!("{key}.models: \"{m}\": no enabled preset named \"{preset}\""));
+            }
+            members.push(Member { preset: preset.to_owned(), model: model.to_owned() });
+        }
+        let strategy = match a.strategy.as_deref() {
+            None => Strategy::Ordered,
+            Some(s) => Strategy::parse(s).filter(|s| *s != Strategy::Weighted).ok_or_else(|| {
+                ConfigError(format!("{key}.strategy must be \"ordered\", \"round-robin\" or \"p2c\""))
+            })?,
+        };
+        let now = std::time::Instant::now();
+        aliases.push(Arc::new(Alias {
+            balance: Arc::new(Balance::new(members.len())),
+            limits: Arc::new(RateLimits::new(a.requests_per_minute, a.tokens_per_minute, now)),
+            name,
+            members,
+            strategy,
+        }));
+    }
+    Ok(aliases)
 }
 
 /// A preset's `strategy`, `weights` and `retry`.

@@ -66,6 +66,15 @@ pub(crate) enum Error {
     /// `/<preset>/v1/models/<id>` of a model the preset does not declare.
     #[error("the preset {preset} declares no such model")]
     NoModel { preset: String },
+    /// A preset's or alias's rate limit (§13); nothing was sent.
+    #[error("the {what} is over its {limit}; try again in {retry_after} s")]
+    RateLimited { what: String, limit: &'static str, retry_after: u64 },
+    /// The unified endpoint's `model` names no alias and no `<preset>/<model>`.
+    #[error("no alias or preset/model named \"{model}\"")]
+    UnknownModel { model: String },
+    /// The unified endpoint needs a JSON object with a string `model`.
+    #[error("the request body must be a JSON object with a string \"model\"")]
+    NoModelInBody,
     /// Every key of a keyed preset is disabled until a probe succeeds.
     #[error("every key of the preset {preset} was refused by the provider; they are probed again")]
     KeysDisabled { preset: String },
@@ -89,7 +98,9 @@ impl Error {
             Error::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unpriced { .. } => StatusCode::FORBIDDEN,
             Error::BadQuery(_) => StatusCode::BAD_REQUEST,
-            Error::KeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::KeysCooling { .. } | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            Error::NoModelInBody => StatusCode::BAD_REQUEST,
             Error::KeysDisabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::NoModel { .. } => StatusCode::NOT_FOUND,
             Error::Dns(_) => StatusCode::BAD_GATEWAY,
@@ -112,7 +123,7 @@ impl Error {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             resp.headers_mut().insert("x-veilgate-limit", HeaderValue::from_static(limit));
         }
-        if let Error::KeysCooling { retry_after, .. } = self {
+        if let Error::KeysCooling { retry_after, .. } | Error::RateLimited { retry_after, .. } = self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         resp

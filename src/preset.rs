@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::balance::{Balance, Failover};
+use crate::balance::{Balance, Failover, RateLimits, Strategy};
 use crate::config::ConfigError;
 use crate::egress::ExitSet;
 use crate::keys::Keyring;
@@ -65,6 +65,11 @@ pub struct Preset {
     pub failover: Failover,
     /// The targets' health, with several targets (kept across reloads).
     pub balance: Option<Arc<Balance>>,
+    /// Where the OpenAI protocol lives under a target (the unified
+    /// endpoint's `/v1/…` goes to target + this + `/…`).
+    pub openai_path: String,
+    /// `requests_per_minute`, `tokens_per_minute` (§13).
+    pub limits: Arc<RateLimits>,
 }
 
 /// A declared model, in the seed vault's shape (`contextWindow`,
@@ -105,6 +110,8 @@ impl Preset {
             exits: None,
             failover: Failover::default(),
             balance: None,
+            openai_path: "/v1".to_owned(),
+            limits: Arc::new(RateLimits::default()),
         }
     }
 }
@@ -132,4 +139,23 @@ impl Presets {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
         self.list.iter()
     }
+}
+
+/// An alias of the unified endpoint (§13): a model name that stands for
+/// several `<preset>/<model>`, tried by `strategy`.
+#[derive(Debug)]
+pub struct Alias {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub strategy: Strategy,
+    pub limits: Arc<RateLimits>,
+    /// The members' health and rotation.
+    pub balance: Arc<Balance>,
+}
+
+/// One member of an alias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub preset: String,
+    pub model: String,
 }

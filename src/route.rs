@@ -43,6 +43,13 @@ pub enum Route {
     Models { preset: Arc<Preset>, id: Option<String> },
     /// `GET /v1/providers`: the keyed presets the caller may use (§12).
     Providers { caller: Caller },
+    /// The unified endpoint (§13): `POST /v1/chat/completions`,
+    /// `/v1/completions`, `/v1/embeddings`, `/v1/responses`; `endpoint` is
+    /// the path after `/v1`. `key_slot_token`: the caller's token came in
+    /// the API-key slot, so only members holding keys may serve it.
+    Unified { endpoint: String, query: Option<String>, caller: Caller, key_slot_token: bool },
+    /// `GET /v1/models` of the unified endpoint: aliases and declared models.
+    UnifiedModels { caller: Caller },
     /// `/<token>/<scheme>/<host>/<remainder>`
     /// `path_token`: the token came in the path (not in `x-veilgate-token`).
     /// `exit`: the numeric route's `N` (`/<token>/<N>/<base64url>/…`).
@@ -258,6 +265,28 @@ pub fn route(input: RouteInput<'_>, cx: RouteContext<'_>) -> Result<Route, Route
             return Err(RouteError::Unauthorized);
         }
         return Ok(Route::Providers { caller });
+    }
+    if name == "v1" && input.headers.get("x-host-final").is_none() {
+        let read = input.method == Method::GET || input.method == Method::HEAD;
+        let unified = matches!(after_name, "/chat/completions" | "/completions" | "/embeddings" | "/responses");
+        if (read && after_name == "/models") || (unified && input.method == Method::POST) {
+            // A veilgate token in the API-key slot names the caller (and is
+            // never forwarded); any other value there is a provider's key.
+            let mut key_slot_token = false;
+            if presented == Presented::Nothing
+                && let Some(value) = input.headers.key_slot(input.query)
+                && let Some(holder) = holder(value, cx.token, cx.clients)
+            {
+                (caller, key_slot_token) = (holder, true);
+            }
+            if caller.is_anonymous() && (cx.preset_auth || !cx.clients.is_empty()) {
+                return Err(RouteError::Unauthorized);
+            }
+            if read {
+                return Ok(Route::UnifiedModels { caller });
+            }
+            return Ok(Route::Unified { endpoint: after_name.to_owned(), query, caller, key_slot_token });
+        }
     }
     // The seed's legacy routing: `/v1/…` with `x-host-final: host[:port]`
     // goes to the preset whose target that is.
@@ -563,7 +592,7 @@ mod tests {
             ("/x/v1/chat", None, no("x", Some("xai"))),
             ("/groqq/v1", None, no("groqq", Some("groq"))),
             ("/favicon.ico", None, no("favicon.ico", None)),
-            ("/v1/chat/completions", None, no("v1", Some("v1"))),
+            ("/v1/chat", None, no("v1", Some("v1"))),
             // token-shaped, a token sent, or generic mode asked for: 401
             ("/tok_wrongwrongwrong0/v1", None, Err(RouteError::Unauthorized)),
             ("/opnai/v1", Some("tok_wrongwrongwrong0"), Err(RouteError::Unauthorized)),
@@ -573,6 +602,9 @@ mod tests {
         for (target, header, want) in cases {
             assert_eq!(dest(&c, target, header), want, "{target}");
         }
+        // The unified endpoint (§13) is not a preset.
+        assert!(matches!(run(&c, Method::POST, "/v1/chat/completions", None), Ok(Route::Unified { .. })));
+        assert!(matches!(run(&c, Method::GET, "/v1/models", None), Ok(Route::UnifiedModels { .. })));
         let long = "n".repeat(100);
         match dest(&c, &format!("/{long}.x"), None) {
             Err(RouteError::NoPreset { name, .. }) => assert_eq!(name.chars().count(), MAX_QUOTED + 1),

@@ -165,7 +165,7 @@ pub(super) fn providers(config: &Config, caller: &Caller) -> Response<Body> {
     json_reply(&json!({ "object": "list", "data": data }))
 }
 
-fn json_reply(body: &serde_json::Value) -> Response<Body> {
+pub(super) fn json_reply(body: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(body.to_string()));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp

@@ -20,6 +20,7 @@ mod again;
 mod local;
 mod plan;
 mod shape;
+mod unified;
 mod usage;
 
 use std::net::SocketAddr;
@@ -177,6 +178,11 @@ impl App {
             Plan::DnsRelay => return local::dns_relay(self.doh.as_deref(), req).await,
             Plan::Models(preset, id) => return local::models(&preset, id.as_deref()),
             Plan::Providers(caller) => return Ok(local::providers(config, &caller)),
+            Plan::UnifiedModels(caller) => return Ok(App::unified_models(config, &caller)),
+            Plan::Unified(unified) => {
+                cx.kind = RouteKind::Preset;
+                return self.unified(config, req, unified, cx).await;
+            }
             Plan::Forward(forward) => forward,
         };
         cx.kind = forward.kind;
@@ -278,9 +284,35 @@ impl App {
             return Ok((req, None));
         }
         let (parts, body) = req.into_parts();
-        let headers = policy.request_headers(&parts.headers);
         let limits = &config.limits;
-        let mut body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
+        let body = read_body(body, &parts.headers, limits.max_body_bytes, limits.header_read_timeout).await?;
+        self.build_upstream(config, &parts.method, &parts.headers, body, forward, cx)
+    }
+
+    /// The upstream request of a forward from the client, with its body
+    /// read: the policy's headers, the meter opened, the monitor decided.
+    fn build_upstream(
+        &self,
+        config: &Config,
+        method: &Method,
+        client_headers: &HeaderMap,
+        body: Bytes,
+        forward: Forward,
+        cx: &mut Ctx,
+    ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
+        let policy = policy(config, forward.user_agent.as_ref(), forward.keys.is_some());
+        let headers = policy.request_headers(client_headers);
+        let mut body = body;
+        if let Some(limits) = &forward.limits {
+            let estimate = usage::estimate_tokens(&body);
+            let what = || format!("preset {}", forward.preset.as_deref().unwrap_or_default());
+            let limited = |limit, wait: Duration| Error::RateLimited {
+                what: what(),
+                limit,
+                retry_after: wait.as_secs_f64().ceil() as u64,
+            };
+            limits.admit(estimate, Instant::now()).map_err(|(limit, wait)| limited(limit, wait))?;
+        }
         if let Some((meter, injected)) = usage::open_meter(self, config, &forward, &body)? {
             if let Some(injected) = injected {
                 body = injected;
@@ -289,11 +321,11 @@ impl App {
         }
         let Forward { origin, path, check, transport, monitor, egress, .. } = forward;
         let gemini = if monitor {
-            gemini_stream::applies(&parts.method, &path, &body).map(|v| (v, KeepAlive::for_client(&parts.headers)))
+            gemini_stream::applies(method, &path, &body).map(|v| (v, KeepAlive::for_client(client_headers)))
         } else {
             None
         };
-        let method = parts.method;
+        let method = method.clone();
         let credential = None;
         Ok((UpstreamRequest { method, origin, path, headers, body, check, transport, egress, credential }, gemini))
     }
@@ -311,6 +343,22 @@ impl App {
         let asked = Instant::now();
         let mut req = req;
         let sent = self.send_again(config, &mut req, &mut sending, cx).await?;
+        self.deliver(config, req, sending, gemini, cx, sent, asked).await
+    }
+
+    /// Phase 5 after sending: the answer shaped, monitored and metered, or
+    /// the failure.
+    #[allow(clippy::too_many_arguments)] // the phases' state, handed on once
+    async fn deliver(
+        &self,
+        config: &Config,
+        req: UpstreamRequest,
+        sending: Sending,
+        gemini: Option<(serde_json::Value, KeepAlive)>,
+        cx: &mut Ctx,
+        sent: Result<Served, Failure>,
+        asked: Instant,
+    ) -> Result<Response<Body>, Error> {
         let served = match sent {
             Ok(served) => served,
             Err(failure) => {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::{Caller, Token};
+use crate::balance::RateLimits;
 use crate::client::Client;
 use crate::config::Config;
 use crate::egress::{ExitKind, ExitSet, Isolate};
@@ -41,7 +42,22 @@ pub(super) enum Plan {
     Models(Arc<Preset>, Option<String>),
     /// The keyed presets a caller may use (§12).
     Providers(Caller),
+    /// The unified endpoint (§13): the member is chosen once the body's
+    /// `model` is read.
+    Unified(Unified),
+    /// `GET /v1/models` of the unified endpoint.
+    UnifiedModels(Caller),
     Forward(Forward),
+}
+
+/// A request of the unified endpoint.
+#[derive(Debug)]
+pub(super) struct Unified {
+    /// The path after `/v1` (`/chat/completions`).
+    pub(super) endpoint: String,
+    pub(super) query: Option<String>,
+    pub(super) caller: Caller,
+    pub(super) key_slot_token: bool,
 }
 
 /// A request (or tunnel) for an upstream.
@@ -81,6 +97,8 @@ pub(super) struct Forward {
     pub(super) egress: Egress,
     /// A preset request that may go again, or to another target (§13).
     pub(super) again: Option<Again>,
+    /// The preset's rate limits, when it has any (§13).
+    pub(super) limits: Option<Arc<RateLimits>>,
 }
 
 /// What sending a preset request again needs: the targets in the order
@@ -168,6 +186,10 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
         Route::DnsRelay => return Plan::DnsRelay,
         Route::Models { preset, id } => return Plan::Models(preset, id),
         Route::Providers { caller } => return Plan::Providers(caller),
+        Route::Unified { endpoint, query, caller, key_slot_token } => {
+            return Plan::Unified(Unified { endpoint, query, caller, key_slot_token });
+        }
+        Route::UnifiedModels { caller } => return Plan::UnifiedModels(caller),
         Route::Test => {
             let (origin, path) = s.config.default_dst.clone();
             let egress = egress_of(&s.config.upstream.exits, &origin, s.exit, None);
@@ -188,6 +210,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 monitor: false,
                 keys: None,
                 again: None,
+                limits: None,
             }
         }
         Route::Preset { preset, remainder, query, caller } => {
@@ -235,6 +258,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 keys: preset.keys.clone(),
                 egress,
                 again,
+                limits: (!preset.limits.is_empty()).then(|| Arc::clone(&preset.limits)),
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller, exit } => {
@@ -257,6 +281,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 monitor: false,
                 keys: None,
                 again: None,
+                limits: None,
             }
         }
     };

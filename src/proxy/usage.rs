@@ -393,6 +393,13 @@ pub(super) async fn requests(app: &App, config: &Config, req: &Request<Incoming>
     Ok(json_response(&json!({ "data": data })))
 }
 
+/// A request's tokens as rate limits count them before it is sent (§13):
+/// its input estimated from its size, plus the most output it asks for.
+pub(super) fn estimate_tokens(body: &[u8]) -> u64 {
+    let asked = inspect(Some(crate::usage::count::Protocol::OpenAi), "", body, false).max_output.unwrap_or(0);
+    estimate(body.len() as u64).saturating_add(asked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,7 +303,7 @@ pub(crate) fn top_level_keys(json: &[u8], mut f: impl FnMut(&[u8], usize)) -> Op
 /// The index of the quote that ends the string whose content starts at
 /// `i`, and whether the string has escapes.
 #[inline(always)]
-fn string_end(json: &[u8], mut i: usize) -> Option<(usize, bool)> {
+pub(crate) fn string_end(json: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
         let at = i + quote_or_backslash(json.get(i..)?)?;

@@ -2,6 +2,7 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
+mod aliases;
 mod cli;
 mod clients;
 mod dns;
