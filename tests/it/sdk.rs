@@ -42,6 +42,37 @@ pub(crate) async fn run_script(script: &str, base: String, token: &str) -> Strin
 const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the origin"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
 
 #[tokio::test]
+async fn openai_python_sdk_through_an_alias_of_the_unified_endpoint() {
+    if !python_has("openai") {
+        return;
+    }
+    let down = RawOrigin::start(|_| {
+        b"HTTP/1.1 503 Busy\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_vec()
+    })
+    .await;
+    let up = RawOrigin::start(|_| json_response(COMPLETION)).await;
+    let vg = Veilgate::start(&format!(
+        "[presets.first]\ntargets = [\"http://{}\"]\n[presets.second]\ntargets = [\"http://{}\"]\n\
+         [aliases.fast]\nmodels = [\"first/llama-3.3-70b\", \"second/gpt-4o-mini\"]\n",
+        down.addr, up.addr
+    ))
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_chat.py");
+    let out = tokio::process::Command::new(crate::sdk::python())
+        .arg(script)
+        .arg(format!("{}/v1", vg.url()))
+        .env("VEILGATE_MODEL", "fast")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello from the origin");
+    let seen: serde_json::Value = serde_json::from_slice(&up.only_request().body).unwrap();
+    assert_eq!(seen["model"], "gpt-4o-mini", "the second member's model");
+    assert_eq!(down.requests().len(), 1, "the first member was tried once");
+}
+
+#[tokio::test]
 async fn openai_python_sdk_through_a_preset() {
     if !python_has("openai") {
         return;
