@@ -568,6 +568,9 @@ pub struct Config {
     pub health: HealthSettings,
     /// `[aliases.*]`: model names of the unified endpoint (§13).
     pub aliases: Vec<Arc<Alias>>,
+    /// `sha256:<hex>` of the file this was loaded from (and the `--listen`
+    /// given), for `/healthz`; `none` when built otherwise.
+    pub digest: String,
 }
 
 /// `[dns]`: DNS over HTTPS for upstream names (`servers` empty: the system
@@ -669,7 +672,8 @@ const BUILTIN_PRESETS: &[(&str, &str, &str)] = &[
 ];
 
 /// Route segments that can never be preset names.
-const RESERVED_NAMES: &[&str] = &["healthz", "metrics", "test", "usage", "http", "https", "ws", "wss"];
+const RESERVED_NAMES: &[&str] =
+    &["healthz", "metrics", "test", "usage", "http", "https", "ws", "wss", "v1", "internal", "dns-query"];
 
 /// Reads environment variables; tests pass a closure over a map.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -960,6 +964,7 @@ impl Config {
             dns,
             health,
             aliases,
+            digest: "none".to_owned(),
         };
         config.check_exposure()?;
         Ok(config)
@@ -967,14 +972,52 @@ impl Config {
 
     /// Loads the file (if any), applies the environment and `--listen`.
     pub fn load(path: Option<&Path>, listen: Option<&str>, env: Env<'_>) -> Result<Config, ConfigError> {
-        let mut raw = match path {
-            Some(p) => RawConfig::from_file(p)?,
-            None => RawConfig::default(),
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", p.display())))?,
+            None => String::new(),
         };
+        let mut raw = if path.is_some() { RawConfig::from_toml(&text)? } else { RawConfig::default() };
         if let Some(l) = listen {
             raw.listen = Some(l.to_owned());
         }
-        Config::from_raw(raw, env)
+        let mut config = Config::from_raw(raw, env)?;
+        config.digest = digest(text.as_bytes(), listen);
+        Ok(config)
+    }
+
+    /// Hands on the state of what this configuration keeps from `old`
+    /// (SPEC §13 live reload): a preset's target health when its targets
+    /// are the same, its keys' states when its keys are, what its rate
+    /// limits used (a changed limit keeps the amount used); an alias's
+    /// member health and its limits likewise. Everything else is new.
+    pub fn carry_from(&mut self, old: &Config) {
+        let now = std::time::Instant::now();
+        let carried = |new: &RateLimits, had: &RateLimits| {
+            let rate = |b: &Option<crate::balance::Bucket>| b.as_ref().map(|b| b.per_minute());
+            Arc::new(RateLimits::carried(rate(&new.requests), rate(&new.tokens), Some(had), now))
+        };
+        self.presets.each_mut(|p| {
+            let Some(o) = old.presets.get(&p.route) else { return };
+            let same_targets = p.targets.iter().map(Target::url).eq(o.targets.iter().map(Target::url));
+            if same_targets && o.balance.is_some() && p.balance.is_some() {
+                p.balance = o.balance.clone();
+            }
+            if let (Some(new), Some(had)) = (&p.keys, &o.keys)
+                && new.same_as(had)
+            {
+                p.keys = Some(Arc::clone(had));
+            }
+            p.limits = carried(&p.limits, &o.limits);
+        });
+        for alias in &mut self.aliases {
+            let Some(o) = old.aliases.iter().find(|a| a.name == alias.name) else { continue };
+            let Some(a) = Arc::get_mut(alias) else { continue };
+            if a.members == o.members {
+                a.balance = Arc::clone(&o.balance);
+            }
+            a.limits = carried(&a.limits, &o.limits);
+        }
     }
 
     /// Refuses an open relay: presets without auth on a non-loopback address.
@@ -1308,7 +1351,7 @@ fn build_presets(
             if !ok {
                 return err(format!("{key}: preset names must match [a-z0-9_-]+"));
             }
-            if RESERVED_NAMES.contains(&route.as_str()) {
+            if RESERVED_NAMES.contains(&route.as_str()) || route.bytes().all(|b| b.is_ascii_digit()) {
                 return err(format!("{key}: '{route}' is reserved and cannot name a preset"));
             }
         }
@@ -1389,6 +1432,16 @@ fn build_presets(
         presets.push(preset);
     }
     Ok(presets)
+}
+
+/// `sha256:<hex>` of a configuration's text and its `--listen`.
+fn digest(text: &[u8], listen: Option<&str>) -> String {
+    let mut all = text.to_vec();
+    if let Some(l) = listen {
+        all.extend_from_slice(b"\0--listen ");
+        all.extend_from_slice(l.as_bytes());
+    }
+    format!("sha256:{}", crate::client::to_hex(&crate::client::sha256(&all)))
 }
 
 /// `[aliases.*]`: each member `<preset>/<model>` of a preset that exists.

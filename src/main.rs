@@ -79,7 +79,8 @@ fn main() -> ExitCode {
         print!("{}", config.describe(&process_env));
         return ExitCode::SUCCESS;
     }
-    match run(config) {
+    let source = veilgate::server::Source { path: cli.config.clone(), listen: cli.listen.clone() };
+    match run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("veilgate: {e:#}");
@@ -114,7 +115,7 @@ fn print_usage(config: &Config, month: Option<&str>, client: Option<&str>) -> Re
     Ok(())
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, source: veilgate::server::Source) -> anyhow::Result<()> {
     init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (token, token_file) = config.resolve_token(&process_env)?;
@@ -141,7 +142,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     .context("starting the runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(config, token.clone()).await?;
+        let server = Server::bind(config, token.clone()).await?.reloading(source);
         let addr = server.local_addr();
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "veilgate listening");
         if let Some(path) = token_file {

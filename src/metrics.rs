@@ -36,6 +36,7 @@ pub(crate) struct Metrics {
     pool_connections: Gauge,
     limit_refusals: Family<Labels, Counter>,
     store_errors: Counter,
+    reloads: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -50,6 +51,12 @@ impl Metrics {
         let pool_connections = Gauge::default();
         let limit_refusals = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "veilgate_config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), by result",
+            reloads.clone(),
+        );
         registry.register(
             "veilgate_limit_refusals",
             "Requests refused by a client's limit, by limit",
@@ -94,6 +101,7 @@ impl Metrics {
             pool_connections,
             limit_refusals,
             store_errors,
+            reloads,
         }
     }
 
@@ -109,6 +117,11 @@ impl Metrics {
 
     pub(crate) fn upstream_head(&self, seconds: f64) {
         self.upstream_seconds.observe(seconds);
+    }
+
+    /// A configuration reload: `ok` or `error` (the old one stayed).
+    pub(crate) fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&vec![("result", result.to_owned())]).inc();
     }
 
     pub(crate) fn fallback(&self, reason: &'static str) {

@@ -136,6 +136,20 @@ impl Presets {
         self.index.get(segment).map(|&i| &self.list[i]).filter(|p| p.enabled)
     }
 
+    /// The preset of `route`, enabled or not.
+    pub fn get(&self, route: &str) -> Option<&Arc<Preset>> {
+        self.index.get(route).and_then(|&i| self.list.get(i))
+    }
+
+    /// Changes every preset not shared yet (a configuration being built).
+    pub(crate) fn each_mut(&mut self, mut f: impl FnMut(&mut Preset)) {
+        for preset in &mut self.list {
+            if let Some(p) = Arc::get_mut(preset) {
+                f(p);
+            }
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Preset>> {
         self.list.iter()
     }

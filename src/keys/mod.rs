@@ -228,6 +228,17 @@ impl Keyring {
         &self.keys
     }
 
+    /// The same keys, header, origins and probing as `other` (a reload
+    /// keeps `other` and its keys' states then).
+    pub fn same_as(&self, other: &Keyring) -> bool {
+        self.header == other.header
+            && self.origins == other.origins
+            && self.probe_path == other.probe_path
+            && self.probe_interval == other.probe_interval
+            && self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|(a, b)| a.value == b.value)
+    }
+
     fn states(&self) -> std::sync::MutexGuard<'_, Vec<KeyState>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -52,7 +52,7 @@ pub(super) fn metrics(app: &App, config: &Config, headers: &HeaderMap) -> Result
     if !auth::bearer(headers, &app.token, &config.clients).is_admin() {
         return Err(Error::Route(crate::route::RouteError::Unauthorized));
     }
-    let mut usage = app.ledger.as_ref().map(|l| l.render_metrics()).unwrap_or_default();
+    let mut usage = app.ledger().map(|l| l.render_metrics()).unwrap_or_default();
     usage.push_str(&key_states(config));
     usage.push_str(&crate::egress::render_metrics(&config.exits));
     let mut resp = Response::new(full(app.metrics.render(app.transports.socket.pool().idle_count(), &usage)));
@@ -208,8 +208,16 @@ pub(super) fn is_allowed_host(req: &Request<Incoming>, allowed: &[String]) -> bo
     is_loopback_host(value, allowed)
 }
 
-pub(super) fn health() -> Response<Body> {
-    let body = json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
+/// `GET /healthz`, with the configuration in force: the hash of its file
+/// and when it was loaded (a reload changes both).
+pub(super) fn health(config: &Config) -> Response<Body> {
+    let loaded = humantime::format_rfc3339_seconds(config.loaded_at);
+    // In the spec's key order (a JSON object would sort them).
+    let body = format!(
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"config\":{},\"config_loaded_at\":\"{loaded}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::Value::from(config.digest.as_str()),
+    );
     let mut resp = Response::new(full(body));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp

@@ -69,9 +69,10 @@ pub(crate) struct App {
     pub listen: SocketAddr,
     pub transports: Arc<Transports>,
     pub metrics: Arc<Metrics>,
-    /// Clients' usage and limits; `None` while no client is configured
-    /// (nothing is metered, no store is opened).
-    pub(crate) ledger: Option<Arc<Ledger>>,
+    /// Clients' usage and limits; none while no client is configured
+    /// (nothing is metered, no store is opened) — opened by the reload
+    /// that adds the first client.
+    ledger: arc_swap::ArcSwapOption<Ledger>,
     /// DNS over HTTPS, when `[dns]` names servers (resolver, relay).
     doh: Option<Arc<Doh>>,
 }
@@ -119,14 +120,14 @@ impl App {
         .map_err(|e| ConfigError(format!("building the fetch transport: {e}")))?;
         let transports = Transports::new(socket, fetch, config.aggressive_fallback);
         let (transports, metrics) = (Arc::new(transports), Arc::new(Metrics::new()));
-        let ledger = usage::open_ledger(&config, &metrics)?.map(Arc::new);
+        let ledger = arc_swap::ArcSwapOption::from(usage::open_ledger(&config, &metrics)?.map(Arc::new));
         let config = ArcSwap::from_pointee(config);
         Ok(App { config, token, listen, transports, metrics, ledger, doh })
     }
 
     /// Commits every settled request to the usage store (at shutdown).
     pub(crate) fn flush_usage(&self) {
-        if let Some(ledger) = &self.ledger {
+        if let Some(ledger) = self.ledger() {
             ledger.store().flush();
         }
     }
@@ -134,6 +135,25 @@ impl App {
     /// The configuration in force now.
     pub(crate) fn snapshot(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The usage ledger, once a client is configured.
+    pub(crate) fn ledger(&self) -> Option<Arc<Ledger>> {
+        self.ledger.load_full()
+    }
+
+    /// Puts `config` in force (a reload, SPEC §13): requests that already
+    /// started keep theirs. Opens the usage store when `config` brings the
+    /// first clients, and fails — leaving everything as it was — when that
+    /// cannot be done.
+    pub(crate) fn install(&self, config: Config) -> Result<(), ConfigError> {
+        if self.ledger.load().is_none()
+            && let Some(ledger) = usage::open_ledger(&config, &self.metrics)?
+        {
+            self.ledger.store(Some(Arc::new(ledger)));
+        }
+        self.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// Handles one request; never fails (errors become responses). The
@@ -170,7 +190,7 @@ impl App {
         let settings = plan::Settings { config, token: &self.token, own: self.listen, exit };
         let mut forward = match plan::plan(route, req.uri().path(), settings) {
             Plan::Dashboard => return Ok(local::dashboard(self, config, req.headers())),
-            Plan::Health => return Ok(local::health()),
+            Plan::Health => return Ok(local::health(config)),
             Plan::Metrics => return local::metrics(self, config, req.headers()),
             Plan::Usage => return usage::report(self, config, &req),
             Plan::UsageRequests => return usage::requests(self, config, &req).await,

@@ -58,7 +58,8 @@ pub(super) fn open_meter(
     forward: &Forward,
     body: &[u8],
 ) -> Result<Option<(Meter, Option<Bytes>)>, Error> {
-    let (Some(client), Some(ledger)) = (&forward.account, &app.ledger) else { return Ok(None) };
+    let Some(client) = &forward.account else { return Ok(None) };
+    let Some(ledger) = app.ledger() else { return Ok(None) };
     let started = Instant::now();
     let protocol = forward.protocol;
     let inspected = inspect(protocol, &forward.path, body, config.usage.inject_stream_usage);
@@ -100,7 +101,7 @@ pub(super) fn open_meter(
         }
     };
     let spec = MeterSpec {
-        ledger: Arc::clone(ledger),
+        ledger: Arc::clone(&ledger),
         config: app.snapshot(),
         reservation,
         client: Arc::clone(&client.name),
@@ -287,7 +288,7 @@ pub(super) fn report(app: &App, config: &Config, req: &Request<Incoming>) -> Res
     let now = unix_ms(SystemTime::now());
     let month = q.month.clone().unwrap_or_else(|| month_of(now));
     let only = scope(&caller, q.client.clone())?;
-    let mut rows: Vec<(Arc<str>, ClientMonth)> = match &app.ledger {
+    let mut rows: Vec<(Arc<str>, ClientMonth)> = match app.ledger() {
         Some(ledger) => ledger.month(&month, only.as_deref()),
         None => Vec::new(),
     };
@@ -357,9 +358,8 @@ pub(super) async fn requests(app: &App, config: &Config, req: &Request<Incoming>
     let q = parse_query(req.uri().query())?;
     let only = scope(&caller, q.client)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let records: Vec<Record> = match &app.ledger {
+    let records: Vec<Record> = match app.ledger() {
         Some(ledger) => {
-            let ledger = Arc::clone(ledger);
             // Everything settled before this request is listed.
             tokio::task::spawn_blocking(move || {
                 ledger.store().flush();

@@ -7,7 +7,10 @@
 //! shutdown.
 
 mod idle;
+mod reload;
 mod rescue;
+
+pub use self::reload::Source;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,18 +55,27 @@ pub enum StartError {
 pub struct Server {
     app: Arc<App>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    /// Swapped by a reload (the certificate is read again).
+    tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
+    /// What a reload reads.
+    source: Source,
 }
 
 impl Server {
     /// Binds `config.listen` (port 0 picks a free port: see [`Server::local_addr`]).
     pub async fn bind(config: Config, token: Token) -> Result<Server, StartError> {
         let addr = config.listen;
-        let tls = config.tls.as_ref().map(acceptor).transpose()?;
+        let tls = config.tls.as_ref().map(acceptor).transpose()?.map(|a| Arc::new(arc_swap::ArcSwap::from_pointee(a)));
         let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Bind { addr, error })?;
         let listen = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
         let app = Arc::new(App::new(config, token, listen)?);
-        Ok(Server { app, listener, tls })
+        Ok(Server { app, listener, tls, source: Source::default() })
+    }
+
+    /// Reloads from `source` on SIGHUP and when its file changes (§13).
+    pub fn reloading(mut self, source: Source) -> Server {
+        self.source = source;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,6 +87,7 @@ impl Server {
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let probes = tokio::spawn(Arc::clone(&self.app).probe_keys());
+        let reloads = tokio::spawn(reload::watch(Arc::clone(&self.app), self.source.clone(), self.tls.clone()));
         let config = self.app.snapshot();
         let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -115,7 +128,8 @@ impl Server {
             let accepted_at = Instant::now();
             let timeout = limits.header_read_timeout;
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                tokio::spawn(reject(stream, self.tls.clone(), timeout));
+                let tls = self.tls.as_ref().map(|t| TlsAcceptor::clone(&t.load()));
+                tokio::spawn(reject(stream, tls, timeout));
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -132,7 +146,7 @@ impl Server {
                     tracker.spawn(conn.serve(stream));
                 }
                 Some(acceptor) => {
-                    let accept = acceptor.accept(stream);
+                    let accept = acceptor.load().accept(stream);
                     // The head timeout runs through the handshake.
                     tracker.spawn(async move {
                         match tokio::time::timeout_at(accepted_at + timeout, accept).await {
@@ -145,6 +159,7 @@ impl Server {
         }
         drop(self.listener);
         probes.abort();
+        reloads.abort();
         let _ = stop.send(true);
         tracker.close();
         let grace = config.shutdown_grace;

@@ -15,6 +15,7 @@ mod hostile;
 mod keys;
 mod operate;
 mod policy;
+mod reload;
 mod routing;
 mod sdk;
 #[allow(dead_code)] // helpers shared by tests that not every build uses

@@ -15,7 +15,32 @@ pub struct Running {
     pub lines: Lines<BufReader<ChildStderr>>,
     /// Everything logged up to the "listening" line.
     pub log: String,
+    /// The config file it was started with (a test may rewrite it).
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// The next stderr line containing `needle` (30 s at most).
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"))
+                .expect("read stderr")
+                .unwrap_or_else(|| panic!("veilgate exited before logging {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGHUP.
+    pub fn hangup(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+        assert!(status.success());
+    }
 }
 
 /// Starts the binary with `config` (TOML, which should listen on port 0)
@@ -68,5 +93,5 @@ pub async fn start_after(config: &str, env: &[(&str, &str)], prelude: Option<&st
             break addr.parse().expect("listen address");
         }
     };
-    Running { child, addr, lines, log, _dir: dir }
+    Running { child, addr, lines, log, config_path: path, _dir: dir }
 }
