@@ -45,7 +45,11 @@ impl PartialEq for Egress {
     fn eq(&self, other: &Egress) -> bool {
         match (self, other) {
             (Egress::Direct, Egress::Direct) => true,
-            (Egress::Via { exit: a, identity: x }, Egress::Via { exit: b, identity: y }) => Arc::ptr_eq(a, b) && x == y,
+            // By what the exit is, not which allocation: a reload that
+            // keeps an exit keeps its pooled connections.
+            (Egress::Via { exit: a, identity: x }, Egress::Via { exit: b, identity: y }) => {
+                (Arc::ptr_eq(a, b) || (a.name == b.name && a.kind == b.kind)) && x == y
+            }
             _ => false,
         }
     }
