@@ -146,6 +146,15 @@ impl App {
                 }
                 let step = decide(&sent, f, n, more, rand::random::<f64>());
                 tracing::debug!(preset = again.preset.route, target = index, attempt = n, ?step, "attempt ended");
+                if step != Step::Done
+                    && let Some(meter) = &cx.meter
+                {
+                    let status = match &sent {
+                        Ok(served) => served.response.status().as_u16(),
+                        Err(failure) => failure.error.status().as_u16(),
+                    };
+                    meter.record_failed_attempt(status, started.elapsed());
+                }
                 match step {
                     Step::Done => return Ok(sent),
                     Step::Same(wait) => {

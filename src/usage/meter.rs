@@ -248,6 +248,28 @@ impl Meter {
         cost
     }
 
+    /// An attempt that failed and was sent again (§13): a request of its
+    /// own, without tokens, with the status it got.
+    pub(crate) fn record_failed_attempt(&self, status: u16, took: std::time::Duration) {
+        let s = &self.spec;
+        let record = Record {
+            time_ms: unix_ms(SystemTime::now()),
+            client: Arc::clone(&s.client),
+            preset: s.preset.clone(),
+            model: s.model.clone(),
+            status,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cost_usd: 0.0,
+            estimated: false,
+            attempts: 1,
+            duration_ms: took.as_millis() as u64,
+        };
+        s.ledger.settle(None, record);
+    }
+
     /// The month's figures now (after settling, they include this request).
     pub(crate) fn totals_now(&self) -> Totals {
         match self.after {

@@ -154,3 +154,40 @@ async fn the_model_list_has_the_aliases_then_every_declared_model() {
     let e = veilgate::config::Config::from_raw(raw, &|_| None).unwrap_err().to_string();
     assert!(e.contains("aliases.x") && e.contains("nowhere"), "{e}");
 }
+
+#[tokio::test]
+async fn usage_records_every_attempt_and_the_member_that_answered() {
+    let down = RawOrigin::scripted(|_| vec![Step::Write(error(503, "overloaded"))]).await;
+    let up = RawOrigin::start(|_| answer("m-b-2024")).await;
+    let vg = Veilgate::start(&format!(
+        "[presets.a]\ntargets = [\"http://{}\"]\nprotocol = \"openai\"\n\
+         retry = {{ attempts = 2, on = [503], backoff_ms = 10 }}\n\
+         [presets.b]\ntargets = [\"http://{}\"]\nprotocol = \"openai\"\n\
+         [aliases.fast]\nmodels = [\"a/m-a\", \"b/m-b\"]\n\
+         [[clients]]\nname = \"alice\"\ntoken = \"alice_token_0123456789abcd\"\n",
+        down.addr, up.addr
+    ))
+    .await;
+    let headers = [("x-veilgate-token", "alice_token_0123456789abcd")];
+    let r = send(vg.addr, "POST", "/v1/chat/completions", &headers, CHAT).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(down.requests().len(), 2, "two attempts on the first member");
+    let auth = format!("Bearer {}", crate::support::TOKEN);
+    let listed = send(vg.addr, "GET", "/usage/requests?client=alice", &[("authorization", &auth)], b"").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let rows: Vec<(String, u64, u64)> = listed.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["preset"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_u64().unwrap(),
+                r["output_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(rows, [("a".into(), 503, 0), ("a".into(), 503, 0), ("b".into(), 200, 4)], "{}", listed.text());
+}
