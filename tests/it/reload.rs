@@ -154,3 +154,32 @@ async fn a_reload_keeps_what_buckets_used_and_which_targets_are_out() {
     assert_eq!(down.requests().len(), 1, "the ejected target stayed out across the reload");
     assert_eq!(up.requests().len(), 4);
 }
+
+#[tokio::test]
+async fn a_reload_reads_the_tls_certificate_again() {
+    use crate::support::tls::TestCa;
+    let (first, second) = (TestCa::new(), TestCa::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&first.server_cert_file, &cert).unwrap();
+    std::fs::copy(&first.server_key_file, &key).unwrap();
+    let text = config(&format!("[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"));
+    let mut vg = binary::start(&text, &[("RUST_LOG", "info")]).await;
+    let addr = vg.addr;
+    let handshake = |ca: &TestCa| {
+        let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.is_ok()
+        }
+    };
+    assert!(handshake(&first).await && !handshake(&second).await);
+    // The certificate is renewed in place; the config file is the same.
+    std::fs::copy(&second.server_cert_file, &cert).unwrap();
+    std::fs::copy(&second.server_key_file, &key).unwrap();
+    vg.hangup();
+    vg.wait_for_line("configuration reloaded").await;
+    assert!(handshake(&second).await, "the new certificate is served");
+    assert!(!handshake(&first).await);
+}
