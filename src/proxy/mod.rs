@@ -216,7 +216,7 @@ impl App {
         let keys = forward.keys.clone().map(|ring| (ring, forward.preset.clone().unwrap_or_default()));
         let sending = Sending { redirect: forward.redirect.take(), public_host, keys, again: forward.again.take() };
         let (upstream, gemini) = self.upstream_request(config, req, forward, cx).await?;
-        self.send(config, upstream, sending, gemini, cx).await
+        self.send(config, upstream, sending, gemini, cx, None).await
     }
 
     /// Phase 1: what is refused before routing — a head over the limit, a
@@ -351,7 +351,11 @@ impl App {
     }
 
     /// Phase 4b and 5: sends through the transports (fallback inside),
-    /// shapes the response and hands a Gemini stream to its monitor.
+    /// shapes the response and hands a Gemini stream to its monitor. An
+    /// answer got already (an alias member's, with when it was asked for)
+    /// is shaped as it is. One function for both, so that the common path
+    /// is a single state machine.
+    #[allow(clippy::too_many_arguments)] // the phases' state, handed on once
     async fn send(
         &self,
         config: &Config,
@@ -359,32 +363,27 @@ impl App {
         mut sending: Sending,
         gemini: Option<(serde_json::Value, KeepAlive)>,
         cx: &mut Ctx,
+        sent: Option<(Result<Served, Failure>, Instant)>,
     ) -> Result<Response<Body>, Error> {
-        let asked = Instant::now();
         let mut req = req;
-        let sent = self.send_again(config, &mut req, &mut sending, cx).await?;
-        self.deliver(config, req, sending, gemini, cx, sent, asked).await
-    }
-
-    /// Phase 5 after sending: the answer shaped, monitored and metered, or
-    /// the failure.
-    #[allow(clippy::too_many_arguments)] // the phases' state, handed on once
-    async fn deliver(
-        &self,
-        config: &Config,
-        req: UpstreamRequest,
-        sending: Sending,
-        gemini: Option<(serde_json::Value, KeepAlive)>,
-        cx: &mut Ctx,
-        sent: Result<Served, Failure>,
-        asked: Instant,
-    ) -> Result<Response<Body>, Error> {
+        let (sent, asked) = match sent {
+            Some(done) => done,
+            // Sent once, without a held key: straight to the transports.
+            None if sending.again.is_none() && sending.keys.is_none() => {
+                let asked = Instant::now();
+                (self.transports.send(&req).await, asked)
+            }
+            None => {
+                let asked = Instant::now();
+                (self.send_again(config, &mut req, &mut sending, cx).await?, asked)
+            }
+        };
         let served = match sent {
             Ok(served) => served,
             Err(failure) => {
                 cx.transport = failure.attempts.last().map(|a| a.transport.as_str());
                 if let Some(meter) = &mut cx.meter {
-                    meter.attempts = failure.attempts.len().max(1) as u32;
+                    meter.attempts = meter.attempts.max(failure.attempts.len() as u32);
                 }
                 return Err(Error::Transports(failure));
             }

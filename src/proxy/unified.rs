@@ -202,7 +202,7 @@ impl App {
                 tracing::info!(alias = model, member = member.preset, "alias member failed; trying the next");
                 continue;
             }
-            return self.deliver(config, upstream, sending, gemini, cx, sent, asked).await;
+            return self.send(config, upstream, sending, gemini, cx, Some((sent, asked))).await;
         }
         Err(refused.unwrap_or(Error::UnknownModel { model }))
     }

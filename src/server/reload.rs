@@ -31,13 +31,23 @@ pub(super) async fn watch(app: Arc<App>, source: Source, tls: Option<Arc<ArcSwap
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A change is seen in the file's metadata (one stat a second); its
+    // content decides (a touch alone reloads nothing).
+    let stamp = |path: &PathBuf| std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()));
     let content = |path: &PathBuf| std::fs::read(path).ok().map(|b| crate::client::sha256(&b));
-    let mut seen = content(&path);
+    let (mut stamped, mut seen) = (stamp(&path), content(&path));
     loop {
         let signalled = tokio::select! {
             Some(()) = async { hangup.as_mut()?.recv().await } => true,
             _ = tick.tick() => false,
         };
+        if !signalled {
+            let now = stamp(&path);
+            if now == stamped {
+                continue;
+            }
+            stamped = now;
+        }
         let now = content(&path);
         if !signalled && now == seen {
             continue;
