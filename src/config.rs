@@ -1996,6 +1996,9 @@ mod tests {
         assert!(c.presets.enabled("claude").is_none());
         let l = c.presets.enabled("local-llm").unwrap();
         assert_eq!((l.display_name.as_str(), l.targets[0].base_path.as_str()), ("Ollama", "/v1"));
+        // The unified endpoint's path under a target (§13).
+        assert_eq!(c.presets.get("gemini").unwrap().openai_path, "/v1beta/openai");
+        assert_eq!(o.openai_path, "/v1");
         assert_eq!(c.presets.iter().last().unwrap().route, "local-llm");
     }
 
