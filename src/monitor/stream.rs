@@ -1,7 +1,9 @@
-//! Gemini's stream monitor, the IO part: a task reads the upstream SSE
-//! stream, lets [`Session`] decide, writes to the client through a bounded
-//! channel, and sends continuation requests (same target, same transport
-//! rules) until the answer is complete, final, or `max_retries` is spent.
+//! The stream monitor, the IO part (SPEC §5, §14): a task reads the
+//! upstream SSE stream, lets the protocol's [`Watch`] decide (Gemini's
+//! [`Session`], OpenAI's [`super::openai::OpenAiWatch`]), writes to the
+//! client through a bounded channel, and sends continuation requests (same
+//! target, same transport rules) until the answer is complete, final, or
+//! `max_retries` is spent.
 //!
 //! When the client goes away the channel closes; the task then drops the
 //! upstream response (closing its connection) and starts nothing new.
@@ -23,9 +25,84 @@ use crate::config::GeminiConfig;
 use crate::upstream::UpstreamRequest;
 use crate::upstream::choose::Transports;
 
-use super::gemini::{End, KeepAlive, MAX_CARRY_BYTES, Outcome, Session, last_user_text};
+use super::gemini::{End, KeepAlive, MAX_CARRY_BYTES, Outcome, Session, Step, last_user_text};
 use super::prompts;
-use super::sse::{MAX_EVENT_BYTES, SseParser};
+use super::sse::{Item, MAX_EVENT_BYTES, SseParser};
+
+/// What one protocol's stream means: the pure part of the monitor. It sees
+/// every item of every attempt, decides each attempt's outcome, stitches
+/// the attempts into one stream, and writes the next attempt's body.
+pub(crate) trait Watch: Send + Sync + 'static {
+    /// The next attempt starts; its request body has `request_bytes`.
+    fn begin_attempt(&mut self, request_bytes: usize);
+    /// True once this attempt produced a `data:` event.
+    fn saw_data(&self) -> bool;
+    fn on_item(&mut self, item: Item) -> Step;
+    /// The upstream body ended, broke or went idle.
+    fn on_end(&mut self, why: End) -> Step;
+    /// More text was delivered than a continuation may carry.
+    fn carry_exceeded(&self) -> bool;
+    /// The answer (and thoughts) delivered so far, for the prompt's language.
+    fn answer(&self) -> &str;
+    fn thoughts(&self) -> &str;
+    /// The user's last words in the original request.
+    fn last_user_text(&self, original: &Value) -> String;
+    /// The next attempt's body: with the continuation prompt, or (`None`)
+    /// as a prefill of what was said.
+    fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value;
+    /// The in-band error that ends a stream that cannot be completed.
+    fn error_event(&self, code: u16, status: &str, message: &str) -> Bytes;
+    fn keepalive(&self, style: KeepAlive) -> Bytes;
+}
+
+impl Watch for Session {
+    fn begin_attempt(&mut self, _request_bytes: usize) {
+        Session::begin_attempt(self);
+    }
+    fn saw_data(&self) -> bool {
+        Session::saw_data(self)
+    }
+    fn on_item(&mut self, item: Item) -> Step {
+        Session::on_item(self, item)
+    }
+    fn on_end(&mut self, why: End) -> Step {
+        Session::on_end(self, why)
+    }
+    fn carry_exceeded(&self) -> bool {
+        Session::carry_exceeded(self)
+    }
+    fn answer(&self) -> &str {
+        Session::answer(self)
+    }
+    fn thoughts(&self) -> &str {
+        Session::thoughts(self)
+    }
+    fn last_user_text(&self, original: &Value) -> String {
+        last_user_text(original)
+    }
+    fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value {
+        // Gemini continues with the prompt only (§5).
+        Session::continuation_body(self, original, prompt.unwrap_or_default())
+    }
+    fn error_event(&self, code: u16, status: &str, message: &str) -> Bytes {
+        Session::error_event(self, code, status, message)
+    }
+    fn keepalive(&self, style: KeepAlive) -> Bytes {
+        Session::keepalive(self, style)
+    }
+}
+
+/// How a monitor continues (Gemini's `[gemini]`, the others' `[continuation]`).
+#[derive(Clone, Debug)]
+pub(crate) struct Continuing {
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+    /// Silence between events, once data came, that counts as a cut.
+    pub idle_timeout: Duration,
+    /// Continue by prefill first (the target continues a trailing
+    /// assistant message); a 400 to it falls back to the prompt once.
+    pub prefill: bool,
+}
 
 /// How often a keep-alive comment is sent while waiting for a continuation.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -38,7 +115,9 @@ pub(crate) struct Monitored {
     /// The original request (its body is the original JSON).
     pub request: UpstreamRequest,
     pub original: Value,
+    /// The continuation prompts (`[gemini.prompts]`, one set for all).
     pub gemini: Arc<GeminiConfig>,
+    pub continuing: Continuing,
     /// Before the first `data:` event (a model may think silently).
     pub response_timeout: Duration,
     pub stats: Arc<dyn Fn(&'static str) + Send + Sync>,
@@ -71,10 +150,16 @@ pub(crate) fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
 
 /// Starts the monitor on the first response's body; returns the body the
 /// client reads.
-pub(crate) fn spawn(first: Body, m: Monitored) -> Body {
+pub(crate) fn spawn<W: Watch>(first: Body, m: Monitored, watch: W) -> Body {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(run(first, m, tx));
+    tokio::spawn(run(first, m, watch, tx));
     ChannelBody { rx }.boxed_unsync()
+}
+
+/// Gemini's monitor (§5) on the first response's body.
+pub(crate) fn spawn_gemini(first: Body, m: Monitored) -> Body {
+    let session = Session::new(m.gemini.swallow_thoughts_after_retry);
+    spawn(first, m, session)
 }
 
 type Tx = mpsc::Sender<Result<Bytes, BoxError>>;
@@ -86,17 +171,19 @@ async fn send(tx: &Tx, bytes: Bytes) -> Result<(), Gone> {
     tx.send(Ok(bytes)).await.map_err(|_| Gone)
 }
 
-async fn run(first: Body, m: Monitored, tx: Tx) {
-    let _ = drive(first, &m, &tx).await;
+async fn run<W: Watch>(first: Body, m: Monitored, watch: W, tx: Tx) {
+    let _ = drive(first, &m, watch, &tx).await;
 }
 
-async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
-    let mut session = Session::new(m.gemini.swallow_thoughts_after_retry);
-    let last_user = last_user_text(&m.original);
+async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) -> Result<(), Gone> {
+    let last_user = session.last_user_text(&m.original);
     let mut body = first;
     let mut continuations: u32 = 0;
+    let mut sent_bytes = m.request.body.len();
+    // Prefill until a target refuses it (then the prompt, once more).
+    let mut prefill = m.continuing.prefill;
     loop {
-        session.begin_attempt();
+        session.begin_attempt(sent_bytes);
         let outcome = read_attempt(&mut session, &mut body, m, tx).await?;
         drop(body); // closes the upstream connection of this attempt
         match outcome {
@@ -121,9 +208,9 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
         }
         // Continue: wait, ask again, until an attempt starts streaming.
         let mut failures: u32 = 0;
-        let mut delay = m.gemini.retry_delay;
+        let mut delay = m.continuing.retry_delay;
         body = loop {
-            if continuations >= m.gemini.max_retries {
+            if continuations >= m.continuing.max_retries {
                 (m.stats)("exhausted");
                 let message = format!("the answer was cut off and {} continuations did not finish it", continuations);
                 send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
@@ -133,13 +220,15 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
             continuations += 1;
             (m.stats)("retry");
             let (lang, prompt) = prompts::choose(session.answer(), session.thoughts(), &last_user, &m.gemini.prompts);
-            tracing::info!(attempt = continuations + 1, lang, "gemini stream interrupted; continuing");
+            tracing::info!(attempt = continuations + 1, lang, prefill, "stream interrupted; continuing");
+            let continued = session.continuation_body(&m.original, (!prefill).then_some(prompt)).to_string();
+            sent_bytes = continued.len();
             let req = UpstreamRequest {
                 method: m.request.method.clone(),
                 origin: m.request.origin.clone(),
                 path: m.request.path.clone(),
                 headers: m.request.headers.clone(),
-                body: Bytes::from(session.continuation_body(&m.original, prompt).to_string()),
+                body: Bytes::from(continued),
                 check: m.request.check,
                 transport: m.request.transport,
                 egress: m.request.egress.clone(),
@@ -153,6 +242,14 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                 Ok(served) => {
                     let status = served.response.status();
                     let retry_after = retry_after(served.response.headers());
+                    if status == StatusCode::BAD_REQUEST && prefill {
+                        // The target does not continue a prefill: the prompt
+                        // form, at once; this 400 is nobody's business.
+                        prefill = false;
+                        continuations -= 1;
+                        delay = Duration::ZERO;
+                        continue;
+                    }
                     if matches!(status.as_u16(), 400 | 401 | 403 | 404 | 429) {
                         (m.stats)("refused");
                         let (code, name, message) = upstream_error(served.response).await;
@@ -160,12 +257,12 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
                         return Ok(());
                     }
                     failures += 1;
-                    delay = retry_after.unwrap_or_else(|| backoff(m.gemini.retry_delay, failures));
+                    delay = retry_after.unwrap_or_else(|| backoff(m.continuing.retry_delay, failures));
                 }
                 Err(failure) => {
                     tracing::debug!(error = %failure.error, "continuation request failed");
                     failures += 1;
-                    delay = backoff(m.gemini.retry_delay, failures);
+                    delay = backoff(m.continuing.retry_delay, failures);
                 }
             }
         };
@@ -173,10 +270,10 @@ async fn drive(first: Body, m: &Monitored, tx: &Tx) -> Result<(), Gone> {
 }
 
 /// Reads one attempt to its outcome, forwarding as the session decides.
-async fn read_attempt(session: &mut Session, body: &mut Body, m: &Monitored, tx: &Tx) -> Result<Outcome, Gone> {
+async fn read_attempt<W: Watch>(session: &mut W, body: &mut Body, m: &Monitored, tx: &Tx) -> Result<Outcome, Gone> {
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
     loop {
-        let limit = if session.saw_data() { m.gemini.idle_timeout } else { m.response_timeout };
+        let limit = if session.saw_data() { m.continuing.idle_timeout } else { m.response_timeout };
         let frame = tokio::select! {
             () = tx.closed() => return Err(Gone),
             frame = tokio::time::timeout(limit, body.frame()) => frame,
@@ -210,7 +307,7 @@ async fn read_attempt(session: &mut Session, body: &mut Body, m: &Monitored, tx:
     }
 }
 
-async fn finish(step: super::gemini::Step, tx: &Tx) -> Result<Outcome, Gone> {
+async fn finish(step: Step, tx: &Tx) -> Result<Outcome, Gone> {
     for bytes in step.forward {
         send(tx, bytes).await?;
     }
@@ -218,14 +315,17 @@ async fn finish(step: super::gemini::Step, tx: &Tx) -> Result<Outcome, Gone> {
 }
 
 /// Waits `delay`, sending keep-alive comments, unless the client leaves.
-async fn wait(delay: Duration, session: &Session, style: KeepAlive, tx: &Tx) -> Result<(), Gone> {
+async fn wait<W: Watch>(delay: Duration, session: &W, style: KeepAlive, tx: &Tx) -> Result<(), Gone> {
+    if delay.is_zero() {
+        return Ok(());
+    }
     with_keepalives(tokio::time::sleep(delay), session, style, tx).await
 }
 
 /// Runs `fut` while sending `: keepalive` now and every few seconds.
-async fn with_keepalives<F: std::future::Future>(
+async fn with_keepalives<F: std::future::Future, W: Watch>(
     fut: F,
-    session: &Session,
+    session: &W,
     style: KeepAlive,
     tx: &Tx,
 ) -> Result<F::Output, Gone> {

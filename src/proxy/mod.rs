@@ -45,7 +45,7 @@ use crate::error::Error;
 use crate::keys::{Keyring, NoKey, Tried, Verdict};
 use crate::metrics::{Access, Metrics, Recorded, RouteKind};
 use crate::monitor::gemini::KeepAlive;
-use crate::monitor::stream::{self as gemini_stream, Monitored};
+use crate::monitor::stream::{self as gemini_stream, Continuing, Monitored};
 use crate::policy::headers::{RequestPolicy, UserAgent};
 use crate::route::{Route, RouteContext, RouteHeaders, RouteInput, route};
 use crate::tunnel::{self, TunnelSettings};
@@ -406,11 +406,18 @@ impl App {
             Some((original, keepalive)) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
                 // The monitor rewrites the stream: no length can hold.
                 parts.headers.remove(header::CONTENT_LENGTH);
+                let g = &config.gemini;
                 let monitored = Monitored {
                     transports: Arc::clone(&self.transports),
                     request: req,
                     original,
-                    gemini: Arc::clone(&config.gemini),
+                    gemini: Arc::clone(g),
+                    continuing: Continuing {
+                        max_retries: g.max_retries,
+                        retry_delay: g.retry_delay,
+                        idle_timeout: g.idle_timeout,
+                        prefill: false,
+                    },
                     response_timeout: config.upstream.response_timeout,
                     stats: {
                         let metrics = Arc::clone(&self.metrics);
@@ -418,7 +425,7 @@ impl App {
                     },
                     keepalive,
                 };
-                gemini_stream::spawn(body, monitored)
+                gemini_stream::spawn_gemini(body, monitored)
             }
             _ => body,
         };
