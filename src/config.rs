@@ -105,6 +105,8 @@ pub struct RawConfig {
     health: RawHealth,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     aliases: BTreeMap<String, RawAlias>,
+    #[serde(default)]
+    continuation: RawContinuation,
 }
 
 /// `[dns]`.
@@ -338,6 +340,24 @@ struct RawPreset {
     requests_per_minute: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefill: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continue_streams: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_idle_timeout_ms: Option<u64>,
+}
+
+/// `[continuation]` (§14).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawContinuation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_idle_timeout_ms: Option<u64>,
 }
 
 /// `[aliases.NAME]`.
@@ -568,9 +588,19 @@ pub struct Config {
     pub health: HealthSettings,
     /// `[aliases.*]`: model names of the unified endpoint (§13).
     pub aliases: Vec<Arc<Alias>>,
+    /// `[continuation]`: how OpenAI streams are continued (§14).
+    pub continuation: ContinuationConfig,
     /// `sha256:<hex>` of the file this was loaded from (and the `--listen`
     /// given), for `/healthz`; `none` when built otherwise.
     pub digest: String,
+}
+
+/// `[continuation]` (§14; Gemini's monitor keeps `[gemini]`).
+#[derive(Clone, Debug)]
+pub struct ContinuationConfig {
+    pub max_retries: u32,
+    pub retry_delay: Duration,
+    pub stream_idle_timeout: Duration,
 }
 
 /// `[dns]`: DNS over HTTPS for upstream names (`servers` empty: the system
@@ -842,6 +872,12 @@ impl Config {
         };
         let presets = build_presets(raw.presets, vault, &exits, env)?;
         let aliases = build_aliases(raw.aliases, &presets)?;
+        let c = raw.continuation;
+        let continuation = ContinuationConfig {
+            max_retries: c.max_retries.unwrap_or(3),
+            retry_delay: Duration::from_millis(c.retry_delay_ms.unwrap_or(500)),
+            stream_idle_timeout: ms(c.stream_idle_timeout_ms, 30_000, "continuation.stream_idle_timeout_ms")?,
+        };
         let dns = build_dns(raw.dns, &exits, &upstream.exits)?;
         let h = raw.health;
         let health = HealthSettings {
@@ -964,6 +1000,7 @@ impl Config {
             dns,
             health,
             aliases,
+            continuation,
             digest: "none".to_owned(),
         };
         config.check_exposure()?;
@@ -1123,6 +1160,9 @@ impl Config {
                     openai_path: Some(p.openai_path.clone()),
                     requests_per_minute: p.limits.requests.as_ref().map(|b| b.per_minute()),
                     tokens_per_minute: p.limits.tokens.as_ref().map(|b| b.per_minute()),
+                    prefill: Some(p.prefill),
+                    continue_streams: Some(p.continue_streams),
+                    stream_idle_timeout_ms: p.stream_idle_timeout.map(|d| d.as_millis() as u64),
                 };
                 (p.route.clone(), raw)
             })
@@ -1278,6 +1318,11 @@ impl Config {
                     (a.name.clone(), raw)
                 })
                 .collect(),
+            continuation: RawContinuation {
+                max_retries: Some(self.continuation.max_retries),
+                retry_delay_ms: ms(self.continuation.retry_delay),
+                stream_idle_timeout_ms: ms(self.continuation.stream_idle_timeout),
+            },
             health: RawHealth {
                 eject_after: Some(self.health.eject_after),
                 eject_for_ms: ms(self.health.eject_for),
@@ -1426,6 +1471,14 @@ fn build_presets(
         };
         preset.limits =
             Arc::new(RateLimits::new(over.requests_per_minute, over.tokens_per_minute, std::time::Instant::now()));
+        // §14: built-in presets with a protocol continue their streams;
+        // Anthropic's built-in continues a prefill.
+        preset.prefill = over.prefill.unwrap_or(builtin.is_some() && preset.route == "claude");
+        preset.continue_streams = over.continue_streams.unwrap_or(builtin.is_some() && protocol.is_some());
+        preset.stream_idle_timeout = over
+            .stream_idle_timeout_ms
+            .map(|t| ms(Some(t), 1, &format!("{key}.stream_idle_timeout_ms")))
+            .transpose()?;
         if preset.targets.len() > 1 {
             preset.balance = Some(Arc::new(Balance::new(preset.targets.len())));
         }

@@ -70,6 +70,12 @@ pub struct Preset {
     pub openai_path: String,
     /// `requests_per_minute`, `tokens_per_minute` (§13).
     pub limits: Arc<RateLimits>,
+    /// §14: the target continues a trailing assistant message.
+    pub prefill: bool,
+    /// §14: streams cut off are continued.
+    pub continue_streams: bool,
+    /// §14: the preset's own `stream_idle_timeout_ms`.
+    pub stream_idle_timeout: Option<std::time::Duration>,
 }
 
 /// A declared model, in the seed vault's shape (`contextWindow`,
@@ -112,6 +118,9 @@ impl Preset {
             balance: None,
             openai_path: "/v1".to_owned(),
             limits: Arc::new(RateLimits::default()),
+            prefill: false,
+            continue_streams: false,
+            stream_idle_timeout: None,
         }
     }
 }

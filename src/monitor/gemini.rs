@@ -69,10 +69,10 @@ const FINAL_REASONS: &[&str] = &[
 ];
 
 /// Characters of a continuation's first text held back to find the seam.
-const SEAM_WINDOW: usize = 256;
+pub(crate) const SEAM_WINDOW: usize = 256;
 /// Raw bytes the seam window may hold, whatever the events carry: past it
 /// the window closes (events without text would otherwise pile up).
-const SEAM_HOLD_BYTES: usize = 64 * 1024;
+pub(crate) const SEAM_HOLD_BYTES: usize = 64 * 1024;
 /// The most text (UTF-8 bytes, thoughts and answer together, plus signed
 /// parts) carried into a continuation (SPEC §5); past it an interruption
 /// ends the stream with the error event instead.
@@ -497,10 +497,10 @@ impl Session {
 /// The last [`TAIL_CHARS`] or more characters of a text that grows at the
 /// end (trimmed in steps, so each character is moved about once).
 #[derive(Debug, Default)]
-struct Tail(String);
+pub(crate) struct Tail(pub(crate) String);
 
 impl Tail {
-    fn push(&mut self, text: &str) {
+    pub(crate) fn push(&mut self, text: &str) {
         self.0.push_str(text);
         let limit = TAIL_CHARS * 4; // bytes: up to 4 per character
         if self.0.len() > 2 * limit {

@@ -1,7 +1,9 @@
-//! Response monitors. Today: Gemini's stream monitor, which notices when
-//! a streamed answer was cut off and transparently continues it.
+//! Response monitors: streams that are never cut off (SPEC §5, §14). A
+//! monitor notices when a streamed answer was cut off and transparently
+//! continues it — Gemini's, OpenAI chat completions'.
 
 pub mod gemini;
+pub mod openai;
 pub mod prompts;
 pub mod sse;
 pub(crate) mod stream;

@@ -293,7 +293,7 @@ impl App {
         req: Request<Incoming>,
         forward: Forward,
         cx: &mut Ctx,
-    ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
+    ) -> Result<(UpstreamRequest, Option<Watched>), Error> {
         let policy = policy(config, forward.user_agent.as_ref(), forward.keys.is_some());
         if !forward.from_client {
             let Forward { origin, path, check, transport, egress, .. } = forward;
@@ -319,7 +319,7 @@ impl App {
         body: Bytes,
         forward: Forward,
         cx: &mut Ctx,
-    ) -> Result<(UpstreamRequest, Option<(serde_json::Value, KeepAlive)>), Error> {
+    ) -> Result<(UpstreamRequest, Option<Watched>), Error> {
         let policy = policy(config, forward.user_agent.as_ref(), forward.keys.is_some());
         let headers = policy.request_headers(client_headers);
         let mut body = body;
@@ -339,9 +339,13 @@ impl App {
             }
             cx.meter = Some(meter);
         }
-        let Forward { origin, path, check, transport, monitor, egress, .. } = forward;
+        let Forward { origin, path, check, transport, monitor, egress, continues, .. } = forward;
         let gemini = if monitor {
-            gemini_stream::applies(method, &path, &body).map(|v| (v, KeepAlive::for_client(client_headers)))
+            gemini_stream::applies(method, &path, &body)
+                .map(|v| Watched::Gemini(v, KeepAlive::for_client(client_headers)))
+        } else if let Some(c) = continues {
+            // The body as it goes upstream (usage asked for, model rewritten).
+            crate::monitor::openai::applies(method, &path, &body).map(|v| Watched::OpenAi(v, c))
         } else {
             None
         };
@@ -361,7 +365,7 @@ impl App {
         config: &Config,
         req: UpstreamRequest,
         mut sending: Sending,
-        gemini: Option<(serde_json::Value, KeepAlive)>,
+        gemini: Option<Watched>,
         cx: &mut Ctx,
         sent: Option<(Result<Served, Failure>, Instant)>,
     ) -> Result<Response<Body>, Error> {
@@ -402,22 +406,41 @@ impl App {
             tls: config.tls.is_some(),
         });
         shape_head(&mut parts.headers, transport, back);
-        let body = match gemini {
-            Some((original, keepalive)) if gemini_stream::is_event_stream(parts.status, &parts.headers) => {
+        let watching = gemini.filter(|_| gemini_stream::is_event_stream(parts.status, &parts.headers));
+        let body = match watching {
+            None => body,
+            Some(watched) => {
                 // The monitor rewrites the stream: no length can hold.
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let g = &config.gemini;
+                let openai = matches!(watched, Watched::OpenAi(..));
+                let (original, keepalive, continuing) = match watched {
+                    Watched::Gemini(original, keepalive) => {
+                        let continuing = Continuing {
+                            max_retries: g.max_retries,
+                            retry_delay: g.retry_delay,
+                            idle_timeout: g.idle_timeout,
+                            prefill: false,
+                        };
+                        (original, keepalive, continuing)
+                    }
+                    Watched::OpenAi(original, c) => {
+                        let k = &config.continuation;
+                        let continuing = Continuing {
+                            max_retries: k.max_retries,
+                            retry_delay: k.retry_delay,
+                            idle_timeout: c.idle_timeout.unwrap_or(k.stream_idle_timeout),
+                            prefill: c.prefill,
+                        };
+                        (original, KeepAlive::Comment, continuing)
+                    }
+                };
                 let monitored = Monitored {
                     transports: Arc::clone(&self.transports),
                     request: req,
                     original,
                     gemini: Arc::clone(g),
-                    continuing: Continuing {
-                        max_retries: g.max_retries,
-                        retry_delay: g.retry_delay,
-                        idle_timeout: g.idle_timeout,
-                        prefill: false,
-                    },
+                    continuing,
                     response_timeout: config.upstream.response_timeout,
                     stats: {
                         let metrics = Arc::clone(&self.metrics);
@@ -425,9 +448,12 @@ impl App {
                     },
                     keepalive,
                 };
-                gemini_stream::spawn_gemini(body, monitored)
+                if openai {
+                    gemini_stream::spawn(body, monitored, crate::monitor::openai::OpenAiWatch::new())
+                } else {
+                    gemini_stream::spawn_gemini(body, monitored)
+                }
             }
-            _ => body,
         };
         let Some(mut meter) = cx.meter.take() else { return Ok(Response::from_parts(parts, body)) };
         meter.status = parts.status.as_u16();
@@ -597,6 +623,14 @@ struct Sending {
     keys: Option<(Arc<Keyring>, String)>,
     /// Several targets or retries (§13).
     again: Option<plan::Again>,
+}
+
+/// A stream a monitor takes, with the request's JSON as it went upstream.
+pub(crate) enum Watched {
+    /// §5.
+    Gemini(serde_json::Value, KeepAlive),
+    /// §14, OpenAI chat completions.
+    OpenAi(serde_json::Value, plan::Continues),
 }
 
 /// What the phases of one request learn and the record needs (never its

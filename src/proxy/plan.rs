@@ -99,6 +99,16 @@ pub(super) struct Forward {
     pub(super) again: Option<Again>,
     /// The preset's rate limits, when it has any (§13).
     pub(super) limits: Option<Arc<RateLimits>>,
+    /// Streams of this preset are continued when cut (§14).
+    pub(super) continues: Option<Continues>,
+}
+
+/// How a preset's cut streams are continued (§14).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Continues {
+    pub(crate) prefill: bool,
+    /// The preset's own `stream_idle_timeout_ms`.
+    pub(crate) idle_timeout: Option<std::time::Duration>,
 }
 
 /// What sending a preset request again needs: the targets in the order
@@ -211,6 +221,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 keys: None,
                 again: None,
                 limits: None,
+                continues: None,
             }
         }
         Route::Preset { preset, remainder, query, caller } => {
@@ -259,6 +270,8 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 egress,
                 again,
                 limits: (!preset.limits.is_empty()).then(|| Arc::clone(&preset.limits)),
+                continues: (preset.continue_streams && preset.protocol == Some(Protocol::OpenAi))
+                    .then_some(Continues { prefill: preset.prefill, idle_timeout: preset.stream_idle_timeout }),
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller, exit } => {
@@ -282,6 +295,7 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 keys: None,
                 again: None,
                 limits: None,
+                continues: None,
             }
         }
     };

@@ -18,6 +18,7 @@ mod policy;
 mod reload;
 mod routing;
 mod sdk;
+mod streams;
 #[allow(dead_code)] // helpers shared by tests that not every build uses
 mod support;
 mod transport;

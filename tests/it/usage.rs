@@ -119,7 +119,10 @@ async fn an_openai_stream_is_asked_for_usage_and_the_client_never_sees_that_chun
     let usage_chunk = data(
         &json!({"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}),
     );
-    let events = vec![chunk("Hel"), chunk("lo"), usage_chunk.clone(), "data: [DONE]\n\n".to_owned()];
+    let stop = data(
+        &json!({"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}),
+    );
+    let events = vec![chunk("Hel"), chunk("lo"), stop, usage_chunk.clone(), "data: [DONE]\n\n".to_owned()];
     let served = events.clone();
     let origin = RawOrigin::start(move |req| {
         let body: Value = serde_json::from_slice(&req.body).unwrap();
@@ -533,7 +536,8 @@ pub(crate) async fn three_providers() -> RawOrigin {
         let target = req.target().to_owned();
         if target.starts_with("/v1/chat/completions") {
             let chunk = |content: &str| data(&json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]}));
-            let mut events = vec![chunk("Hello "), chunk("from OpenAI")];
+            let stop = data(&json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}));
+            let mut events = vec![chunk("Hello "), chunk("from OpenAI"), stop];
             if body.pointer("/stream_options/include_usage") == Some(&json!(true)) {
                 events.push(data(&json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}})));
             }
