@@ -13,7 +13,8 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::gemini::{End, KeepAlive, MAX_CARRY_BYTES, Outcome, SEAM_HOLD_BYTES, SEAM_WINDOW, Step, Tail, overlap};
+use super::gemini::{End, KeepAlive, Outcome, Step};
+use super::seam::{Held, Shape, Stitch};
 use super::sse::{Event, Item};
 use super::stream::Watch;
 
@@ -29,26 +30,6 @@ pub(crate) fn applies(method: &http::Method, path: &str, body: &[u8]) -> Option<
     (value.get("stream") == Some(&Value::Bool(true)) && one_choice).then_some(value)
 }
 
-/// Where a continuation's text stands against what was delivered.
-#[derive(Debug)]
-enum Seam {
-    /// The first attempt, or the seam is behind us: chunks go on.
-    Passing,
-    /// A continuation's first chunks, held until their text decides.
-    Holding { held: Vec<Held>, text: String, bytes: usize },
-    /// The continuation restarted from the beginning: its text is dropped
-    /// while it repeats what was delivered (`at`: bytes matched so far).
-    Restarting { at: usize },
-}
-
-/// A chunk on its way to the client.
-#[derive(Debug)]
-struct Held {
-    value: Option<Value>,
-    raw: Bytes,
-    modified: bool,
-}
-
 /// The state of one monitored chat-completions stream across attempts.
 #[derive(Debug)]
 pub struct OpenAiWatch {
@@ -56,12 +37,8 @@ pub struct OpenAiWatch {
     attempt: u32,
     /// The first stream's `id`, which every chunk the client gets carries.
     id: Option<String>,
-    /// Choice 0's content delivered, while it fits [`MAX_CARRY_BYTES`].
-    delivered: String,
-    delivered_bytes: usize,
-    carry_exceeded: bool,
-    tail: Tail,
-    seam: Seam,
+    /// Choice 0's content delivered, and the seam of continuations.
+    stitch: Stitch<Chunks>,
     /// This attempt: choice 0 has its `finish_reason`.
     finished: bool,
     /// A tool call was being streamed and has not finished.
@@ -89,11 +66,7 @@ impl OpenAiWatch {
             eol: "\n",
             attempt: 0,
             id: None,
-            delivered: String::new(),
-            delivered_bytes: 0,
-            carry_exceeded: false,
-            tail: Tail::default(),
-            seam: Seam::Passing,
+            stitch: Stitch::default(),
             finished: false,
             in_tool_call: false,
             saw_data: false,
@@ -118,96 +91,6 @@ impl OpenAiWatch {
         }
     }
 
-    /// Sends a chunk on (its raw bytes when untouched) and records its text.
-    fn forward(&mut self, h: Held, step: &mut Step) {
-        if let Some(v) = &h.value {
-            if h.modified && is_empty_chunk(v) {
-                return;
-            }
-            if let Some(text) = content(v) {
-                let text = text.to_owned();
-                self.tail.push(&text);
-                self.delivered_bytes = self.delivered_bytes.saturating_add(text.len());
-                if self.delivered_bytes > MAX_CARRY_BYTES {
-                    self.carry_exceeded = true;
-                } else {
-                    self.delivered.push_str(&text);
-                }
-            }
-        }
-        match (&h.value, h.modified) {
-            (Some(v), true) => step.forward.push(self.data(v)),
-            _ => step.forward.push(h.raw),
-        }
-    }
-
-    /// A continuation chunk through the seam: held, cut, or passed.
-    fn through_seam(&mut self, h: Held, step: &mut Step, decides: bool) {
-        match &mut self.seam {
-            Seam::Passing => self.forward(h, step),
-            Seam::Restarting { at } => {
-                let at = *at;
-                let mut h = h;
-                if let Some(text) = h.value.as_ref().and_then(content).map(str::to_owned) {
-                    let left = &self.delivered[at..];
-                    if left.starts_with(text.as_str()) {
-                        self.seam = Seam::Restarting { at: at + text.len() };
-                        set_content(&mut h, "");
-                    } else if text.starts_with(left) {
-                        // The restart reached what is new.
-                        let cut = left.len();
-                        set_content(&mut h, &text[cut..]);
-                        self.seam = Seam::Passing;
-                    } else {
-                        // Not a restart after all: the rest as it comes.
-                        self.seam = Seam::Passing;
-                    }
-                }
-                self.forward(h, step);
-            }
-            Seam::Holding { held, text, bytes } => {
-                if let Some(t) = h.value.as_ref().and_then(content) {
-                    text.push_str(t);
-                }
-                *bytes += h.raw.len();
-                held.push(h);
-                if decides || text.chars().count() >= SEAM_WINDOW || *bytes >= SEAM_HOLD_BYTES {
-                    self.close_seam(step);
-                }
-            }
-        }
-    }
-
-    /// Decides the held text: a restart, a repeated tail, or new text.
-    fn close_seam(&mut self, step: &mut Step) {
-        let Seam::Holding { held, text, .. } = std::mem::replace(&mut self.seam, Seam::Passing) else { return };
-        let common = common_prefix(&self.delivered, &text);
-        let cut = if text.is_empty() {
-            0
-        } else if !self.delivered.is_empty() && common == text.len() && text.len() < self.delivered.len() {
-            // So far it says what was said from the start: a restart.
-            self.seam = Seam::Restarting { at: text.len() };
-            text.len()
-        } else if !self.delivered.is_empty() && common == self.delivered.len() {
-            common
-        } else {
-            // A repeated tail (chars → bytes of `text`).
-            let chars = overlap(&self.tail.0, &text);
-            text.char_indices().nth(chars).map_or(text.len(), |(i, _)| i)
-        };
-        let mut left = cut;
-        for mut h in held {
-            if left > 0
-                && let Some(t) = h.value.as_ref().and_then(content).map(str::to_owned)
-            {
-                let take = left.min(t.len());
-                left -= take;
-                set_content(&mut h, &t[take..]);
-            }
-            self.forward(h, step);
-        }
-    }
-
     /// Adds the earlier attempts' usage to a usage chunk.
     fn sum_usage(&self, v: &mut Value) {
         let (p, c) = self.prior;
@@ -222,13 +105,14 @@ impl OpenAiWatch {
     fn on_event(&mut self, event: Event) -> Step {
         let mut step = Step::default();
         self.saw_data = true;
-        if self.attempt == 1 && self.delivered.is_empty() {
+        if self.attempt == 1 && self.stitch.delivered().is_empty() {
             self.eol = if event.crlf { "\r\n" } else { "\n" };
+            self.stitch.eol = self.eol;
         }
         let Event { data, raw, .. } = event;
         if data.trim() == "[DONE]" {
             if self.finished {
-                self.close_seam(&mut step);
+                self.stitch.close(&mut step);
                 if !self.done_sent {
                     // As it came.
                     self.done_sent = true;
@@ -243,7 +127,7 @@ impl OpenAiWatch {
         }
         let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
             let h = Held { value: None, raw, modified: false };
-            self.through_seam(h, &mut step, false);
+            self.stitch.push(h, &mut step, false);
             return step;
         };
         if value.get("error").is_some() && !self.finished {
@@ -288,14 +172,14 @@ impl OpenAiWatch {
             modified = true;
         }
         let h = Held { value: Some(value), raw, modified };
-        self.through_seam(h, &mut step, finish);
+        self.stitch.push(h, &mut step, finish);
         step
     }
 
     /// What ends an attempt cut short: nothing more of it goes on; a cut
     /// inside a tool call ends the stream with the in-band error.
     fn interrupted(&mut self, step: &mut Step) -> Option<Outcome> {
-        self.close_seam(step);
+        self.stitch.close(step);
         if self.in_tool_call {
             let message = "the stream was cut inside a tool call, which cannot be continued";
             step.forward.push(self.error_event(502, "stream_interrupted", message));
@@ -317,11 +201,7 @@ impl Watch for OpenAiWatch {
         self.text_bytes = 0;
         self.saw_data = false;
         self.finished = false;
-        self.seam = if self.attempt > 1 && !self.delivered.is_empty() {
-            Seam::Holding { held: Vec::new(), text: String::new(), bytes: 0 }
-        } else {
-            Seam::Passing
-        };
+        self.stitch.begin(self.attempt > 1);
     }
 
     fn saw_data(&self) -> bool {
@@ -333,7 +213,7 @@ impl Watch for OpenAiWatch {
             Item::Event(e) => self.on_event(e),
             Item::Other(raw) => {
                 let mut step = Step::default();
-                self.through_seam(Held { value: None, raw, modified: false }, &mut step, false);
+                self.stitch.push(Held { value: None, raw, modified: false }, &mut step, false);
                 step
             }
         }
@@ -343,7 +223,7 @@ impl Watch for OpenAiWatch {
         let mut step = Step::default();
         if self.finished {
             // Finished but closed without `[DONE]`: added.
-            self.close_seam(&mut step);
+            self.stitch.close(&mut step);
             self.done(&mut step);
             step.outcome = Some(Outcome::Complete);
         } else {
@@ -353,11 +233,11 @@ impl Watch for OpenAiWatch {
     }
 
     fn carry_exceeded(&self) -> bool {
-        self.carry_exceeded
+        self.stitch.carry_exceeded()
     }
 
     fn answer(&self) -> &str {
-        &self.delivered
+        self.stitch.delivered()
     }
 
     fn thoughts(&self) -> &str {
@@ -380,12 +260,13 @@ impl Watch for OpenAiWatch {
 
     fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value {
         let mut body = original.clone();
-        if self.delivered.is_empty() {
+        let delivered = self.stitch.delivered();
+        if delivered.is_empty() {
             // Cut before any text: sent again as it was.
             return body;
         }
         if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
-            messages.push(json!({ "role": "assistant", "content": self.delivered }));
+            messages.push(json!({ "role": "assistant", "content": delivered }));
             if let Some(prompt) = prompt {
                 messages.push(json!({ "role": "user", "content": prompt }));
             }
@@ -414,29 +295,40 @@ fn content(v: &Value) -> Option<&str> {
     v.pointer("/choices/0/delta/content").and_then(Value::as_str)
 }
 
-fn set_content(h: &mut Held, text: &str) {
-    if let Some(slot) = h.value.as_mut().and_then(|v| v.pointer_mut("/choices/0/delta/content")) {
-        *slot = Value::String(text.to_owned());
-        h.modified = true;
+/// How chat-completion chunks carry text (the seam's view of them).
+#[derive(Debug, Default)]
+pub(crate) struct Chunks;
+
+impl Shape for Chunks {
+    fn text(v: &Value) -> Option<&str> {
+        content(v)
     }
-}
 
-/// A chunk left with nothing to say: no content, tool call, finish reason
-/// or usage.
-fn is_empty_chunk(v: &Value) -> bool {
-    let choice_empty = v.pointer("/choices/0").is_none_or(|c| {
-        let delta_empty = c
-            .get("delta")
-            .and_then(Value::as_object)
-            .is_none_or(|d| d.iter().all(|(k, v)| (k == "content" && v.as_str() == Some("")) || v.is_null()));
-        delta_empty && c.get("finish_reason").is_none_or(Value::is_null)
-    });
-    choice_empty && v.get("usage").is_none_or(Value::is_null)
-}
+    fn set_text(v: &mut Value, text: &str) -> bool {
+        match v.pointer_mut("/choices/0/delta/content") {
+            Some(slot) => {
+                *slot = Value::String(text.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
 
-/// Bytes of the longest common prefix (at a character boundary).
-fn common_prefix(a: &str, b: &str) -> usize {
-    a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i)
+    /// No content, tool call, finish reason or usage left.
+    fn is_empty(v: &Value) -> bool {
+        let choice_empty = v.pointer("/choices/0").is_none_or(|c| {
+            let delta_empty = c
+                .get("delta")
+                .and_then(Value::as_object)
+                .is_none_or(|d| d.iter().all(|(k, v)| (k == "content" && v.as_str() == Some("")) || v.is_null()));
+            delta_empty && c.get("finish_reason").is_none_or(Value::is_null)
+        });
+        choice_empty && v.get("usage").is_none_or(Value::is_null)
+    }
+
+    fn encode(v: &Value, eol: &str) -> Bytes {
+        Bytes::from(format!("data: {v}{eol}{eol}"))
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ use crate::upstream::choose::{Failure, Served, Transports};
 use crate::upstream::connect::{Names, TargetCheck};
 use crate::upstream::fetch::FetchTransport;
 use crate::upstream::{Preference, SocketTransport, UpstreamRequest, UpstreamSettings, tls};
+use crate::usage::count::Protocol;
 use crate::usage::ledger::Ledger;
 use crate::usage::meter::{self, Meter, Metered};
 
@@ -339,13 +340,18 @@ impl App {
             }
             cx.meter = Some(meter);
         }
-        let Forward { origin, path, check, transport, monitor, egress, continues, .. } = forward;
+        let Forward { origin, path, check, transport, monitor, egress, continues, protocol, .. } = forward;
         let gemini = if monitor {
             gemini_stream::applies(method, &path, &body)
                 .map(|v| Watched::Gemini(v, KeepAlive::for_client(client_headers)))
         } else if let Some(c) = continues {
             // The body as it goes upstream (usage asked for, model rewritten).
-            crate::monitor::openai::applies(method, &path, &body).map(|v| Watched::OpenAi(v, c))
+            match protocol {
+                Some(Protocol::Anthropic) => {
+                    crate::monitor::anthropic::applies(method, &path, &body).map(|v| Watched::Anthropic(v, c))
+                }
+                _ => crate::monitor::openai::applies(method, &path, &body).map(|v| Watched::OpenAi(v, c)),
+            }
         } else {
             None
         };
@@ -413,7 +419,11 @@ impl App {
                 // The monitor rewrites the stream: no length can hold.
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let g = &config.gemini;
-                let openai = matches!(watched, Watched::OpenAi(..));
+                let kind = match &watched {
+                    Watched::Gemini(..) => Protocol::Gemini,
+                    Watched::OpenAi(..) => Protocol::OpenAi,
+                    Watched::Anthropic(..) => Protocol::Anthropic,
+                };
                 let (original, keepalive, continuing) = match watched {
                     Watched::Gemini(original, keepalive) => {
                         let continuing = Continuing {
@@ -424,7 +434,7 @@ impl App {
                         };
                         (original, keepalive, continuing)
                     }
-                    Watched::OpenAi(original, c) => {
+                    Watched::OpenAi(original, c) | Watched::Anthropic(original, c) => {
                         let k = &config.continuation;
                         let continuing = Continuing {
                             max_retries: k.max_retries,
@@ -448,10 +458,14 @@ impl App {
                     },
                     keepalive,
                 };
-                if openai {
-                    gemini_stream::spawn(body, monitored, crate::monitor::openai::OpenAiWatch::new())
-                } else {
-                    gemini_stream::spawn_gemini(body, monitored)
+                match kind {
+                    Protocol::OpenAi => {
+                        gemini_stream::spawn(body, monitored, crate::monitor::openai::OpenAiWatch::new())
+                    }
+                    Protocol::Anthropic => {
+                        gemini_stream::spawn(body, monitored, crate::monitor::anthropic::AnthropicWatch::new())
+                    }
+                    Protocol::Gemini => gemini_stream::spawn_gemini(body, monitored),
                 }
             }
         };
@@ -631,6 +645,8 @@ pub(crate) enum Watched {
     Gemini(serde_json::Value, KeepAlive),
     /// §14, OpenAI chat completions.
     OpenAi(serde_json::Value, plan::Continues),
+    /// §14, Anthropic messages.
+    Anthropic(serde_json::Value, plan::Continues),
 }
 
 /// What the phases of one request learn and the record needs (never its

@@ -270,8 +270,9 @@ pub(super) fn plan(route: Route, request_path: &str, s: Settings<'_>) -> Plan {
                 egress,
                 again,
                 limits: (!preset.limits.is_empty()).then(|| Arc::clone(&preset.limits)),
-                continues: (preset.continue_streams && preset.protocol == Some(Protocol::OpenAi))
-                    .then_some(Continues { prefill: preset.prefill, idle_timeout: preset.stream_idle_timeout }),
+                continues: (preset.continue_streams
+                    && matches!(preset.protocol, Some(Protocol::OpenAi | Protocol::Anthropic)))
+                .then_some(Continues { prefill: preset.prefill, idle_timeout: preset.stream_idle_timeout }),
             }
         }
         Route::Generic { origin, remainder, query, path_token, caller, exit } => {

@@ -222,3 +222,101 @@ async fn the_openai_sdk_sees_one_ordinary_stream() {
     assert_eq!(out.lines().next(), Some("Hello, world!"), "{out}");
     assert_eq!(api.requests().len(), 2);
 }
+
+fn anthropic(v: Value) -> String {
+    format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap())
+}
+
+fn msg_start(id: &str) -> String {
+    anthropic(json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],
+        "model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}))
+}
+
+fn text_block(i: u64) -> String {
+    anthropic(json!({"type":"content_block_start","index":i,"content_block":{"type":"text","text":""}}))
+}
+
+fn text_delta(i: u64, t: &str) -> String {
+    anthropic(json!({"type":"content_block_delta","index":i,"delta":{"type":"text_delta","text":t}}))
+}
+
+fn anthropic_end(out: u64) -> String {
+    anthropic(json!({"type":"content_block_stop","index":0}))
+        + &anthropic(
+            json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":out}}),
+        )
+        + &anthropic(json!({"type":"message_stop"}))
+}
+
+#[tokio::test]
+async fn an_anthropic_stream_cut_by_an_overloaded_error_is_continued_by_prefill() {
+    let overloaded = anthropic(json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}));
+    let api = origin(move |n, _| match n {
+        0 => vec![
+            Step::text(HEAD),
+            Step::text(&(msg_start("msg_a") + &text_block(0) + &text_delta(0, "The sea is ") + &text_delta(0, "grey"))),
+            Step::text(&overloaded),
+            Step::Close,
+        ],
+        _ => vec![
+            Step::text(HEAD),
+            Step::text(&(msg_start("msg_b") + &text_block(0) + &text_delta(0, " and wide."))),
+            Step::text(&anthropic_end(5)),
+            Step::Close,
+        ],
+    })
+    .await;
+    let vg = Veilgate::start(&format!(
+        "[continuation]\nmax_retries = 2\nretry_delay_ms = 10\n\
+         [presets.claudeish]\ntargets = [\"http://{}\"]\nprotocol = \"anthropic\"\ncontinue_streams = true\nprefill = true\n",
+        api.addr
+    ))
+    .await;
+    let ask = br#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"a line"}]}"#;
+    let r = send(vg.addr, "POST", "/claudeish/v1/messages", &[], ask).await;
+    let text = r.text();
+    let datas: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+    let said: String = datas.iter().filter_map(|v| v.pointer("/delta/text").and_then(Value::as_str)).collect();
+    assert_eq!(said, "The sea is grey and wide.", "{text}");
+    let count = |t: &str| datas.iter().filter(|v| v["type"] == t).count();
+    assert_eq!((count("message_start"), count("message_stop"), count("error")), (1, 1, 0), "{text}");
+    assert_eq!(count("content_block_start"), 1, "the cut block went on");
+    let prefill: Value = serde_json::from_slice(&api.requests()[1].body).unwrap();
+    assert_eq!(prefill["messages"][1], json!({"role":"assistant","content":"The sea is grey"}), "a prefill, no prompt");
+    assert_eq!(prefill["messages"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_anthropic_sdk_sees_one_ordinary_stream() {
+    if !crate::sdk::python_has("anthropic") {
+        return;
+    }
+    let api = origin(|n, _| match n {
+        0 => vec![
+            Step::text(HEAD),
+            Step::text(&(msg_start("msg_a") + &text_block(0) + &text_delta(0, "Stars are "))),
+            Step::Reset,
+        ],
+        _ => vec![
+            Step::text(HEAD),
+            Step::text(&(msg_start("msg_b") + &text_block(0) + &text_delta(0, "Stars are bright tonight."))),
+            Step::text(&anthropic_end(7)),
+            Step::Close,
+        ],
+    })
+    .await;
+    let vg = Veilgate::start(&format!(
+        "[continuation]\nretry_delay_ms = 10\n\
+         [presets.claudeish]\ntargets = [\"http://{}\"]\nprotocol = \"anthropic\"\ncontinue_streams = true\n",
+        api.addr
+    ))
+    .await;
+    let out = crate::sdk::run_script("anthropic_stream.py", format!("{}/claudeish", vg.url()), "").await;
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("Stars are bright tonight."), "a restart cut: {out}");
+    let last = lines.next().unwrap();
+    assert!(last.starts_with("end_turn "), "{last}");
+    let tokens: u64 = last.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(tokens > 7, "usage summed with the cut attempt's estimate: {tokens}");
+}

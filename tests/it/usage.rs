@@ -213,7 +213,10 @@ async fn anthropic_usage_is_cumulative_and_cache_fields_have_their_prices() {
 async fn a_cut_stream_is_estimated_and_keeps_what_was_reported() {
     let events = anthropic_events()[..3].to_vec();
     let origin = RawOrigin::scripted(move |_| sse_cut(&events)).await;
-    let vg = Veilgate::start(&config(origin.addr, "monthly_requests = 5", "")).await;
+    // Passed on as cut (§14's continuation off): §11's estimate.
+    let toml = config(origin.addr, "monthly_requests = 5", "")
+        .replace("[presets.claude]\n", "[presets.claude]\ncontinue_streams = false\n");
+    let vg = Veilgate::start(&toml).await;
     let ask = json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": true, "messages": []});
     let reply = post(&vg, ALICE, "/claude/v1/messages", &ask).await;
     assert!(!reply.complete, "a cut stream never looks complete");
