@@ -1,5 +1,6 @@
-//! The Gemini monitor's cost: SSE parser and session throughput (MB/s), and
-//! the latency it adds per forwarded event through a running veilgate
+//! The stream monitors' cost: SSE parser and Gemini session throughput
+//! (MB/s), and the latency each monitor (Gemini §5, OpenAI chat
+//! completions §14) adds per forwarded event through a running veilgate
 //! (monitored preset vs the same stream unmonitored), all on loopback.
 //!
 //! `cargo bench --bench monitor` (add `-- --quick` for a smoke run).
@@ -21,6 +22,13 @@ fn event(i: usize) -> String {
     format!(
         "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"Chunk {i}: the sky looks blue because air molecules scatter short wavelengths of sunlight more than long ones, so blue light reaches us from every direction.\"}}],\"role\":\"model\"}},\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":{i},\"totalTokenCount\":{}}},\"modelVersion\":\"gemini-2.5-pro\",\"responseId\":\"r-1\"}}\r\n\r\n",
         i + 9
+    )
+}
+
+/// An OpenAI chat-completions chunk of about the same size.
+fn chunk(i: usize) -> String {
+    format!(
+        "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"Chunk {i}: the sky looks blue because air molecules scatter short wavelengths of sunlight more than long ones, so blue light reaches us from every direction.\"}},\"finish_reason\":null}}]}}\r\n\r\n"
     )
 }
 
@@ -83,6 +91,7 @@ async fn paced_origin(gate: Arc<Semaphore>, sent: Arc<Mutex<Vec<Instant>>>) -> S
                     seen.extend_from_slice(&buf[..n]);
                 }
                 let text = String::from_utf8_lossy(&seen);
+                let openai = text.contains("/chat/completions");
                 let events: usize = text
                     .split(['?', '&', ' '])
                     .find_map(|p| p.strip_prefix("n="))
@@ -92,14 +101,18 @@ async fn paced_origin(gate: Arc<Semaphore>, sent: Arc<Mutex<Vec<Instant>>>) -> S
                 let _ = s.write_all(head.as_bytes()).await;
                 for i in 0..events {
                     gate.acquire().await.expect("gate").forget();
-                    let e = event(i);
+                    let e = if openai { chunk(i) } else { event(i) };
                     let chunk = format!("{:x}\r\n{e}\r\n", e.len());
                     sent.lock().expect("lock").push(Instant::now());
                     if s.write_all(chunk.as_bytes()).await.is_err() {
                         return;
                     }
                 }
-                let last = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\".\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}]}\r\n\r\n";
+                let last = if openai {
+                    "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\r\n\r\ndata: [DONE]\r\n\r\n"
+                } else {
+                    "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\".\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}]}\r\n\r\n"
+                };
                 let _ = s.write_all(format!("{:x}\r\n{last}\r\n0\r\n\r\n", last.len()).as_bytes()).await;
             });
         }
@@ -111,14 +124,25 @@ async fn paced_origin(gate: Arc<Semaphore>, sent: Arc<Mutex<Vec<Instant>>>) -> S
 async fn latencies(
     vg: SocketAddr,
     preset: &str,
+    openai: bool,
     events: usize,
     gate: &Semaphore,
     sent: &Mutex<Vec<Instant>>,
 ) -> Vec<Duration> {
     sent.lock().expect("lock").clear();
-    let body = r#"{"contents":[{"role":"user","parts":[{"text":"Why is the sky blue?"}]}]}"#;
+    let (path, body) = if openai {
+        (
+            format!("/{preset}/v1/chat/completions?n={events}"),
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Why is the sky blue?"}]}"#,
+        )
+    } else {
+        (
+            format!("/{preset}/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&n={events}"),
+            r#"{"contents":[{"role":"user","parts":[{"text":"Why is the sky blue?"}]}]}"#,
+        )
+    };
     let req = format!(
-        "POST /{preset}/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse&n={events} HTTP/1.1\r\nhost: {vg}\r\n\
+        "POST {path} HTTP/1.1\r\nhost: {vg}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -165,6 +189,7 @@ async fn added_latency(quick: bool) {
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nauth_token = \"bench_token_0123456789\"\n\
          [presets.gemini]\ntargets = [\"http://{origin}\"]\n\
+         [presets.watched]\ntargets = [\"http://{origin}\"]\nprotocol = \"openai\"\ncontinue_streams = true\n\
          [presets.plain]\ntargets = [\"http://{origin}\"]\n"
     );
     let config = Config::from_raw(RawConfig::from_toml(&toml).expect("toml"), &|_| None).expect("config");
@@ -173,20 +198,23 @@ async fn added_latency(quick: bool) {
     let vg = server.local_addr();
     tokio::spawn(server.run(std::future::pending()));
 
-    // Warm up both paths (pool, caches), then measure each.
-    let _ = latencies(vg, "plain", events.min(100), &gate, &sent).await;
-    let _ = latencies(vg, "gemini", events.min(100), &gate, &sent).await;
-    let mut plain = latencies(vg, "plain", events, &gate, &sent).await;
-    let mut monitored = latencies(vg, "gemini", events, &gate, &sent).await;
-    let (p50a, p99a) = (pct(&mut plain, 0.5), pct(&mut plain, 0.99));
-    let (p50b, p99b) = (pct(&mut monitored, 0.5), pct(&mut monitored, 0.99));
-    println!("event latency via veilgate, unmonitored   p50 {p50a:>9.1?}  p99 {p99a:>9.1?}  ({events} events)");
-    println!("event latency via veilgate, gemini monitor p50 {p50b:>9.1?}  p99 {p99b:>9.1?}");
-    println!(
-        "added by the monitor                      p50 {:>9.1?}  p99 {:>9.1?}",
-        p50b.saturating_sub(p50a),
-        p99b.saturating_sub(p99a)
-    );
+    // Warm up each path (pool, caches), then measure each.
+    for (preset, openai) in [("plain", false), ("gemini", false), ("plain", true), ("watched", true)] {
+        let _ = latencies(vg, preset, openai, events.min(100), &gate, &sent).await;
+    }
+    for (name, preset, openai) in [("gemini monitor", "gemini", false), ("openai monitor", "watched", true)] {
+        let mut plain = latencies(vg, "plain", openai, events, &gate, &sent).await;
+        let mut monitored = latencies(vg, preset, openai, events, &gate, &sent).await;
+        let (p50a, p99a) = (pct(&mut plain, 0.5), pct(&mut plain, 0.99));
+        let (p50b, p99b) = (pct(&mut monitored, 0.5), pct(&mut monitored, 0.99));
+        println!("event latency via veilgate, unmonitored    p50 {p50a:>9.1?}  p99 {p99a:>9.1?}  ({events} events)");
+        println!("event latency via veilgate, {name:<15}p50 {p50b:>9.1?}  p99 {p99b:>9.1?}");
+        println!(
+            "added by the {name:<29}p50 {:>9.1?}  p99 {:>9.1?}",
+            p50b.saturating_sub(p50a),
+            p99b.saturating_sub(p99a)
+        );
+    }
 }
 
 fn main() {
