@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::gemini::{End, KeepAlive, Outcome, Step};
-use super::seam::{Held, Shape, Stitch};
+use super::seam::{Held, Shape, Stitch, last_user_message};
 use super::sse::{Event, Item};
 use super::stream::Watch;
 
@@ -245,17 +245,7 @@ impl Watch for OpenAiWatch {
     }
 
     fn last_user_text(&self, original: &Value) -> String {
-        let Some(messages) = original.get("messages").and_then(Value::as_array) else { return String::new() };
-        let Some(m) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")) else {
-            return String::new();
-        };
-        match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
-            }
-            _ => String::new(),
-        }
+        last_user_message(original)
     }
 
     fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value {

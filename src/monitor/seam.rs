@@ -184,6 +184,23 @@ impl<S: Shape> Stitch<S> {
     }
 }
 
+/// The text of the last `user` message of a `messages` request (OpenAI's
+/// and Anthropic's shape: a string, or parts with `text`), for the
+/// continuation prompt's language.
+pub(crate) fn last_user_message(original: &Value) -> String {
+    let Some(messages) = original.get("messages").and_then(Value::as_array) else { return String::new() };
+    let Some(m) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")) else {
+        return String::new();
+    };
+    match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
+        _ => String::new(),
+    }
+}
+
 fn set_text<S: Shape>(h: &mut Held, text: &str) {
     if let Some(v) = h.value.as_mut()
         && S::set_text(v, text)
