@@ -79,7 +79,13 @@ impl Counter {
     /// Feeds a whole (non-streamed) answer: its usage is read first, with
     /// the text skipped, and the text only measured when there was none.
     pub fn feed_whole(&mut self, json: &[u8]) {
-        if let Some(doc) = scan::<NoText>(json) {
+        // An OpenAI answer's usage is (nearly) last and its model near the
+        // start: found there without scanning the answer in between.
+        let fast = match self.protocol {
+            Protocol::OpenAi => openai_whole(json),
+            _ => None,
+        };
+        if let Some(doc) = fast.or_else(|| scan::<NoText>(json)) {
             self.feed_doc(doc);
         }
         if !self.saw_usage() {
@@ -361,6 +367,122 @@ pub(crate) fn string_value(v: &[u8]) -> Option<Cow<'_, str>> {
 /// One JSON value at the start of `v` (what follows it is not read).
 pub(crate) fn one<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
     T::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok()
+}
+
+/// An OpenAI answer's `usage` and `model`, when both can be proven to be
+/// top-level keys without reading the whole document: the last `"usage"`
+/// key is top-level when what follows its value closes the document; the
+/// first `"model"` key (if the bytes hold one at all) when the scan up to it
+/// is at depth one. `None` sends the caller to the full scan.
+fn openai_whole(json: &[u8]) -> Option<Doc<'_, NoText>> {
+    let at = key_at(json, memchr::memmem::rfind(json, b"\"usage\"")?)?;
+    let end = value_end(json, at)?;
+    if !closes_document(json, end) {
+        return None;
+    }
+    let usage = Some(RawUsage::scan(&json[at..])?);
+    let model = match memchr::memmem::find(json, b"\"model\"") {
+        None => None,
+        Some(pos) => {
+            let v = key_at(json, pos)?;
+            if depth_at(json, pos)? != 1 {
+                return None;
+            }
+            string_value(&json[v..]).map(Cow::into_owned)
+        }
+    };
+    Some(Doc { usage, model, ..Doc::default() })
+}
+
+/// Where the value of the key whose opening quote is at `quote` starts,
+/// when it is a key: the quote follows `{` or `,` (white space between)
+/// and is followed by `:`. (In valid JSON such a quote cannot sit inside a
+/// string: a quote there is escaped, so preceded by a backslash.)
+fn key_at(json: &[u8], quote: usize) -> Option<usize> {
+    let before = json[..quote].iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if !matches!(json[before], b'{' | b',') {
+        return None;
+    }
+    let (end, _) = string_end(json, quote + 1)?;
+    let mut i = end + 1;
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if json.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    (i < json.len()).then_some(i)
+}
+
+/// The end of the object or array value at `i` (the index after it).
+fn value_end(json: &[u8], i: usize) -> Option<usize> {
+    if !matches!(json.get(i), Some(b'{' | b'[')) {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut j = i;
+    loop {
+        match *json.get(j)? {
+            b'"' => j = string_end(json, j + 1)?.0,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j + 1);
+                }
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+}
+
+/// True when the bytes from `i` close exactly one object (the one the
+/// value before `i` sits in) and then only white space follows.
+fn closes_document(json: &[u8], i: usize) -> bool {
+    let mut depth = 0usize;
+    let mut j = i;
+    while let Some(&b) = json.get(j) {
+        match b {
+            b'"' => match string_end(json, j + 1) {
+                Some((end, _)) => j = end,
+                None => return false,
+            },
+            b'{' | b'[' => depth += 1,
+            b']' if depth == 0 => return false,
+            b'}' if depth == 0 => return json[j + 1..].iter().all(u8::is_ascii_whitespace),
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+        j += 1;
+    }
+    false
+}
+
+/// The nesting depth at `pos` (1: inside the top-level object), `None`
+/// when `pos` is inside a string.
+fn depth_at(json: &[u8], pos: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut j = 0;
+    while j < pos {
+        match json[j] {
+            b'"' => {
+                j = string_end(json, j + 1)?.0;
+                if j >= pos {
+                    return None;
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        j += 1;
+    }
+    Some(depth)
 }
 
 /// The document's fields that usage needs, read from its top-level keys:
@@ -712,6 +834,36 @@ mod tests {
         ] {
             assert_eq!(integer(text.as_bytes()), want, "{text}");
         }
+    }
+
+    #[test]
+    fn the_openai_shortcut_reads_what_the_full_scan_reads() {
+        let docs: &[&str] = &[
+            r#"{"id":"c","model":"gpt-4o-2024","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":10}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1},"service_tier":"default","system_fingerprint":"fp"}"#,
+            r#"{"choices":[{"message":{"content":"a "usage":{"prompt_tokens":5}"}}],"usage":{"prompt_tokens":7}}"#,
+            r#"{"usage":{"prompt_tokens":1},"choices":[{"usage":{"prompt_tokens":99}}]}"#,
+            r#"{"meta":{"model":"nested"},"model":"top","usage":{"prompt_tokens":3}}"#,
+            r#"{"usage":{"prompt_tokens":2},"x":[{"usage":{"prompt_tokens":50}}],"y":1}"#,
+            r#"{"usage":{"prompt_tokens":4}} trailing"#,
+            r#"[{"usage":{"prompt_tokens":4}}]"#,
+            r#"{"usage": {"prompt_tokens": 6, "prompt_tokens_details": {"cached_tokens": 2}} }"#,
+        ];
+        for doc in docs {
+            let mut fast = Counter::new(Protocol::OpenAi);
+            fast.feed_whole(doc.as_bytes());
+            let mut full = Counter::new(Protocol::OpenAi);
+            if let Some(d) = scan::<NoText>(doc.as_bytes()) {
+                full.feed_doc(d);
+            }
+            if !full.saw_usage() {
+                full.feed_json(doc.as_bytes());
+            }
+            assert_eq!(fast.finish(), full.finish(), "{doc}");
+        }
+        assert!(openai_whole(docs[0].as_bytes()).is_some(), "the common shape takes the shortcut");
+        assert!(openai_whole(docs[1].as_bytes()).is_some());
+        assert!(openai_whole(docs[3].as_bytes()).is_none(), "a nested usage last: the full scan");
     }
 
     #[test]
