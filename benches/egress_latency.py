@@ -12,17 +12,15 @@ the exit: TCP to the proxy, the SOCKS5 handshake, TCP onwards).
 """
 
 import argparse
-import http.client
 import http.server
 import os
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
+
+from loopback import free_port, timed_gets, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "veilgate")
@@ -49,23 +47,6 @@ def origin(close):
     return server
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
-
-
 def run(socks, origin_port, requests, workdir):
     port = free_port()
     config = os.path.join(workdir, "veilgate.toml")
@@ -75,27 +56,7 @@ def run(socks, origin_port, requests, workdir):
     text += f'[presets.plain]\ntargets = ["http://localhost:{origin_port}"]\n'
     with open(config, "w") as f:
         f.write(text)
-    proc = subprocess.Popen([BINARY, "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, RUST_LOG="warn"))
-    try:
-        wait_port(port)
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        times = []
-        for i in range(requests + 50):
-            t = time.perf_counter()
-            c.request("GET", "/plain/x")
-            r = c.getresponse()
-            r.read()
-            if r.status != 200:
-                sys.exit(f"status {r.status}")
-            if i >= 50:
-                times.append((time.perf_counter() - t) * 1e6)
-        c.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+    return timed_gets(BINARY, config, port, "/plain/x", requests)
 
 
 def main():

@@ -13,16 +13,13 @@ first target costs every request that still tries it.
 """
 
 import argparse
-import http.client
 import http.server
 import os
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
+
+from loopback import free_port, timed_gets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "veilgate")
@@ -41,23 +38,6 @@ class Origin(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
-
-
 def run(targets, requests, workdir):
     port = free_port()
     config = os.path.join(workdir, "veilgate.toml")
@@ -66,27 +46,7 @@ def run(targets, requests, workdir):
         f.write(f'listen = "127.0.0.1:{port}"\nauth_token = "bench_token_0123456789"\ndata_dir = "{workdir}"\n'
                 f'[health]\neject_after = 1000000000\n'
                 f'[presets.api]\ntargets = [{listed}]\nstrategy = "ordered"\n')
-    proc = subprocess.Popen([BINARY, "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, RUST_LOG="warn"))
-    try:
-        wait_port(port)
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        times = []
-        for i in range(requests + 50):
-            t = time.perf_counter()
-            c.request("GET", "/api/x")
-            r = c.getresponse()
-            r.read()
-            if r.status != 200:
-                sys.exit(f"status {r.status}")
-            if i >= 50:
-                times.append((time.perf_counter() - t) * 1e6)
-        c.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+    return timed_gets(BINARY, config, port, "/api/x", requests)
 
 
 def main():

@@ -16,7 +16,6 @@ import datetime
 import http.client
 import os
 import random
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -24,16 +23,12 @@ import sys
 import tempfile
 import time
 
+from loopback import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "veilgate")
 TOKEN = "bench_token_0123456789"
 MODELS = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "gemini-2.5-flash"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(binary, config):
