@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::gemini::{End, KeepAlive, Outcome, Step};
-use super::seam::{Held, Shape, Stitch, last_user_message};
+use super::seam::{Held, Shape, Stitch, continued_messages, last_user_message};
 use super::sse::{Event, Item};
 use super::stream::Watch;
 
@@ -248,11 +248,7 @@ impl Watch for AnthropicWatch {
     fn on_item(&mut self, item: Item) -> Step {
         match item {
             Item::Event(e) => self.on_event(e),
-            Item::Other(raw) => {
-                let mut step = Step::default();
-                self.stitch.push(Held { value: None, raw, modified: false }, &mut step, false);
-                step
-            }
+            Item::Other(raw) => self.stitch.other(raw),
         }
     }
 
@@ -285,22 +281,9 @@ impl Watch for AnthropicWatch {
     }
 
     fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value {
-        let mut body = original.clone();
-        let delivered = self.stitch.delivered();
-        if delivered.is_empty() {
-            return body;
-        }
-        if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
-            match prompt {
-                // A prefill may not end in white space (the API refuses it).
-                None => messages.push(json!({ "role": "assistant", "content": delivered.trim_end() })),
-                Some(prompt) => {
-                    messages.push(json!({ "role": "assistant", "content": delivered }));
-                    messages.push(json!({ "role": "user", "content": prompt }));
-                }
-            }
-        }
-        body
+        let said = self.stitch.delivered();
+        // A prefill may not end in white space (the API refuses it).
+        continued_messages(original, said, said.trim_end(), prompt)
     }
 
     fn error_event(&self, _code: u16, _status: &str, message: &str) -> Bytes {

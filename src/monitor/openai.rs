@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::gemini::{End, KeepAlive, Outcome, Step};
-use super::seam::{Held, Shape, Stitch, last_user_message};
+use super::seam::{Held, Shape, Stitch, continued_messages, last_user_message};
 use super::sse::{Event, Item};
 use super::stream::Watch;
 
@@ -211,11 +211,7 @@ impl Watch for OpenAiWatch {
     fn on_item(&mut self, item: Item) -> Step {
         match item {
             Item::Event(e) => self.on_event(e),
-            Item::Other(raw) => {
-                let mut step = Step::default();
-                self.stitch.push(Held { value: None, raw, modified: false }, &mut step, false);
-                step
-            }
+            Item::Other(raw) => self.stitch.other(raw),
         }
     }
 
@@ -249,19 +245,8 @@ impl Watch for OpenAiWatch {
     }
 
     fn continuation_body(&self, original: &Value, prompt: Option<&str>) -> Value {
-        let mut body = original.clone();
-        let delivered = self.stitch.delivered();
-        if delivered.is_empty() {
-            // Cut before any text: sent again as it was.
-            return body;
-        }
-        if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
-            messages.push(json!({ "role": "assistant", "content": delivered }));
-            if let Some(prompt) = prompt {
-                messages.push(json!({ "role": "user", "content": prompt }));
-            }
-        }
-        body
+        let said = self.stitch.delivered();
+        continued_messages(original, said, said, prompt)
     }
 
     fn error_event(&self, _code: u16, _status: &str, message: &str) -> Bytes {

@@ -83,6 +83,14 @@ impl<S: Shape> Stitch<S> {
         self.carry_exceeded
     }
 
+    /// A block without data (a comment, a keep-alive): through the seam
+    /// as it came.
+    pub(crate) fn other(&mut self, raw: Bytes) -> Step {
+        let mut step = Step::default();
+        self.push(Held { value: None, raw, modified: false }, &mut step, false);
+        step
+    }
+
     /// An attempt starts: a continuation after text holds its first events.
     pub(crate) fn begin(&mut self, continuation: bool) {
         self.seam = if continuation && !self.delivered.is_empty() {
@@ -182,6 +190,25 @@ impl<S: Shape> Stitch<S> {
             _ => step.forward.push(h.raw),
         }
     }
+}
+
+/// A `messages` request continued (§14): the original with an `assistant`
+/// message holding `said`, then the prompt as a `user` message — or, with
+/// no prompt, ending in the assistant message (a prefill). Cut before any
+/// text: the original as it was.
+pub(crate) fn continued_messages(original: &Value, said: &str, prefill_text: &str, prompt: Option<&str>) -> Value {
+    let mut body = original.clone();
+    if said.is_empty() {
+        return body;
+    }
+    if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
+        let content = if prompt.is_some() { said } else { prefill_text };
+        messages.push(serde_json::json!({ "role": "assistant", "content": content }));
+        if let Some(prompt) = prompt {
+            messages.push(serde_json::json!({ "role": "user", "content": prompt }));
+        }
+    }
+    body
 }
 
 /// The text of the last `user` message of a `messages` request (OpenAI's
