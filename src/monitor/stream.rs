@@ -8,10 +8,11 @@
 //! When the client goes away the channel closes; the task then drops the
 //! upstream response (closing its connection) and starts nothing new.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::body::{Body, BoxError};
 use crate::config::GeminiConfig;
+use crate::keys::{Credential, Keyring, Tried};
 use crate::upstream::UpstreamRequest;
 use crate::upstream::choose::Transports;
 
@@ -109,6 +111,27 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// The longest backoff between failed continuation requests.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Where a continuation may go instead of the target that served the
+/// stream: an alias's next member (§14), with its own model, prefill rule
+/// and held keys.
+pub(crate) struct Elsewhere {
+    /// The member's request without a body (origin, path, headers, rules).
+    pub request: UpstreamRequest,
+    pub model: String,
+    pub prefill: bool,
+    pub keys: Option<Arc<Keyring>>,
+}
+
+impl Elsewhere {
+    /// The member's held key for one continuation; `None` (not asked) when
+    /// it holds keys and none is usable.
+    fn credential(&self) -> Option<Option<Credential>> {
+        let Some(ring) = &self.keys else { return Some(None) };
+        let key = ring.pick(Tried::default(), Instant::now()).ok()?;
+        Some(ring.credential(key, &self.request.origin))
+    }
+}
+
 /// Everything the monitor task needs.
 pub(crate) struct Monitored {
     pub transports: Arc<Transports>,
@@ -122,6 +145,9 @@ pub(crate) struct Monitored {
     pub response_timeout: Duration,
     pub stats: Arc<dyn Fn(&'static str) + Send + Sync>,
     pub keepalive: KeepAlive,
+    /// The alias's next members, in order; once they are spent, the
+    /// continuations stay where the last one went.
+    pub elsewhere: Vec<Elsewhere>,
 }
 
 /// True for `POST …:streamGenerateContent?…alt=sse…` with a JSON body that
@@ -180,8 +206,12 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
     let mut body = first;
     let mut continuations: u32 = 0;
     let mut sent_bytes = m.request.body.len();
-    // Prefill until a target refuses it (then the prompt, once more).
-    let mut prefill = m.continuing.prefill;
+    let mut course = Course {
+        ahead: m.elsewhere.iter(),
+        here: None,
+        original: Cow::Borrowed(&m.original),
+        prefill: m.continuing.prefill,
+    };
     loop {
         session.begin_attempt(sent_bytes);
         let outcome = read_attempt(&mut session, &mut body, m, tx).await?;
@@ -206,6 +236,8 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
             }
             Outcome::Interrupted => {}
         }
+        // An alias's next member continues, when there is one.
+        course.move_on();
         // Continue: wait, ask again, until an attempt starts streaming.
         let mut failures: u32 = 0;
         let mut delay = m.continuing.retry_delay;
@@ -220,34 +252,51 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
             continuations += 1;
             (m.stats)("retry");
             let (lang, prompt) = prompts::choose(session.answer(), session.thoughts(), &last_user, &m.gemini.prompts);
-            tracing::info!(attempt = continuations + 1, lang, prefill, "stream interrupted; continuing");
-            let continued = session.continuation_body(&m.original, (!prefill).then_some(prompt)).to_string();
+            let (prefill, member) = (course.prefill, course.here.is_some());
+            tracing::info!(attempt = continuations + 1, lang, prefill, member, "stream interrupted; continuing");
+            let continued = session.continuation_body(&course.original, (!prefill).then_some(prompt)).to_string();
             sent_bytes = continued.len();
-            let req = UpstreamRequest {
-                method: m.request.method.clone(),
-                origin: m.request.origin.clone(),
-                path: m.request.path.clone(),
-                headers: m.request.headers.clone(),
-                body: Bytes::from(continued),
-                check: m.request.check,
-                transport: m.request.transport,
-                egress: m.request.egress.clone(),
-                credential: m.request.credential.clone(),
+            let at = course.here.map_or(&m.request, |e| &e.request);
+            let credential = match course.here {
+                None => Some(m.request.credential.clone()),
+                Some(e) => e.credential(),
             };
-            let sent = with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await?;
+            let sent = match credential {
+                Some(credential) => {
+                    let req = UpstreamRequest {
+                        method: at.method.clone(),
+                        origin: at.origin.clone(),
+                        path: at.path.clone(),
+                        headers: at.headers.clone(),
+                        body: Bytes::from(continued),
+                        check: at.check,
+                        transport: at.transport,
+                        egress: at.egress.clone(),
+                        credential,
+                    };
+                    Some(with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await?)
+                }
+                // The member has no usable key: not asked.
+                None => None,
+            };
             match sent {
-                Ok(served) if is_event_stream(served.response.status(), served.response.headers()) => {
+                Some(Ok(served)) if is_event_stream(served.response.status(), served.response.headers()) => {
                     break served.response.into_body();
                 }
-                Ok(served) => {
+                Some(Ok(served)) => {
                     let status = served.response.status();
                     let retry_after = retry_after(served.response.headers());
                     if status == StatusCode::BAD_REQUEST && prefill {
                         // The target does not continue a prefill: the prompt
                         // form, at once; this 400 is nobody's business.
-                        prefill = false;
+                        course.prefill = false;
                         continuations -= 1;
                         delay = Duration::ZERO;
+                        continue;
+                    }
+                    if course.move_on() {
+                        // The next member, after the usual pause.
+                        delay = m.continuing.retry_delay;
                         continue;
                     }
                     if matches!(status.as_u16(), 400 | 401 | 403 | 404 | 429) {
@@ -259,13 +308,46 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
                     failures += 1;
                     delay = retry_after.unwrap_or_else(|| backoff(m.continuing.retry_delay, failures));
                 }
-                Err(failure) => {
+                Some(Err(failure)) => {
                     tracing::debug!(error = %failure.error, "continuation request failed");
+                    if course.move_on() {
+                        delay = m.continuing.retry_delay;
+                        continue;
+                    }
                     failures += 1;
                     delay = backoff(m.continuing.retry_delay, failures);
                 }
+                None => {
+                    failures += 1;
+                    delay = Duration::ZERO;
+                    course.move_on();
+                }
             }
         };
+    }
+}
+
+/// Where continuations go: the serving target until an alias member takes
+/// over, with its own model and prefill rule from then on.
+struct Course<'m> {
+    ahead: std::slice::Iter<'m, Elsewhere>,
+    here: Option<&'m Elsewhere>,
+    /// The original body, with the model of the member that continues.
+    original: Cow<'m, Value>,
+    /// Prefill until a target refuses it (then the prompt, once more).
+    prefill: bool,
+}
+
+impl Course<'_> {
+    /// On to the next member; false when there is none.
+    fn move_on(&mut self) -> bool {
+        let Some(next) = self.ahead.next() else { return false };
+        if let Some(model) = self.original.to_mut().get_mut("model") {
+            *model = Value::String(next.model.clone());
+        }
+        self.here = Some(next);
+        self.prefill = next.prefill;
+        true
     }
 }
 

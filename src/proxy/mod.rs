@@ -215,7 +215,13 @@ impl App {
         }
         let public_host = public_host(&req);
         let keys = forward.keys.clone().map(|ring| (ring, forward.preset.clone().unwrap_or_default()));
-        let sending = Sending { redirect: forward.redirect.take(), public_host, keys, again: forward.again.take() };
+        let sending = Sending {
+            redirect: forward.redirect.take(),
+            public_host,
+            keys,
+            again: forward.again.take(),
+            elsewhere: Vec::new(),
+        };
         let (upstream, gemini) = self.upstream_request(config, req, forward, cx).await?;
         self.send(config, upstream, sending, gemini, cx, None).await
     }
@@ -457,6 +463,7 @@ impl App {
                         Arc::new(move |outcome| metrics.continuation(outcome))
                     },
                     keepalive,
+                    elsewhere: std::mem::take(&mut sending.elsewhere),
                 };
                 match kind {
                     Protocol::OpenAi => {
@@ -637,6 +644,8 @@ struct Sending {
     keys: Option<(Arc<Keyring>, String)>,
     /// Several targets or retries (§13).
     again: Option<plan::Again>,
+    /// An alias's next members, for continuing a cut stream (§14).
+    elsewhere: Vec<crate::monitor::stream::Elsewhere>,
 }
 
 /// A stream a monitor takes, with the request's JSON as it went upstream.

@@ -22,14 +22,16 @@ use crate::balance::Outcome;
 use crate::body::{Body, full};
 use crate::config::Config;
 use crate::error::Error;
+use crate::monitor::stream::Elsewhere;
 use crate::preset::{Alias, Member, Preset};
 use crate::route::{Route, RouteError};
+use crate::upstream::UpstreamRequest;
 use crate::upstream::choose::{Failure, Served};
 use crate::usage::count::{string_value, top_level_keys};
 
 use super::again::{Step, decide};
-use super::plan::{self, Plan, Unified};
-use super::{App, Ctx, Sending, local, public_host, read_body, usage};
+use super::plan::{self, Forward, Plan, Unified};
+use super::{App, Ctx, Sending, Watched, local, policy, public_host, read_body, usage};
 
 /// The longest error body read to look for `context_length_exceeded`.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -156,20 +158,13 @@ impl App {
                 continue;
             }
             let Some(member_body) = with_model(&body, &member.model) else { return Err(Error::NoModelInBody) };
-            let route = Route::Preset {
-                preset: Arc::clone(preset),
-                remainder: format!("{}{}", preset.openai_path, u.endpoint),
-                query: u.query.clone(),
-                caller: u.caller.clone(),
-            };
-            let settings = plan::Settings { config, token: &self.token, own: self.listen, exit: None };
-            let Plan::Forward(mut forward) = plan::plan(route, &request_path, settings) else { continue };
+            let Some(mut forward) = self.member_forward(config, preset, &u, &request_path) else { continue };
             cx.preset = forward.preset.clone();
             cx.client = forward.client.clone();
             let keys = forward.keys.clone().map(|ring| (ring, preset.route.clone()));
             let redirect = forward.redirect.take();
             let again = forward.again.take();
-            let mut sending = Sending { redirect, public_host: host.clone(), keys, again };
+            let mut sending = Sending { redirect, public_host: host.clone(), keys, again, elsewhere: Vec::new() };
             // A member over its preset's rate limit: the next member.
             let (mut upstream, gemini) =
                 match self.build_upstream(config, &parts.method, &parts.headers, member_body, forward, cx) {
@@ -202,9 +197,72 @@ impl App {
                 tracing::info!(alias = model, member = member.preset, "alias member failed; trying the next");
                 continue;
             }
+            if gemini.as_ref().is_some_and(|w| !matches!(w, Watched::Gemini(..))) {
+                // A cut stream goes on at the next members (§14).
+                let later = &order[position + 1..];
+                sending.elsewhere = self.elsewhere(config, &parts, later, &members, &u, &request_path);
+            }
             return self.send(config, upstream, sending, gemini, cx, Some((sent, asked))).await;
         }
         Err(refused.unwrap_or(Error::UnknownModel { model }))
+    }
+
+    /// A member's request planned as a request of its preset.
+    fn member_forward(
+        &self,
+        config: &Config,
+        preset: &Arc<Preset>,
+        u: &Unified,
+        request_path: &str,
+    ) -> Option<Forward> {
+        let route = Route::Preset {
+            preset: Arc::clone(preset),
+            remainder: format!("{}{}", preset.openai_path, u.endpoint),
+            query: u.query.clone(),
+            caller: u.caller.clone(),
+        };
+        let settings = plan::Settings { config, token: &self.token, own: self.listen, exit: None };
+        match plan::plan(route, request_path, settings) {
+            Plan::Forward(forward) => Some(forward),
+            _ => None,
+        }
+    }
+
+    /// Where a cut stream may be continued instead (§14): the members of
+    /// `later`, in order, each aimed as its preset would be (no body; its
+    /// model, prefill rule and keys beside it).
+    fn elsewhere(
+        &self,
+        config: &Config,
+        parts: &http::request::Parts,
+        later: &[usize],
+        members: &[Member],
+        u: &Unified,
+        request_path: &str,
+    ) -> Vec<Elsewhere> {
+        let mut out = Vec::new();
+        for member in later.iter().filter_map(|&i| members.get(i)) {
+            let Some(preset) = config.presets.enabled(&member.preset) else { continue };
+            if allowed(config, &u.caller, preset, u.key_slot_token).is_err() {
+                continue;
+            }
+            let Some(forward) = self.member_forward(config, preset, u, request_path) else { continue };
+            let headers =
+                policy(config, forward.user_agent.as_ref(), forward.keys.is_some()).request_headers(&parts.headers);
+            let request = UpstreamRequest {
+                method: parts.method.clone(),
+                origin: forward.origin,
+                path: forward.path,
+                headers,
+                body: Bytes::new(),
+                check: forward.check,
+                transport: forward.transport,
+                egress: forward.egress,
+                credential: None,
+            };
+            out.push(Elsewhere { request, model: member.model.clone(), prefill: preset.prefill, keys: forward.keys });
+        }
+        out
     }
 
     /// Whether an alias goes on to its next member after this answer: on

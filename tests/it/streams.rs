@@ -199,6 +199,51 @@ async fn prefill_is_used_where_the_target_takes_it_and_a_refused_prefill_falls_b
 }
 
 #[tokio::test]
+async fn a_stream_cut_at_an_alias_member_is_continued_by_the_next_member() {
+    // The first member cuts the stream; the second continues it with its
+    // own model, by prefill (its preset's rule); then a cut at the last
+    // member is continued on that same target.
+    let first =
+        origin(|_, _| vec![Step::text(HEAD), Step::text(&(role("a") + &chunk("a", "One, two"))), Step::Close]).await;
+    let second = origin(|n, _| match n {
+        0 => vec![Step::text(HEAD), Step::text(&chunk("b", ", three")), Step::Reset],
+        _ => vec![
+            Step::text(HEAD),
+            Step::text(&(chunk("c", ", four.") + &finish("c", "stop") + &usage("c", 9, 4) + "data: [DONE]\n\n")),
+            Step::Close,
+        ],
+    })
+    .await;
+    let vg = Veilgate::start(&format!(
+        "[continuation]\nmax_retries = 3\nretry_delay_ms = 10\nstream_idle_timeout_ms = 400\n\
+         [presets.one]\ntargets = [\"http://{}\"]\nprotocol = \"openai\"\ncontinue_streams = true\n\
+         [presets.two]\ntargets = [\"http://{}\"]\nprotocol = \"openai\"\ncontinue_streams = true\nprefill = true\n\
+         [aliases.steady]\nmodels = [\"one/small\", \"two/large\"]\n",
+        first.addr, second.addr
+    ))
+    .await;
+    let ask = br#"{"model":"steady","stream":true,"messages":[{"role":"user","content":"Count to four"}]}"#;
+    let r = send(vg.addr, "POST", "/v1/chat/completions", &[("content-type", "application/json")], ask).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (events, done) = parse(&r.text());
+    assert_eq!((text_of(&events), done), ("One, two, three, four.".to_owned(), 1), "{}", r.text());
+    assert!(events.iter().all(|e| e["id"] == "a"), "the first stream's id throughout");
+    assert_eq!(first.requests().len(), 1, "the cut member is not asked again");
+    let seen = second.requests();
+    assert_eq!(seen.len(), 2, "the next member, then the same target (no member after it)");
+    let cont = body_json(&seen[0]);
+    assert_eq!(cont["model"], "large", "the member's own model");
+    assert_eq!(
+        cont["messages"].as_array().unwrap().last().unwrap(),
+        &json!({"role": "assistant", "content": "One, two"}),
+        "a prefill: the member's preset has prefill = true"
+    );
+    let again = body_json(&seen[1]);
+    assert_eq!(again["model"], "large");
+    assert_eq!(again["messages"].as_array().unwrap().last().unwrap()["content"], "One, two, three");
+}
+
+#[tokio::test]
 async fn the_openai_sdk_sees_one_ordinary_stream() {
     if !crate::sdk::python_has("openai") {
         return;
