@@ -1,7 +1,11 @@
 //! The stream monitors' cost: SSE parser and Gemini session throughput
 //! (MB/s), and the latency each monitor (Gemini §5, OpenAI chat
 //! completions §14) adds per forwarded event through a running veilgate
-//! (monitored preset vs the same stream unmonitored), all on loopback.
+//! (monitored preset vs the same stream unmonitored, alternating), all on
+//! loopback. veilgate runs on the bench's one thread first, which shows
+//! what the monitor itself costs, then on two workers of its own, where
+//! the machine's cross-CPU wake-ups come on top (alike for both streams,
+//! but tens of µs and varying from run to run on a VM).
 //!
 //! `cargo bench --bench monitor` (add `-- --quick` for a smoke run).
 
@@ -176,13 +180,45 @@ async fn latencies(
     out
 }
 
+/// Runs veilgate: on the bench's own thread (`workers == 0`: no wake-up
+/// ever crosses CPUs, so what is added is the monitor's own work), or on a
+/// runtime of its own, apart from the bench's origin and client: one
+/// thread (what `veilgate` starts on one core) or several workers.
+async fn serve(config: Config, token: veilgate::auth::Token, workers: usize) -> SocketAddr {
+    if workers == 0 {
+        let server = Server::bind(config, token).await.expect("bind");
+        let addr = server.local_addr();
+        tokio::spawn(server.run(std::future::pending()));
+        return addr;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+        }
+        .expect("runtime");
+        rt.block_on(async move {
+            let server = Server::bind(config, token).await.expect("bind");
+            tx.send(server.local_addr()).expect("addr");
+            server.run(std::future::pending()).await
+        })
+    });
+    rx.recv().expect("veilgate started")
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p) as usize]
 }
 
-async fn added_latency(quick: bool) {
-    let events = if quick { 200 } else { 2_000 };
+/// How many rounds the plain and the monitored stream alternate in, so
+/// that drift of the machine over the run falls on both alike.
+const ROUNDS: usize = 5;
+
+async fn added_latency(quick: bool, workers: usize) {
+    let events = if quick { 500 } else { 5_000 };
     let gate = Arc::new(Semaphore::new(0));
     let sent = Arc::new(Mutex::new(Vec::new()));
     let origin = paced_origin(Arc::clone(&gate), Arc::clone(&sent)).await;
@@ -194,23 +230,33 @@ async fn added_latency(quick: bool) {
     );
     let config = Config::from_raw(RawConfig::from_toml(&toml).expect("toml"), &|_| None).expect("config");
     let (token, _) = config.resolve_token(&|_| None).expect("token");
-    let server = Server::bind(config, token).await.expect("bind");
-    let vg = server.local_addr();
-    tokio::spawn(server.run(std::future::pending()));
+    let vg = serve(config, token, workers).await;
+    let runtime = match workers {
+        0 => "the bench's thread".to_owned(),
+        1 => "a thread of its own".to_owned(),
+        n => format!("{n} workers of its own"),
+    };
+    println!("veilgate on {runtime}:");
 
     // Warm up each path (pool, caches), then measure each.
     for (preset, openai) in [("plain", false), ("gemini", false), ("plain", true), ("watched", true)] {
         let _ = latencies(vg, preset, openai, events.min(100), &gate, &sent).await;
     }
     for (name, preset, openai) in [("gemini monitor", "gemini", false), ("openai monitor", "watched", true)] {
-        let mut plain = latencies(vg, "plain", openai, events, &gate, &sent).await;
-        let mut monitored = latencies(vg, preset, openai, events, &gate, &sent).await;
+        let (mut plain, mut monitored) = (Vec::new(), Vec::new());
+        // A stream's first event carries the response head's work and its
+        // last the end's: steady-state events only.
+        let inner = |v: Vec<Duration>| v[1..v.len() - 1].to_vec();
+        for _ in 0..ROUNDS {
+            plain.extend(inner(latencies(vg, "plain", openai, events / ROUNDS + 2, &gate, &sent).await));
+            monitored.extend(inner(latencies(vg, preset, openai, events / ROUNDS + 2, &gate, &sent).await));
+        }
         let (p50a, p99a) = (pct(&mut plain, 0.5), pct(&mut plain, 0.99));
         let (p50b, p99b) = (pct(&mut monitored, 0.5), pct(&mut monitored, 0.99));
-        println!("event latency via veilgate, unmonitored    p50 {p50a:>9.1?}  p99 {p99a:>9.1?}  ({events} events)");
-        println!("event latency via veilgate, {name:<15}p50 {p50b:>9.1?}  p99 {p99b:>9.1?}");
+        println!("  event latency via veilgate, unmonitored    p50 {p50a:>9.1?}  p99 {p99a:>9.1?}  ({events} events)");
+        println!("  event latency via veilgate, {name:<15}p50 {p50b:>9.1?}  p99 {p99b:>9.1?}");
         println!(
-            "added by the {name:<29}p50 {:>9.1?}  p99 {:>9.1?}",
+            "  added by the {name:<29}p50 {:>9.1?}  p99 {:>9.1?}",
             p50b.saturating_sub(p50a),
             p99b.saturating_sub(p99a)
         );
@@ -221,6 +267,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let _ = rustls::crypto::ring::default_provider().install_default();
     throughput(quick);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    rt.block_on(added_latency(quick));
+    // The bench's origin and client on one thread; veilgate on that same
+    // thread (the monitor's own cost per event), then on two workers.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for workers in [0, 2] {
+        rt.block_on(added_latency(quick, workers));
+    }
 }

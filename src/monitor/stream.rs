@@ -9,8 +9,10 @@
 //! upstream response (closing its connection) and starts nothing new.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,6 @@ use http::{HeaderMap, StatusCode, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use crate::body::{Body, BoxError};
 use crate::config::GeminiConfig;
@@ -175,11 +176,13 @@ pub(crate) fn is_event_stream(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// Starts the monitor on the first response's body; returns the body the
-/// client reads.
+/// client reads. The monitor runs inside that body, polled by the
+/// connection that writes to the client: no task of its own, so no event
+/// waits for a wake-up on another thread.
 pub(crate) fn spawn<W: Watch>(first: Body, m: Monitored, watch: W) -> Body {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(run(first, m, watch, tx));
-    ChannelBody { rx }.boxed_unsync()
+    let out = Tx::default();
+    let task = Box::pin(run(first, m, watch, out.clone()));
+    Watched { out, task: Some(task) }.boxed_unsync()
 }
 
 /// Gemini's monitor (§5) on the first response's body.
@@ -188,20 +191,33 @@ pub(crate) fn spawn_gemini(first: Body, m: Monitored) -> Body {
     spawn(first, m, session)
 }
 
-type Tx = mpsc::Sender<Result<Bytes, BoxError>>;
+/// How many pieces the monitor gets ahead of the client before it waits.
+const OUTBOX: usize = 16;
 
-/// The client went away.
-struct Gone;
+/// What the monitor wrote and the client has not read yet.
+#[derive(Clone, Default)]
+struct Tx(Arc<Mutex<VecDeque<Bytes>>>);
 
-async fn send(tx: &Tx, bytes: Bytes) -> Result<(), Gone> {
-    tx.send(Ok(bytes)).await.map_err(|_| Gone)
+impl Tx {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Queues `bytes` for the client, first waiting while the client is
+/// `OUTBOX` pieces behind. That wait needs no waker: the body returns a
+/// piece whenever it polls the monitor with a full queue, so it is polled
+/// again once the client read.
+async fn send(tx: &Tx, bytes: Bytes) {
+    std::future::poll_fn(|_| if tx.queue().len() < OUTBOX { Poll::Ready(()) } else { Poll::Pending }).await;
+    tx.queue().push_back(bytes);
 }
 
 async fn run<W: Watch>(first: Body, m: Monitored, watch: W, tx: Tx) {
-    let _ = drive(first, &m, watch, &tx).await;
+    drive(first, &m, watch, &tx).await;
 }
 
-async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) -> Result<(), Gone> {
+async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) {
     let last_user = session.last_user_text(&m.original);
     let mut body = first;
     let mut continuations: u32 = 0;
@@ -214,16 +230,16 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
     };
     loop {
         session.begin_attempt(sent_bytes);
-        let outcome = read_attempt(&mut session, &mut body, m, tx).await?;
+        let outcome = read_attempt(&mut session, &mut body, m, tx).await;
         drop(body); // closes the upstream connection of this attempt
         match outcome {
             Outcome::Complete => {
                 (m.stats)("complete");
-                return Ok(());
+                return;
             }
             Outcome::Final => {
                 (m.stats)("final");
-                return Ok(());
+                return;
             }
             Outcome::Interrupted if session.carry_exceeded() => {
                 (m.stats)("too_long");
@@ -231,8 +247,8 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
                     "the answer was cut off after more than {} MiB of text, more than a continuation may carry",
                     MAX_CARRY_BYTES >> 20
                 );
-                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
-                return Ok(());
+                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await;
+                return;
             }
             Outcome::Interrupted => {}
         }
@@ -245,10 +261,10 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
             if continuations >= m.continuing.max_retries {
                 (m.stats)("exhausted");
                 let message = format!("the answer was cut off and {} continuations did not finish it", continuations);
-                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await?;
-                return Ok(());
+                send(tx, session.error_event(504, "DEADLINE_EXCEEDED", &message)).await;
+                return;
             }
-            wait(delay, &session, m.keepalive, tx).await?;
+            wait(delay, &session, m.keepalive, tx).await;
             continuations += 1;
             (m.stats)("retry");
             let (lang, prompt) = prompts::choose(session.answer(), session.thoughts(), &last_user, &m.gemini.prompts);
@@ -274,7 +290,7 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
                         egress: at.egress.clone(),
                         credential,
                     };
-                    Some(with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await?)
+                    Some(with_keepalives(m.transports.send(&req), &session, m.keepalive, tx).await)
                 }
                 // The member has no usable key: not asked.
                 None => None,
@@ -302,8 +318,8 @@ async fn drive<W: Watch>(first: Body, m: &Monitored, mut session: W, tx: &Tx) ->
                     if matches!(status.as_u16(), 400 | 401 | 403 | 404 | 429) {
                         (m.stats)("refused");
                         let (code, name, message) = upstream_error(served.response).await;
-                        send(tx, session.error_event(code, &name, &message)).await?;
-                        return Ok(());
+                        send(tx, session.error_event(code, &name, &message)).await;
+                        return;
                     }
                     failures += 1;
                     delay = retry_after.unwrap_or_else(|| backoff(m.continuing.retry_delay, failures));
@@ -352,14 +368,11 @@ impl Course<'_> {
 }
 
 /// Reads one attempt to its outcome, forwarding as the session decides.
-async fn read_attempt<W: Watch>(session: &mut W, body: &mut Body, m: &Monitored, tx: &Tx) -> Result<Outcome, Gone> {
+async fn read_attempt<W: Watch>(session: &mut W, body: &mut Body, m: &Monitored, tx: &Tx) -> Outcome {
     let mut parser = SseParser::new(MAX_EVENT_BYTES);
     loop {
         let limit = if session.saw_data() { m.continuing.idle_timeout } else { m.response_timeout };
-        let frame = tokio::select! {
-            () = tx.closed() => return Err(Gone),
-            frame = tokio::time::timeout(limit, body.frame()) => frame,
-        };
+        let frame = tokio::time::timeout(limit, body.frame()).await;
         let end = match frame {
             Err(_) => End::Idle,
             Ok(None) => End::Eof,
@@ -376,10 +389,10 @@ async fn read_attempt<W: Watch>(session: &mut W, body: &mut Body, m: &Monitored,
                     };
                     let step = session.on_item(item);
                     for bytes in step.forward {
-                        send(tx, bytes).await?;
+                        send(tx, bytes).await;
                     }
                     if let Some(outcome) = step.outcome {
-                        return Ok(outcome);
+                        return outcome;
                     }
                 }
                 continue;
@@ -389,37 +402,31 @@ async fn read_attempt<W: Watch>(session: &mut W, body: &mut Body, m: &Monitored,
     }
 }
 
-async fn finish(step: Step, tx: &Tx) -> Result<Outcome, Gone> {
+async fn finish(step: Step, tx: &Tx) -> Outcome {
     for bytes in step.forward {
-        send(tx, bytes).await?;
+        send(tx, bytes).await;
     }
-    Ok(step.outcome.unwrap_or(Outcome::Interrupted))
+    step.outcome.unwrap_or(Outcome::Interrupted)
 }
 
-/// Waits `delay`, sending keep-alive comments, unless the client leaves.
-async fn wait<W: Watch>(delay: Duration, session: &W, style: KeepAlive, tx: &Tx) -> Result<(), Gone> {
+/// Waits `delay`, sending keep-alive comments.
+async fn wait<W: Watch>(delay: Duration, session: &W, style: KeepAlive, tx: &Tx) {
     if delay.is_zero() {
-        return Ok(());
+        return;
     }
     with_keepalives(tokio::time::sleep(delay), session, style, tx).await
 }
 
 /// Runs `fut` while sending `: keepalive` now and every few seconds.
-async fn with_keepalives<F: std::future::Future, W: Watch>(
-    fut: F,
-    session: &W,
-    style: KeepAlive,
-    tx: &Tx,
-) -> Result<F::Output, Gone> {
+async fn with_keepalives<F: Future, W: Watch>(fut: F, session: &W, style: KeepAlive, tx: &Tx) -> F::Output {
     tokio::pin!(fut);
-    send(tx, session.keepalive(style)).await?;
+    send(tx, session.keepalive(style)).await;
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     tick.tick().await;
     loop {
         tokio::select! {
-            out = &mut fut => return Ok(out),
-            () = tx.closed() => return Err(Gone),
-            _ = tick.tick() => send(tx, session.keepalive(style)).await?,
+            out = &mut fut => return out,
+            _ = tick.tick() => send(tx, session.keepalive(style)).await,
         }
     }
 }
@@ -464,17 +471,33 @@ async fn upstream_error(resp: http::Response<Body>) -> (u16, String, String) {
     (code, status, message)
 }
 
-/// The client's body: whatever the task sends, until it drops the sender.
-struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+/// The client's body: what the monitor queued, the monitor polled when
+/// nothing is queued. Dropping it (the client left) drops the monitor and
+/// with it the upstream response, and nothing new starts.
+struct Watched {
+    out: Tx,
+    task: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl HttpBody for ChannelBody {
+impl HttpBody for Watched {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        let this = &mut *self;
+        if let Some(bytes) = this.out.queue().pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        let Some(task) = this.task.as_mut() else { return Poll::Ready(None) };
+        let done = task.as_mut().poll(cx).is_ready();
+        if done {
+            this.task = None;
+        }
+        match this.out.queue().pop_front() {
+            Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            None if done => Poll::Ready(None),
+            None => Poll::Pending,
+        }
     }
 }
 
