@@ -183,6 +183,9 @@ pub fn is_token_shaped(segment: &str) -> bool {
     (16..=128).contains(&segment.len()) && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The header a veilgate token may come in instead of the path (§9).
+pub const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-veilgate-token");
+
 /// The caller of `Authorization: Bearer <token>` (`/metrics`).
 pub fn bearer(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
     let presented = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
@@ -193,10 +196,9 @@ pub fn bearer(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
 /// `x-veilgate-token` (`/usage`).
 pub fn from_headers(headers: &HeaderMap, admin: &Token, clients: &Clients) -> Caller {
     match bearer(headers, admin, clients) {
-        Caller::Anonymous => headers
-            .get("x-veilgate-token")
-            .and_then(|v| holder(v.as_bytes(), admin, clients))
-            .unwrap_or(Caller::Anonymous),
+        Caller::Anonymous => {
+            headers.get(TOKEN_HEADER).and_then(|v| holder(v.as_bytes(), admin, clients)).unwrap_or(Caller::Anonymous)
+        }
         known => known,
     }
 }

@@ -33,6 +33,7 @@ pub(crate) mod body;
 pub mod client;
 pub mod config;
 pub(crate) mod dashboard;
+pub(crate) mod decimal;
 pub mod dns;
 pub mod egress;
 pub(crate) mod error;

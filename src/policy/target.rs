@@ -78,11 +78,40 @@ impl Origin {
     /// The `Host` header value: `:port` only when it is not the scheme's
     /// default.
     pub fn host_header(&self) -> String {
-        if self.port == self.scheme.default_port() {
-            self.host.to_string()
-        } else {
-            format!("{}:{}", self.host, self.port)
+        let mut out = Vec::with_capacity(self.host_len_hint());
+        self.put_host_header(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the `Host` header value to `out`, without a formatter (it
+    /// is written on every request).
+    pub fn put_host_header(&self, out: &mut impl bytes::BufMut) {
+        match &self.host {
+            Host::Name(n) => out.put_slice(n.as_bytes()),
+            Host::V4(a) => {
+                for (i, octet) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.put_u8(b'.');
+                    }
+                    crate::decimal::put(out, u64::from(octet));
+                }
+            }
+            Host::V6(a) => out.put_slice(format!("[{a}]").as_bytes()),
         }
+        if self.port != self.scheme.default_port() {
+            out.put_u8(b':');
+            crate::decimal::put(out, u64::from(self.port));
+        }
+    }
+
+    /// Room for the `Host` header value (exact for names, enough for addresses).
+    pub fn host_len_hint(&self) -> usize {
+        let host = match &self.host {
+            Host::Name(n) => n.len(),
+            Host::V4(_) => 15,
+            Host::V6(_) => 41,
+        };
+        host + 6
     }
 }
 

@@ -271,13 +271,15 @@ pub(super) fn head_size(req: &Request<Incoming>) -> usize {
 /// an `allowed_hosts` entry (with or without the port) — and only when the
 /// value is exactly an authority (see [`split_authority`]).
 fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
-    let value = value.to_ascii_lowercase();
+    // Lowercased only when it has to be (a `Host` nearly never has capitals).
+    let value: std::borrow::Cow<'_, str> =
+        if value.bytes().any(|b| b.is_ascii_uppercase()) { value.to_ascii_lowercase().into() } else { value.into() };
     let Some((host, _port)) = split_authority(&value) else { return false };
     host == "localhost"
         || host.ends_with(".localhost")
-        || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || (host.starts_with("127.") && host.parse::<Ipv4Addr>().is_ok())
         || host == "[::1]"
-        || allowed.iter().any(|a| a == host || *a == value)
+        || allowed.iter().any(|a| a == host || *a == *value)
 }
 
 /// True for an `Origin` of a page served from this machine:

@@ -20,6 +20,7 @@ mod again;
 mod local;
 mod plan;
 mod shape;
+pub(crate) use shape::TRANSPORT as TRANSPORT_HEADER;
 mod unified;
 mod usage;
 
@@ -241,7 +242,7 @@ impl App {
 
     /// Phase 2: the path (and `x-veilgate-token`) → [`Route`].
     fn route(&self, config: &Config, req: &Request<Incoming>) -> Result<Route, Error> {
-        let header_token = req.headers().get("x-veilgate-token").map(HeaderValue::as_bytes);
+        let header_token = req.headers().get(crate::auth::TOKEN_HEADER).map(HeaderValue::as_bytes);
         let input = RouteInput {
             method: req.method(),
             path: req.uri().path(),

@@ -2,7 +2,7 @@
 //! filter, redirects pointed back through veilgate, and the transport
 //! header — one function for requests and their continuations alike.
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::headers::filter_response_headers;
 use crate::policy::redirect::{RouteBase, rewrite_location};
@@ -25,12 +25,15 @@ impl Redirect {
 }
 
 /// Response headers that may point at the upstream and are rewritten.
-const REDIRECT_HEADERS: [&str; 2] = ["location", "x-goog-upload-url"];
+const REDIRECT_HEADERS: [HeaderName; 2] = [header::LOCATION, HeaderName::from_static("x-goog-upload-url")];
+
+/// Which transport answered (SPEC §7).
+pub(crate) const TRANSPORT: HeaderName = HeaderName::from_static("x-veilgate-transport");
 
 /// Points `location` and `x-goog-upload-url` back through veilgate.
 fn rewrite_redirects(headers: &mut HeaderMap, base: RouteBase<'_>, public: Option<&str>) {
     for name in REDIRECT_HEADERS {
-        let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
         if let Some(new) = rewrite_location(value, base, public)
@@ -54,12 +57,12 @@ pub(super) struct RedirectBack<'a> {
 pub(super) fn shape_head(headers: &mut HeaderMap, transport: &'static str, back: Option<RedirectBack<'_>>) {
     filter_response_headers(headers);
     if let Some(back) = back
-        && REDIRECT_HEADERS.iter().any(|name| headers.contains_key(*name))
+        && REDIRECT_HEADERS.iter().any(|name| headers.contains_key(name))
     {
         let public = public_base(back.public_host, back.tls);
         rewrite_redirects(headers, back.redirect.base(back.target), public.as_deref());
     }
-    headers.insert("x-veilgate-transport", HeaderValue::from_static(transport));
+    headers.insert(TRANSPORT, HeaderValue::from_static(transport));
 }
 
 /// `http(s)://<host>` of the host the client addressed, when it said.

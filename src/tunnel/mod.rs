@@ -156,7 +156,7 @@ pub(crate) async fn open(
     if let Some(p) = chosen {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    h.insert("x-veilgate-transport", HeaderValue::from_static("socket"));
+    h.insert(crate::proxy::TRANSPORT_HEADER, HeaderValue::from_static("socket"));
     Ok(resp)
 }
 

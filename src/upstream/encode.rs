@@ -5,6 +5,8 @@
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::policy::target::Origin;
+
 /// Writes `METHOD path HTTP/1.1`, `host`, the headers, and
 /// `content-length` for a non-empty body or a POST/PUT/PATCH.
 ///
@@ -14,13 +16,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 pub(crate) fn encode_head(
     method: &Method,
     path: &str,
-    host: &str,
+    origin: &Origin,
     headers: &HeaderMap,
     credential: Option<(&HeaderName, &HeaderValue)>,
     body_len: usize,
     out: &mut BytesMut,
 ) {
-    let mut len = method.as_str().len() + path.len() + host.len() + 40;
+    let mut len = method.as_str().len() + path.len() + origin.host_len_hint() + 40;
     for (k, v) in headers.iter().chain(credential) {
         len += k.as_str().len() + v.len() + 4;
     }
@@ -29,7 +31,7 @@ pub(crate) fn encode_head(
     out.put_u8(b' ');
     out.put_slice(path.as_bytes());
     out.put_slice(b" HTTP/1.1\r\nhost: ");
-    out.put_slice(host.as_bytes());
+    origin.put_host_header(out);
     out.put_slice(b"\r\n");
     for (k, v) in headers.iter().chain(credential) {
         out.put_slice(k.as_str().as_bytes());
@@ -39,7 +41,7 @@ pub(crate) fn encode_head(
     }
     if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         out.put_slice(b"content-length: ");
-        out.put_slice(body_len.to_string().as_bytes());
+        crate::decimal::put(out, body_len as u64);
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"\r\n");
@@ -47,7 +49,10 @@ pub(crate) fn encode_head(
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
+    use crate::policy::target::{Host, Scheme};
 
     #[test]
     fn exact_bytes() {
@@ -55,7 +60,8 @@ mod tests {
         h.insert(HeaderName::from_static("accept"), HeaderValue::from_static("*/*"));
         h.insert(HeaderName::from_static("authorization"), HeaderValue::from_static("Bearer x"));
         let mut out = BytesMut::new();
-        encode_head(&Method::POST, "/v1/a%20b?x=1", "api.example.com", &h, None, 2, &mut out);
+        let api = Origin { scheme: Scheme::Https, host: Host::Name("api.example.com".into()), port: 443 };
+        encode_head(&Method::POST, "/v1/a%20b?x=1", &api, &h, None, 2, &mut out);
         assert_eq!(
             &out[..],
             b"POST /v1/a%20b?x=1 HTTP/1.1\r\nhost: api.example.com\r\naccept: */*\r\n\
@@ -64,8 +70,26 @@ mod tests {
     }
 
     #[test]
+    fn host_has_a_port_only_when_it_is_not_the_default() {
+        for (origin, host) in [
+            (
+                Origin { scheme: Scheme::Http, host: Host::V4(Ipv4Addr::new(127, 0, 0, 1)), port: 8080 },
+                "127.0.0.1:8080",
+            ),
+            (Origin { scheme: Scheme::Http, host: Host::V4(Ipv4Addr::new(10, 200, 0, 9)), port: 80 }, "10.200.0.9"),
+            (Origin { scheme: Scheme::Https, host: Host::V6(Ipv6Addr::LOCALHOST), port: 8443 }, "[::1]:8443"),
+        ] {
+            let mut out = BytesMut::new();
+            encode_head(&Method::GET, "/", &origin, &HeaderMap::new(), None, 0, &mut out);
+            assert_eq!(String::from_utf8(out.to_vec()).unwrap(), format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n"));
+            assert_eq!(origin.host_header(), host);
+        }
+    }
+
+    #[test]
     fn content_length_only_when_needed() {
         let h = HeaderMap::new();
+        let origin = Origin { scheme: Scheme::Http, host: Host::Name("h".into()), port: 80 };
         for (m, len, has) in [
             (Method::GET, 0, false),
             (Method::HEAD, 0, false),
@@ -76,7 +100,7 @@ mod tests {
             (Method::PATCH, 0, true),
         ] {
             let mut out = BytesMut::new();
-            encode_head(&m, "/", "h", &h, None, len, &mut out);
+            encode_head(&m, "/", &origin, &h, None, len, &mut out);
             let text = String::from_utf8(out.to_vec()).unwrap();
             assert_eq!(text.contains("content-length: "), has, "{m} {len}");
         }

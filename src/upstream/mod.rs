@@ -236,15 +236,7 @@ impl SocketTransport {
         let key = PoolKey { origin: req.origin.clone(), egress: req.egress.clone(), checked: req.check.is_strict() };
         let mut head = BytesMut::new();
         let credential = req.credential_header();
-        encode::encode_head(
-            &req.method,
-            &req.path,
-            &req.origin.host_header(),
-            &req.headers,
-            credential,
-            req.body.len(),
-            &mut head,
-        );
+        encode::encode_head(&req.method, &req.path, &req.origin, &req.headers, credential, req.body.len(), &mut head);
         if req.body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(&req.body);
         }

@@ -343,19 +343,8 @@ pub(crate) fn figure_headers(
 
 /// Appends `n` in decimal; returns where it is in `buf`.
 fn put_u64(buf: &mut BytesMut, n: u64) -> Range<usize> {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     let start = buf.len();
-    buf.extend_from_slice(&digits[at..]);
+    crate::decimal::put(buf, n);
     start..buf.len()
 }
 
