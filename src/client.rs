@@ -8,7 +8,9 @@
 //! constant-time comparison instead of a SHA-256 each.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex};
 
 use ring::digest::{SHA256, digest};
@@ -72,7 +74,7 @@ pub struct Clients {
 #[derive(Default)]
 struct Seen {
     keys: RandomState,
-    map: Mutex<HashMap<u64, SeenToken>>,
+    map: Mutex<HashMap<u64, SeenToken, RandomState>>,
 }
 
 /// A token that matched, and its client.

@@ -129,7 +129,7 @@ impl Preset {
 #[derive(Debug, Default)]
 pub struct Presets {
     list: Vec<Arc<Preset>>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 impl Presets {

@@ -63,7 +63,7 @@ pub struct SlotLimit {
 
 /// The pool. Cheap to share (`Arc`); the lock is held only to push or pop.
 pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
     idle_timeout: Duration,
     count: AtomicUsize,
     slots: Arc<Semaphore>,
@@ -76,7 +76,7 @@ impl Pool {
     /// when no request asks for their key again.
     pub fn new(idle_timeout: Duration, limit: SlotLimit) -> Arc<Pool> {
         Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             idle_timeout,
             count: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(limit.max)),

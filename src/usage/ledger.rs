@@ -206,7 +206,7 @@ impl Book {
 
 #[derive(Default)]
 struct Inner {
-    books: HashMap<Arc<str>, Book>,
+    books: HashMap<Arc<str>, Book, foldhash::fast::RandomState>,
     next_id: u64,
     calendar: Calendar,
 }
