@@ -30,7 +30,10 @@ pub(crate) struct IdleTimeout(pub Duration);
 pub(crate) struct Guarded<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first wait, re-armed at the first wait after data: a
+    /// body that is there when asked for never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
     unflushed: bool,
     held: Option<BoxError>,
     done: bool,
@@ -40,7 +43,7 @@ impl<B> Guarded<B> {
     pub(crate) fn new(inner: B, idle: Duration) -> Guarded<B> {
         // `unflushed` starts true: the response head itself is still to be
         // written, and a client should see it before the abort.
-        Guarded { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), unflushed: true, held: None, done: false }
+        Guarded { inner, idle, timer: None, armed: false, unflushed: true, held: None, done: false }
     }
 
     fn fail(&mut self, cx: &mut Context<'_>, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -73,7 +76,7 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.timer.as_mut().reset(Instant::now() + this.idle);
+                this.armed = false;
                 this.unflushed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -84,7 +87,17 @@ where
             }
             Poll::Pending => {
                 this.unflushed = false;
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        if !this.armed {
+                            timer.as_mut().reset(Instant::now() + this.idle);
+                        }
+                        timer
+                    }
+                    None => this.timer.insert(Box::pin(tokio::time::sleep(this.idle))),
+                };
+                this.armed = true;
+                if timer.as_mut().poll(cx).is_ready() {
                     return this.fail(cx, Box::new(IdleTimeout(this.idle)));
                 }
                 Poll::Pending

@@ -276,10 +276,17 @@ impl SocketTransport {
             }
             conn.flush().await
         };
-        // An upstream that stops reading must not hold us forever.
-        let written = match tokio::time::timeout(self.settings.response_timeout, write).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        // An upstream that stops reading must not hold us forever. A head
+        // that fits the socket buffer is written at once: the timer is only
+        // made when the write has to wait.
+        let mut write = std::pin::pin!(write);
+        let at_once = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let written = match at_once {
+            Poll::Ready(r) => r,
+            Poll::Pending => match tokio::time::timeout(self.settings.response_timeout, write).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+            },
         };
         if let Err(e) = written {
             // Not completely written: the upstream cannot have acted on it.
