@@ -136,13 +136,17 @@ def run(server, requests, tool, out, keyed=False):
         cmd = ["strace", "-f", "-c", "-o", out] + cmd
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "0"] + cmd
+    key = "bench_token_0123456789" if keyed else "sk-bench"
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # Ready once the first request is answered (the same request: it
+        # falls out with start-up).
         deadline = time.monotonic() + 120
         while True:
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                c.request("POST", path, body=REQUEST, headers={"content-type": "application/json"})
+                c.request("POST", path, body=REQUEST, headers=headers)
                 r = c.getresponse()
                 r.read()
                 c.close()
@@ -154,8 +158,6 @@ def run(server, requests, tool, out, keyed=False):
                 sys.exit(f"{os.path.basename(server[0][0])} did not start under {tool}")
             time.sleep(0.1)
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        key = "bench_token_0123456789" if keyed else "sk-bench"
-        headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
         for _ in range(requests):
             c.request("POST", path, body=REQUEST, headers=headers)
             r = c.getresponse()
