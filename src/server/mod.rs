@@ -16,9 +16,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -188,7 +191,7 @@ struct Downstream {
 impl Downstream {
     /// Serves the connection until it ends, stays idle past the head
     /// timeout (closed; GOAWAY on HTTP/2), or shutdown drains it.
-    async fn serve<S>(mut self, stream: S)
+    async fn serve<S>(self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -202,42 +205,64 @@ impl Downstream {
         let io = TokioIo::new(Rescued::new(stream, Arc::clone(&self.clock), max_header_bytes));
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let idle = self.clock.expired(self.timeout);
-        tokio::pin!(idle);
+        // Shutdown, the idle timeout and the hard stop after it live in a
+        // set that polls a member only when that member woke: the
+        // connection wakes this task several times per request, and none
+        // of those wake-ups needs them looked at.
+        let mut events: FuturesUnordered<Pin<Box<dyn Future<Output = Event> + Send>>> = FuturesUnordered::new();
+        let mut stopping = self.stopping.clone();
+        events.push(Box::pin(async move {
+            while stopping.changed().await.is_ok() && !*stopping.borrow() {}
+            Event::Stop
+        }));
+        let (clock, timeout) = (Arc::clone(&self.clock), self.timeout);
+        events.push(Box::pin(async move {
+            clock.expired(timeout).await;
+            Event::Idle
+        }));
         let mut draining = false;
-        let mut hard_stop: Option<Instant> = None;
         loop {
             tokio::select! {
+                biased;
                 ended = conn.as_mut() => {
                     if let Err(e) = ended {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                changed = self.stopping.changed(), if !draining => {
-                    if changed.is_err() || *self.stopping.borrow() {
+                Some(event) = events.next() => match event {
+                    Event::Stop if !draining => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                }
-                () = &mut idle, if hard_stop.is_none() => {
-                    tracing::debug!("no request head within header_read_timeout_ms; closing the connection");
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                    hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
-                }
-                () = sleep_until_some(hard_stop) => return,
+                    Event::Stop => {}
+                    Event::Idle => {
+                        tracing::debug!("no request head within header_read_timeout_ms; closing the connection");
+                        if !draining {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        let at = Instant::now() + IDLE_CLOSE_GRACE;
+                        events.push(Box::pin(async move {
+                            tokio::time::sleep_until(at).await;
+                            Event::HardStop
+                        }));
+                    }
+                    Event::HardStop => return,
+                },
             }
         }
     }
 }
 
-/// Sleeps until `at`, or forever when there is none.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// What may end or drain a downstream connection besides the connection.
+enum Event {
+    /// The server is shutting down: drain.
+    Stop,
+    /// No request head within `header_read_timeout_ms`: drain, then stop
+    /// hard after a grace.
+    Idle,
+    HardStop,
 }
 
 /// Loads every file the configuration names — the TLS certificate and
