@@ -1,12 +1,13 @@
-//! The stream monitor, the IO part (SPEC §5, §14): a task reads the
-//! upstream SSE stream, lets the protocol's [`Watch`] decide (Gemini's
-//! [`Session`], OpenAI's [`super::openai::OpenAiWatch`]), writes to the
-//! client through a bounded channel, and sends continuation requests (same
-//! target, same transport rules) until the answer is complete, final, or
-//! `max_retries` is spent.
+//! The stream monitor, the IO part (SPEC §5, §14): it reads the upstream
+//! SSE stream, lets the protocol's [`Watch`] decide (Gemini's [`Session`],
+//! OpenAI's [`super::openai::OpenAiWatch`], Anthropic's), queues what the
+//! client gets in a small outbox, and sends continuation requests (the
+//! same target, or an alias's next member, with the same transport rules)
+//! until the answer is complete, final, or `max_retries` is spent.
 //!
-//! When the client goes away the channel closes; the task then drops the
-//! upstream response (closing its connection) and starts nothing new.
+//! It runs inside the body the client reads: when the client goes away
+//! the body is dropped, and with it the upstream response (closing its
+//! connection); nothing new starts.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -133,7 +134,7 @@ impl Elsewhere {
     }
 }
 
-/// Everything the monitor task needs.
+/// Everything the monitor needs.
 pub(crate) struct Monitored {
     pub transports: Arc<Transports>,
     /// The original request (its body is the original JSON).
