@@ -232,6 +232,7 @@ def main():
     parser.add_argument("--client", action="store_true", help="as a metered client with limits and a price")
     parser.add_argument("--keyed", action="store_true", help="to a preset that holds a provider key")
     parser.add_argument("--no-nginx", action="store_true", help="veilgate's instructions only")
+    parser.add_argument("--keep", metavar="DIR", help="copy veilgate's two callgrind outputs here, for callgrind_annotate")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -254,6 +255,10 @@ def main():
 
         per, few_out, many_out = per_request(veilgate, workdir, args.requests, "callgrind", instructions, args.keyed)
         writer = (writer_share(many_out) - writer_share(few_out)) / args.requests
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            for out in (few_out, many_out):
+                shutil.copy(out, args.keep)
         if compare:
             ng, _, _ = per_request(nginx, workdir, args.requests, "callgrind", instructions)
             vg_calls, _, _ = per_request(veilgate, workdir, args.requests, "strace", syscalls)

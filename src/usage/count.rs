@@ -12,6 +12,7 @@
 //! chunk (the last counts).
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 
@@ -375,13 +376,15 @@ pub(crate) fn one<'a, T: Deserialize<'a>>(v: &'a [u8]) -> Option<T> {
 /// first `"model"` key (if the bytes hold one at all) when the scan up to it
 /// is at depth one. `None` sends the caller to the full scan.
 fn openai_whole(json: &[u8]) -> Option<Doc<'_, NoText>> {
-    let at = key_at(json, memchr::memmem::rfind(json, b"\"usage\"")?)?;
+    let at = key_at(json, last_usage_key(json)?)?;
     let end = value_end(json, at)?;
     if !closes_document(json, end) {
         return None;
     }
     let usage = Some(RawUsage::scan(&json[at..])?);
-    let model = match memchr::memmem::find(json, b"\"model\"") {
+    static MODEL: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"model\""));
+    let model = match MODEL.find(json) {
         None => None,
         Some(pos) => {
             let v = key_at(json, pos)?;
@@ -392,6 +395,13 @@ fn openai_whole(json: &[u8]) -> Option<Doc<'_, NoText>> {
         }
     };
     Some(Doc { usage, model, ..Doc::default() })
+}
+
+/// The last `"usage"` in `json` (its opening quote): the quotes from the
+/// end, each compared. The usage is near the end, a few quotes away, so
+/// this beats building a reverse substring searcher for every answer.
+fn last_usage_key(json: &[u8]) -> Option<usize> {
+    memchr::memrchr_iter(b'"', json).find(|&q| json[q + 1..].starts_with(b"usage\""))
 }
 
 /// Where the value of the key whose opening quote is at `quote` starts,
