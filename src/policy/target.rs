@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// `http` or `https`. WebSocket schemes map onto these (`ws` ≡ `http`,
 /// `wss` ≡ `https`); the `Upgrade` header alone decides whether a request
@@ -50,7 +51,8 @@ impl Scheme {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A lowercase DNS name: LDH labels (punycode allowed), no trailing dot.
-    Name(String),
+    /// Shared: an origin is cloned into every request and pool key.
+    Name(Arc<str>),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
 }
@@ -215,7 +217,7 @@ fn parse_host_name(s: &str) -> Result<Host, HostError> {
             return Err(HostError::BadName);
         }
     }
-    Ok(Host::Name(s.to_ascii_lowercase()))
+    Ok(Host::Name(s.to_ascii_lowercase().into()))
 }
 
 /// An absolute `http(s)://host[:port][/path][?query]` URL from the

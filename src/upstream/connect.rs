@@ -186,7 +186,7 @@ impl Connector {
                     Ok(Ok(ips)) => ips.into_iter().map(|ip| SocketAddr::new(ip, origin.port)).collect(),
                 },
                 Names::System => {
-                    let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
+                    let lookup = tokio::net::lookup_host((&**name, origin.port));
                     match tokio::time::timeout_at(deadline, lookup).await {
                         Err(_) => return Err(UpstreamError::ConnectTimeout { host }),
                         Ok(Err(_)) => return Err(UpstreamError::Resolve { host }),

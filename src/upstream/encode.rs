@@ -7,6 +7,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::policy::target::Origin;
 
+/// Bodies up to this size are written in the same write as the head (the
+/// caller appends them; [`encode_head`] leaves room for them).
+pub(crate) const COALESCE_BODY_BYTES: usize = 16 * 1024;
+
 /// Writes `METHOD path HTTP/1.1`, `host`, the headers, and
 /// `content-length` for a non-empty body or a POST/PUT/PATCH.
 ///
@@ -25,6 +29,9 @@ pub(crate) fn encode_head(
     let mut len = method.as_str().len() + path.len() + origin.host_len_hint() + 40;
     for (k, v) in headers.iter().chain(credential) {
         len += k.as_str().len() + v.len() + 4;
+    }
+    if body_len <= COALESCE_BODY_BYTES {
+        len += body_len;
     }
     out.reserve(len);
     out.put_slice(method.as_str().as_bytes());

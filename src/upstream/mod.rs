@@ -38,17 +38,18 @@ use crate::policy::target::{Origin, Scheme};
 
 use self::chunked::{BodyDecoder, DecodeError};
 use self::connect::{Connector, Egress, Names, TargetCheck};
+use self::encode::COALESCE_BODY_BYTES;
 use self::guard::Guarded;
 use self::parse::{Framing, ParseError, ResponseHead, parse_head};
 use self::pool::{Pool, PoolKey, Slot, SlotLimit};
 
-/// Bodies up to this size are written in the same write as the head.
-const COALESCE_BODY_BYTES: usize = 16 * 1024;
 /// Read buffer growth step, and the first read size of a body.
 const READ_CHUNK: usize = 16 * 1024;
 /// A body whose reads keep filling the buffer (a bulk download) reads up
 /// to this much per syscall; one that trickles (SSE) stays at `READ_CHUNK`.
 const MAX_READ: usize = 256 * 1024;
+/// The largest read buffer a pooled connection keeps for its next use.
+const SPARE_BYTES: usize = 4 * READ_CHUNK;
 
 /// A failure of the socket transport, classified by when it happened: only
 /// failures before the request was completely written may be retried on
@@ -296,7 +297,7 @@ impl SocketTransport {
             return Err(ExchangeError::Failed(UpstreamError::Write { host: host(), reason: e.kind().to_string() }));
         }
 
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = std::mem::take(&mut conn.spare);
         let limit = self.settings.max_response_head_bytes;
         let read = tokio::time::timeout(self.settings.response_timeout, read_head(&mut conn, &mut buf, limit)).await;
         let head = match read {
@@ -401,11 +402,15 @@ pub enum Stream {
 pub struct Conn {
     stream: Stream,
     _slot: Option<Slot>,
+    /// The read buffer of the last exchange, kept while the connection is
+    /// pooled: the next response is read into the same memory once the
+    /// last one's frames are gone (no allocation per request).
+    spare: BytesMut,
 }
 
 impl Conn {
     pub(crate) fn new(stream: Stream, slot: Option<Slot>) -> Conn {
-        Conn { stream, _slot: slot }
+        Conn { stream, _slot: slot, spare: BytesMut::new() }
     }
 
     /// The TCP socket under any TLS layer.
@@ -479,9 +484,13 @@ impl UpstreamBody {
     /// The body ended by its framing: pool the connection if it is clean.
     fn release(&mut self) {
         let conn = self.conn.take();
-        if let (Some(conn), Some((pool, key))) = (conn, self.reuse.take())
+        if let (Some(mut conn), Some((pool, key))) = (conn, self.reuse.take())
             && self.buf.is_empty()
         {
+            // A buffer grown by a bulk body is not kept for an idle socket.
+            if self.buf.capacity() <= SPARE_BYTES {
+                conn.spare = std::mem::take(&mut self.buf);
+            }
             pool.checkin(key, conn);
         }
     }

@@ -141,12 +141,9 @@ impl Pool {
         loop {
             let idle = {
                 let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = map.get_mut(key)?;
-                let idle = list.pop();
-                if list.is_empty() {
-                    map.remove(key);
-                }
-                idle?
+                // An emptied list stays (and keeps its room) for the
+                // check-in that usually follows; the reaper drops it.
+                map.get_mut(key)?.pop()?
             };
             self.count.fetch_sub(1, Ordering::Relaxed);
             if now.duration_since(idle.since) < self.idle_timeout && is_still_open(&idle.conn) {

@@ -47,7 +47,7 @@ pub(crate) fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<
 /// no SNI (RFC 6066 forbids it) and checks the IP SAN.
 pub(crate) fn server_name(host: &Host) -> Option<ServerName<'static>> {
     match host {
-        Host::Name(n) => ServerName::try_from(n.clone()).ok(),
+        Host::Name(n) => ServerName::try_from(n.to_string()).ok(),
         Host::V4(a) => Some(ServerName::IpAddress(std::net::IpAddr::V4(*a).into())),
         Host::V6(a) => Some(ServerName::IpAddress(std::net::IpAddr::V6(*a).into())),
     }
