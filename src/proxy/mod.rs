@@ -161,7 +161,7 @@ impl App {
     /// Handles one request; never fails (errors become responses). The
     /// phases, in order: admit the head → route → plan → send (a tunnel,
     /// or a request through the transports) → shape → record.
-    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Recorded> {
         // The configuration is loaded once: a reload swaps it, a request in
         // flight keeps its own.
         let config = self.snapshot();
@@ -599,7 +599,9 @@ impl App {
     }
 
     /// Phase 6: the access record and metrics, written when the body ends.
-    fn record(&self, resp: Response<Body>, cx: Ctx) -> Response<Body> {
+    /// The response as hyper sends it: its body counted and logged when it
+    /// ends (not boxed again: one allocation less per request).
+    fn record(&self, resp: Response<Body>, cx: Ctx) -> Response<Recorded> {
         let access = Access {
             method: cx.method,
             kind: cx.kind,
@@ -609,7 +611,7 @@ impl App {
             status: resp.status().as_u16(),
             started: cx.started,
         };
-        resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)).boxed_unsync())
+        resp.map(|body| Recorded::wrap(body, access, Arc::clone(&self.metrics)))
     }
 }
 

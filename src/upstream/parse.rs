@@ -79,30 +79,30 @@ pub fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<ResponseHea
     };
     let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ParseError::Malformed("status code"))?;
     // Values become slices of one copy of the head (no allocation per
-    // value): remember where each header sits, then take the head off.
-    let base = buf.as_ptr() as usize;
-    let at = |p: *const u8| (p as usize).wrapping_sub(base);
-    let spans: Vec<(usize, usize, usize, usize)> =
-        resp.headers.iter().map(|h| (at(h.name.as_ptr()), h.name.len(), at(h.value.as_ptr()), h.value.len())).collect();
-    // The head gets its own copy: slicing values out of the read buffer
-    // would keep that buffer shared for as long as the headers live, and
-    // every later reserve of the body's reads would then allocate anew
-    // (bulk bodies measured 45–56 % of direct that way, 65 % with this).
+    // value), found at the same offsets as in the read buffer. The head
+    // gets its own copy: slicing values out of the read buffer would keep
+    // that buffer shared for as long as the headers live, and every later
+    // reserve of the body's reads would then allocate anew (bulk bodies
+    // measured 45–56 % of direct that way, 65 % with this).
     let head = Bytes::copy_from_slice(&buf[..len]);
-    buf.advance(len);
+    let base = buf.as_ptr() as usize;
+    let within = |p: *const u8, len: usize| {
+        let at = (p as usize).wrapping_sub(base);
+        at.checked_add(len).filter(|&end| end <= head.len()).map(|end| at..end)
+    };
     // Room for the headers veilgate adds (transport, CORS, a client's
     // figures) without a rehash.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
-    for &(name_at, name_len, value_at, value_len) in &spans {
-        let within = |at: usize, len: usize| at.checked_add(len).filter(|&end| end <= head.len()).map(|end| at..end);
-        let name = within(name_at, name_len)
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 8);
+    for h in resp.headers.iter() {
+        let name = within(h.name.as_ptr(), h.name.len())
             .and_then(|r| HeaderName::from_bytes(&head[r]).ok())
             .ok_or(ParseError::Malformed("header name"))?;
-        let value = within(value_at, value_len)
+        let value = within(h.value.as_ptr(), h.value.len())
             .and_then(|r| HeaderValue::from_maybe_shared(head.slice(r)).ok())
             .ok_or(ParseError::Malformed("header value"))?;
         headers.append(name, value);
     }
+    buf.advance(len);
     Ok(Some(ResponseHead { status, version, headers }))
 }
 
