@@ -97,7 +97,10 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // `header_read_timeout_ms` is the connection's idle clock (see
+            // `idle`), for HTTP/1.1 and HTTP/2 alike; hyper's own would be
+            // a second timer, made anew for every request.
+            .header_read_timeout(None)
             // Room above the limit so that veilgate, not hyper, answers an
             // oversized head; past it hyper refuses, and [`rescue`] turns
             // that refusal into the same JSON.
