@@ -47,6 +47,10 @@ const _: () = assert!(
     "KEY_SLOTS names the key headers"
 );
 
+/// The bit of `accept` in the presence mask.
+const ACCEPT_SLOT: u32 = 1 << 0;
+const _: () = assert!(matches!(ALLOWED[0].as_bytes(), b"accept"), "ACCEPT_SLOT names accept");
+
 /// Client headers forwarded by prefix.
 const ALLOWED_PREFIXES: &[&str] = &["x-goog-upload-"];
 
@@ -69,18 +73,6 @@ pub(crate) const NEVER_ALLOWED: &[&str] = &[
     "sec-websocket-version",
     "sec-websocket-accept",
     "sec-websocket-extensions",
-];
-
-/// Hop-by-hop response headers: dropped, the server frames the response itself.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
 
 /// What to send as `user-agent`.
@@ -154,20 +146,34 @@ impl RequestPolicy<'_> {
     /// Builds the end-to-end headers of the upstream request.
     pub(crate) fn request_headers(&self, client: &HeaderMap) -> HeaderMap {
         let mut out = HeaderMap::with_capacity(8);
-        // Which allowlisted names the client sent (one pass over its few
-        // headers), then copy those in the allowlist's fixed order.
+        // Which allowlisted names the client sent and their first values
+        // (one pass over its few headers), then those copied in the
+        // allowlist's fixed order: one hash per header sent on.
         let mut present = 0u32;
-        for name in client.keys() {
+        let mut repeated = 0u32;
+        let mut first: [Option<&HeaderValue>; ALLOWED.len()] = [None; ALLOWED.len()];
+        for (name, value) in client {
             if let Some(i) = ALLOWED.iter().position(|a| *a == name.as_str()) {
-                present |= 1 << i;
+                if present & (1 << i) != 0 {
+                    repeated |= 1 << i;
+                } else {
+                    present |= 1 << i;
+                    first[i] = Some(value);
+                }
             }
         }
         if self.drop_keys {
             present &= !KEY_SLOTS;
         }
         for (i, name) in ALLOWED_NAMES.iter().enumerate() {
-            if present & (1 << i) != 0 {
-                copy_all(client, name, &mut out);
+            if present & (1 << i) == 0 {
+                continue;
+            }
+            match first[i] {
+                Some(value) if repeated & (1 << i) == 0 => {
+                    out.append(name.clone(), value.clone());
+                }
+                _ => copy_all(client, name, &mut out),
             }
         }
         if self.websocket {
@@ -186,7 +192,8 @@ impl RequestPolicy<'_> {
         for p in ALLOWED_PREFIXES {
             copy_prefix(client, p, &mut out);
         }
-        if !out.contains_key(header::ACCEPT) {
+        // `accept` is allowlisted: present in `out` exactly when sent.
+        if present & ACCEPT_SLOT == 0 {
             out.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
         out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -228,31 +235,43 @@ fn copy_prefix(client: &HeaderMap, prefix: &str, out: &mut HeaderMap) {
 /// `alt-svc` and `access-control-*` (veilgate sets its own CORS headers).
 /// `content-length` is kept; the server frames the body from it.
 pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
-    let named_by_connection: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        // from_bytes lowercases: `Connection: X-Foo` names `x-foo`.
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|name| *name != header::CONTENT_LENGTH)
-        .collect();
-    // One pass over the names present (a handful) instead of a lookup per
-    // name that could be; most responses have nothing to drop.
-    let dropped: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            HOP_BY_HOP.contains(&n)
-                || n == "set-cookie"
-                || n == "alt-svc"
-                || n.starts_with("access-control-")
-                || named_by_connection.contains(name)
-        })
-        .cloned()
-        .collect();
+    // One pass over the names present (a handful); most responses have
+    // nothing to drop but `connection`, which names nothing more.
+    let mut dropped: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if is_dropped(name.as_str()) {
+            dropped.push(name.clone());
+        }
+    }
+    if connection {
+        let named_by_connection = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            // from_bytes lowercases: `Connection: X-Foo` names `x-foo`.
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|name| *name != header::CONTENT_LENGTH && headers.contains_key(name));
+        dropped.extend(named_by_connection.collect::<Vec<_>>());
+        dropped.push(header::CONNECTION);
+    }
     for name in dropped {
         headers.remove(name);
+    }
+}
+
+/// A response header the client never gets (besides what `connection`
+/// names): the hop-by-hop ones (the server frames the response itself),
+/// `set-cookie`, `alt-svc`, `access-control-*`. A `match`: by length
+/// first, then the bytes, instead of a compare per listed name.
+fn is_dropped(name: &str) -> bool {
+    match name {
+        "connection" | "keep-alive" | "proxy-connection" | "proxy-authenticate" | "te" | "trailer"
+        | "transfer-encoding" | "upgrade" | "set-cookie" | "alt-svc" => true,
+        other => other.starts_with("access-control-"),
     }
 }
 
