@@ -197,13 +197,15 @@ impl App {
             Plan::Usage => return usage::report(self, config, &req),
             Plan::UsageRequests => return usage::requests(self, config, &req).await,
             Plan::Topology => return local::topology(self, config, req.headers()),
-            Plan::DnsRelay => return local::dns_relay(self.doh.as_deref(), req).await,
+            Plan::DnsRelay => return Box::pin(local::dns_relay(self.doh.as_deref(), req)).await,
             Plan::Models(preset, id) => return local::models(&preset, id.as_deref()),
             Plan::Providers(caller) => return Ok(local::providers(config, &caller)),
             Plan::UnifiedModels(caller) => return Ok(App::unified_models(config, &caller)),
             Plan::Unified(unified) => {
                 cx.kind = RouteKind::Preset;
-                return self.unified(config, req, unified, cx).await;
+                // Boxed: its plans for every member make it the largest
+                // future here, and inline every request would carry it.
+                return Box::pin(self.unified(config, req, unified, cx)).await;
             }
             Plan::Forward(forward) => forward,
         };
@@ -212,7 +214,8 @@ impl App {
         cx.client = forward.client.clone();
         if forward.from_client && tunnel::is_upgrade(req.headers()) {
             cx.meter = usage::open_meter(self, config, &forward, b"")?.map(|(m, _)| m);
-            return self.tunnel(config, req, forward, cx).await;
+            // Boxed, like the DNS relay: rare here, and large.
+            return Box::pin(self.tunnel(config, req, forward, cx)).await;
         }
         let public_host = public_host(&req);
         let keys = forward.keys.clone().map(|ring| (ring, forward.preset.clone().unwrap_or_default()));

@@ -84,12 +84,16 @@ impl Transports {
     }
 
     /// Sends `req` through the transport its preference and the rules pick.
+    ///
+    /// The fetch paths are boxed: reqwest's future is ~10 KiB, and inline
+    /// it would make every request's future (moved a few times per
+    /// request) that large.
     pub(crate) async fn send(&self, req: &UpstreamRequest) -> Result<Served, Failure> {
         if req.transport == Preference::FetchOnly {
-            return self.via_fetch(req, Vec::new(), "force").await;
+            return Box::pin(self.via_fetch(req, Vec::new(), "force")).await;
         }
         if self.aggressive_fallback && self.is_challenged(&req.origin) {
-            return self.via_fetch(req, Vec::new(), "remembered").await;
+            return Box::pin(self.via_fetch(req, Vec::new(), "remembered")).await;
         }
         let started = Instant::now();
         let resp = match self.socket.send(req).await {
@@ -97,7 +101,7 @@ impl Transports {
             Err(e) if e.is_before_write() => {
                 tracing::debug!(origin = %req.origin, error = %e, "socket failed before writing; trying fetch");
                 let attempt = attempt(Transport::Socket, &e, started);
-                return self.via_fetch(req, vec![attempt], "connect").await;
+                return Box::pin(self.via_fetch(req, vec![attempt], "connect")).await;
             }
             Err(e) => {
                 let attempts = vec![attempt(Transport::Socket, &e, started)];
@@ -116,7 +120,7 @@ impl Transports {
         self.remember_challenge(&req.origin);
         tracing::info!(origin = %req.origin, "Cloudflare challenge on the socket; retrying with fetch");
         let started = Instant::now();
-        match self.fetch.send(req).await {
+        match Box::pin(self.fetch.send(req)).await {
             Ok(resp) => Ok(served_by_fetch(inspect(resp).await, "challenge")),
             Err(e) => {
                 // Fetch could not even ask: the client gets the challenge the

@@ -252,7 +252,10 @@ impl SocketTransport {
                 }
             }
         }
-        let conn = self.connect(&req.origin, &req.egress, req.check).await?;
+        // Boxed: a new connection (resolve, connect, TLS, an exit) is the
+        // rare case, and its future would otherwise make every request's
+        // several times larger.
+        let conn = Box::pin(self.connect(&req.origin, &req.egress, req.check)).await?;
         match self.exchange(conn, false, req, &head, &key).await {
             Ok(resp) => Ok(resp),
             Err(ExchangeError::Failed(e)) => Err(e),
