@@ -64,6 +64,10 @@ requests_per_minute = 100000000
 [pricing]
 "gpt-4o-mini*" = {{ input = 0.15, output = 0.60 }}
 """
+ANSWER_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: " + str(len(ANSWER)).encode() + b"\r\n\r\n"
+)
 REQUEST = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
 
@@ -72,11 +76,10 @@ class Origin(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(ANSWER)))
-        self.end_headers()
-        self.wfile.write(ANSWER)
+        # Head and body in one write, as a provider's small JSON answer
+        # arrives: whether a proxy reads them in one go or two must not
+        # depend on the scheduling of this origin's two writes.
+        self.wfile.write(ANSWER_HEAD + ANSWER)
 
     def log_message(self, *args):
         pass
