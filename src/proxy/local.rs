@@ -271,6 +271,18 @@ pub(super) fn head_size(req: &Request<Incoming>) -> usize {
 /// an `allowed_hosts` entry (with or without the port) — and only when the
 /// value is exactly an authority (see [`split_authority`]).
 fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
+    // What local clients nearly always send, answered without the general
+    // parse below (which agrees: tested).
+    if let Some(rest) = value.strip_prefix("127.0.0.1").or_else(|| value.strip_prefix("localhost"))
+        && (rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port))
+    {
+        return true;
+    }
+    is_loopback_host_parsed(value, allowed)
+}
+
+/// [`is_loopback_host`] without its shortcut.
+fn is_loopback_host_parsed(value: &str, allowed: &[String]) -> bool {
     // Lowercased only when it has to be (a `Host` nearly never has capitals).
     let value: std::borrow::Cow<'_, str> =
         if value.bytes().any(|b| b.is_ascii_uppercase()) { value.to_ascii_lowercase().into() } else { value.into() };
@@ -288,6 +300,13 @@ fn is_loopback_origin(origin: &[u8]) -> bool {
     let Ok(origin) = std::str::from_utf8(origin) else { return false };
     let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
     rest.is_some_and(|authority| is_loopback_host(authority, &[]))
+}
+
+/// A port as [`split_authority`] takes it: 1–5 digits, 1–65535.
+fn is_port(digits: &str) -> bool {
+    (1..=5).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 /// Splits a `Host` value into host and port when it is exactly an
@@ -309,10 +328,10 @@ fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
         "" => None,
         _ => {
             let digits = rest.strip_prefix(':')?;
-            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if !is_port(digits) {
                 return None;
             }
-            Some(digits.parse::<u16>().ok().filter(|&p| p != 0)?)
+            digits.parse::<u16>().ok()
         }
     };
     let is_name =
@@ -344,6 +363,8 @@ mod tests {
             "localhost",
             "LOCALHOST:8080",
             "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:65535",
             "127.1.2.3",
             "[::1]:8080",
             "[::1]",
@@ -352,6 +373,7 @@ mod tests {
             "box:9000",
         ] {
             assert!(is_loopback_host(ok, &allowed), "{ok}");
+            assert!(is_loopback_host_parsed(ok, &allowed), "{ok}: the shortcut agrees with the parse");
         }
         for bad in [
             "evil.example",
@@ -373,6 +395,10 @@ mod tests {
             "local host",
             "localhost/x",
             "127.0.0.1@evil.example",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:",
+            "127.0.0.1:+80",
         ] {
             assert!(!is_loopback_host(bad, &allowed), "{bad}");
         }
