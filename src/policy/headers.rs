@@ -152,7 +152,9 @@ impl RequestPolicy<'_> {
         let mut present = 0u32;
         let mut repeated = 0u32;
         let mut first: [Option<&HeaderValue>; ALLOWED.len()] = [None; ALLOWED.len()];
+        let mut prefixed = false;
         for (name, value) in client {
+            prefixed |= ALLOWED_PREFIXES.iter().any(|p| name.as_str().starts_with(p));
             if let Some(i) = ALLOWED.iter().position(|a| *a == name.as_str()) {
                 if present & (1 << i) != 0 {
                     repeated |= 1 << i;
@@ -189,8 +191,10 @@ impl RequestPolicy<'_> {
                 ExtraAllow::Prefix(p) => copy_prefix(client, p, &mut out),
             }
         }
-        for p in ALLOWED_PREFIXES {
-            copy_prefix(client, p, &mut out);
+        if prefixed {
+            for p in ALLOWED_PREFIXES {
+                copy_prefix(client, p, &mut out);
+            }
         }
         // `accept` is allowlisted: present in `out` exactly when sent.
         if present & ACCEPT_SLOT == 0 {
