@@ -30,9 +30,13 @@ pub(crate) struct IdleTimeout(pub Duration);
 pub(crate) struct Guarded<B> {
     inner: B,
     idle: Duration,
-    /// Made at the first wait, re-armed at the first wait after data: a
-    /// body that is there when asked for never touches the timer wheel.
+    /// Made at the first wait: a body that is there when asked for never
+    /// touches the timer wheel. Its deadline is not moved with every chunk
+    /// (a wheel removal and insertion per SSE event): when it fires, it is
+    /// pushed to `waiting_since + idle` unless that has passed too.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the current wait began (the first `Pending` after data).
+    waiting_since: Instant,
     armed: bool,
     unflushed: bool,
     held: Option<BoxError>,
@@ -43,7 +47,16 @@ impl<B> Guarded<B> {
     pub(crate) fn new(inner: B, idle: Duration) -> Guarded<B> {
         // `unflushed` starts true: the response head itself is still to be
         // written, and a client should see it before the abort.
-        Guarded { inner, idle, timer: None, armed: false, unflushed: true, held: None, done: false }
+        Guarded {
+            inner,
+            idle,
+            timer: None,
+            waiting_since: Instant::now(),
+            armed: false,
+            unflushed: true,
+            held: None,
+            done: false,
+        }
     }
 
     fn fail(&mut self, cx: &mut Context<'_>, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -87,18 +100,19 @@ where
             }
             Poll::Pending => {
                 this.unflushed = false;
-                let timer = match &mut this.timer {
-                    Some(timer) => {
-                        if !this.armed {
-                            timer.as_mut().reset(Instant::now() + this.idle);
-                        }
-                        timer
+                if !this.armed {
+                    this.waiting_since = Instant::now();
+                    this.armed = true;
+                }
+                let due = this.waiting_since + this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                while timer.as_mut().poll(cx).is_ready() {
+                    // Fired at a deadline set during an earlier wait: idle
+                    // only if this wait has lasted the whole timeout too.
+                    if Instant::now() >= due {
+                        return this.fail(cx, Box::new(IdleTimeout(this.idle)));
                     }
-                    None => this.timer.insert(Box::pin(tokio::time::sleep(this.idle))),
-                };
-                this.armed = true;
-                if timer.as_mut().poll(cx).is_ready() {
-                    return this.fail(cx, Box::new(IdleTimeout(this.idle)));
+                    timer.as_mut().reset(due);
                 }
                 Poll::Pending
             }
