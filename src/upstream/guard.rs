@@ -35,9 +35,9 @@ pub(crate) struct Guarded<B> {
     /// (a wheel removal and insertion per SSE event): when it fires, it is
     /// pushed to `waiting_since + idle` unless that has passed too.
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the current wait began (the first `Pending` after data).
-    waiting_since: Instant,
-    armed: bool,
+    /// When the current wait began (the first `Pending` after data);
+    /// `None` while data flows.
+    waiting_since: Option<Instant>,
     unflushed: bool,
     held: Option<BoxError>,
     done: bool,
@@ -47,16 +47,7 @@ impl<B> Guarded<B> {
     pub(crate) fn new(inner: B, idle: Duration) -> Guarded<B> {
         // `unflushed` starts true: the response head itself is still to be
         // written, and a client should see it before the abort.
-        Guarded {
-            inner,
-            idle,
-            timer: None,
-            waiting_since: Instant::now(),
-            armed: false,
-            unflushed: true,
-            held: None,
-            done: false,
-        }
+        Guarded { inner, idle, timer: None, waiting_since: None, unflushed: true, held: None, done: false }
     }
 
     fn fail(&mut self, cx: &mut Context<'_>, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -89,7 +80,7 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
+                this.waiting_since = None;
                 this.unflushed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -100,11 +91,7 @@ where
             }
             Poll::Pending => {
                 this.unflushed = false;
-                if !this.armed {
-                    this.waiting_since = Instant::now();
-                    this.armed = true;
-                }
-                let due = this.waiting_since + this.idle;
+                let due = *this.waiting_since.get_or_insert_with(Instant::now) + this.idle;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
                 while timer.as_mut().poll(cx).is_ready() {
                     // Fired at a deadline set during an earlier wait: idle
@@ -198,6 +185,41 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<IdleTimeout>());
         assert!(body.frame().await.is_none());
+    }
+
+    /// Chunks 3 s apart under a 5 s timeout: never idle, however long the
+    /// stream runs; then 5 s of silence ends it (the timer, set once, is
+    /// pushed on when it fires early).
+    #[tokio::test(start_paused = true)]
+    async fn chunks_inside_the_timeout_keep_a_slow_stream_alive() {
+        struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+        impl HttpBody for Chan {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = Guarded::new(Chan(rx), Duration::from_secs(5));
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let _ = tx.send(Bytes::from_static(b"x")).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        for _ in 0..4 {
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "x");
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<IdleTimeout>());
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(17) && took < Duration::from_millis(17_100), "{took:?}");
     }
 
     #[tokio::test]
