@@ -160,13 +160,12 @@ pub fn jwt(secret: &[u8], header: &str, claims: &str) -> String {
 async fn signed_tokens_name_their_client_and_bad_ones_are_401() {
     let origin = RawOrigin::json("{}").await;
     let secret = b"aiproxy-secret-for-tests";
-    let config = format!("{}[auth]\njwt_hs256_secret = \"file:{}\"\n", preset_at("openai", origin.addr), {
-        let dir = std::env::temp_dir().join(format!("veilgate-jwt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("secret");
-        std::fs::write(&path, secret).unwrap();
-        path.display().to_string()
-    });
+    // Removed with the test (the directory lives until the end).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, secret).unwrap();
+    let config =
+        format!("{}[auth]\njwt_hs256_secret = \"file:{}\"\n", preset_at("openai", origin.addr), path.display());
     let vg = Veilgate::start(&config).await;
     let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
     let good = jwt(secret, hs, r#"{"email":"alice@team.example","exp":4102444800}"#);

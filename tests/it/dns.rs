@@ -72,7 +72,7 @@ async fn doh_server(ca: &TestCa) -> RawOrigin {
 async fn names_are_resolved_over_https_only_and_checked() {
     let ca = TestCa::new();
     let doh = doh_server(&ca).await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     // Every answer closes its connection, so each request connects anew.
     let origin =
         RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_vec()).await;

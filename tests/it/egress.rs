@@ -109,7 +109,7 @@ async fn credentials_and_isolation_per_client() {
 #[tokio::test]
 async fn a_failing_exit_is_a_502_naming_it_and_never_a_direct_connection() {
     let origin = RawOrigin::json("{\"direct\":true}").await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     let refusing = Proxy::socks5(names(origin.addr), false, Mode::Refuse(5)).await;
     let closing = Proxy::socks5(names(origin.addr), false, Mode::CloseMidHandshake).await;
     let garbage = Proxy::socks5(names(origin.addr), false, Mode::Garbage(b"HTTP/1.1 400 Bad\r\n\r\n")).await;
@@ -189,7 +189,7 @@ async fn the_fetch_transport_goes_through_the_exit_too() {
     // dead exit is its 502 — never reqwest's direct connection.
     let origin = RawOrigin::json("{\"plain\":true}").await;
     let office = Proxy::http_connect(names(origin.addr), Mode::Relay).await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     let vg = Veilgate::start(&format!(
         "[egress.office]\nhttp_connect = \"{}\"\n[egress.dead]\nsocks5 = \"{dead}\"\n\
          [presets.plain]\ntargets = [\"http://{SECRET_NAME}:8081\"]\nforce_fetch = true\negress = \"office\"\n\
@@ -333,7 +333,7 @@ async fn a_real_socks5_server_carries_tls_and_a_websocket_tunnel() {
 async fn the_topology_metrics_and_dashboard_show_each_exit() {
     let origin = RawOrigin::json("{}").await;
     let proxy = Proxy::socks5(names(origin.addr), false, Mode::Relay).await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     let exits = |order: [&str; 3]| {
         let table = |name: &str| match name {
             "tor" => format!("[egress.tor]\nsocks5 = \"{}\"\n", proxy.addr),

@@ -173,7 +173,7 @@ async fn a_target_down_for_a_while_is_retried_with_backoff_until_it_recovers() {
     recovering.await.unwrap();
 
     // Refused for good: every attempt, then the 502.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     let vg = Veilgate::start(&format!(
         "[presets.api]\ntargets = [\"http://{dead}\"]\nretry = {{ attempts = 2, backoff_ms = 10 }}\n"
     ))
@@ -183,7 +183,7 @@ async fn a_target_down_for_a_while_is_retried_with_backoff_until_it_recovers() {
 
 #[tokio::test]
 async fn a_refused_connection_moves_to_the_next_target_at_once() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     let (live, live_t) = counted(|_| ok("{}")).await;
     let vg = Veilgate::start(&format!(
         "[presets.api]\ntargets = [\"http://{dead}\", \"http://{}\"]\nstrategy = \"ordered\"\n\

@@ -114,7 +114,7 @@ async fn secrets_never_reach_the_logs() {
             },
         )
         .await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_dead_held, dead) = crate::support::refused_addr();
     // Module-level directives are more specific than any cap by crate
     // name: one for every dependency that can log a head.
     let modules = "info,tungstenite::handshake::client=trace,tungstenite::protocol=trace,tokio_tungstenite=trace,\
@@ -222,7 +222,7 @@ async fn a_thousand_faulty_requests_leak_nothing() {
         config.push_str(&preset_at(&format!("fault{i}"), origin.addr));
         origins.push(origin);
     }
-    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (_refused_held, refused) = crate::support::refused_addr();
     config.push_str(&format!("[presets.refused]\ntargets = [\"http://{refused}\"]\n"));
     let sse = RawOrigin::scripted(|_| {
         vec![

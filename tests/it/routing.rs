@@ -181,8 +181,9 @@ async fn cors_origin_list_is_echoed_with_vary() {
 
 #[tokio::test]
 async fn dead_upstream_gives_502_with_transport_details() {
-    // Bind and drop: nothing listens on this port any more.
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    // Nothing listens on this port (held bound for the test).
+    let (_port_held, port) = crate::support::refused_addr();
+    let port = port.port();
     let vg = Veilgate::start(&format!("[presets.openai]\ntargets = [\"http://127.0.0.1:{port}\"]\n")).await;
     let reply =
         send(vg.addr, "POST", "/openai/v1/chat/completions", &[("authorization", "Bearer sk-secret")], b"{}").await;

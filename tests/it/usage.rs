@@ -364,7 +364,7 @@ async fn failed_attempts_are_requests_without_tokens() {
         (Some(500), Some(0), Some(0))
     );
     // An origin that is not there: 502, also a request.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_gone_held, gone) = crate::support::refused_addr();
     let vg = Veilgate::start(&config(gone, "", "")).await;
     assert_eq!(post(&vg, ALICE, "/openai/v1/chat/completions", &json!({})).await.status, 502);
     let r = last_request(&vg, "alice").await;

@@ -60,6 +60,17 @@ impl Veilgate {
 }
 
 /// A `[presets.NAME]` section pointing at a loopback origin.
+/// An address that refuses connections for as long as the returned socket
+/// lives: bound there but never listening. (Binding a listener and dropping
+/// it frees the port for the next test that binds `127.0.0.1:0`, and a
+/// request meant to be refused would reach that test's server.)
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    let addr = socket.local_addr().expect("local address");
+    (socket, addr)
+}
+
 pub fn preset_at(name: &str, origin: SocketAddr) -> String {
     format!("[presets.{name}]\ntargets = [\"http://{origin}\"]\n")
 }
