@@ -259,7 +259,7 @@ pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
             // from_bytes lowercases: `Connection: X-Foo` names `x-foo`.
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .filter(|name| *name != header::CONTENT_LENGTH && headers.contains_key(name));
-        dropped.extend(named_by_connection.collect::<Vec<_>>());
+        dropped.extend(named_by_connection);
         dropped.push(header::CONNECTION);
     }
     for name in dropped {

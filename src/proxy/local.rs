@@ -274,7 +274,7 @@ fn is_loopback_host(value: &str, allowed: &[String]) -> bool {
     // What local clients nearly always send, answered without the general
     // parse below (which agrees: tested).
     if let Some(rest) = value.strip_prefix("127.0.0.1").or_else(|| value.strip_prefix("localhost"))
-        && (rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port))
+        && (rest.is_empty() || rest.strip_prefix(':').and_then(port).is_some())
     {
         return true;
     }
@@ -303,10 +303,11 @@ fn is_loopback_origin(origin: &[u8]) -> bool {
 }
 
 /// A port as [`split_authority`] takes it: 1–5 digits, 1–65535.
-fn is_port(digits: &str) -> bool {
-    (1..=5).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && digits.parse::<u16>().is_ok_and(|p| p != 0)
+fn port(digits: &str) -> Option<u16> {
+    if !(1..=5).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u16>().ok().filter(|&p| p != 0)
 }
 
 /// Splits a `Host` value into host and port when it is exactly an
@@ -326,13 +327,7 @@ fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
     };
     let port = match rest {
         "" => None,
-        _ => {
-            let digits = rest.strip_prefix(':')?;
-            if !is_port(digits) {
-                return None;
-            }
-            digits.parse::<u16>().ok()
-        }
+        _ => Some(port(rest.strip_prefix(':')?)?),
     };
     let is_name =
         |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
